@@ -1,0 +1,41 @@
+//! The one error type handlers return, classified once here as retryable or permanent.
+
+/// Why a handler could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Postgres failed. Retryable when the server is unreachable, timed out, or aborted us
+    /// for a deadlock or serialization conflict: the runner rolls the batch back and retries
+    /// it with backoff. Any other database error is a bug or a schema mismatch: permanent.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// An external provider (payment, carrier) could not answer. Retry when `retryable`
+    /// (timeouts, 5xx), otherwise treat as permanent.
+    #[error("provider {provider} failed: {message}")]
+    Provider { provider: &'static str, message: String, retryable: bool },
+
+    /// The event cannot be applied in the step's current state (for example a reply for an
+    /// order the step never saw). Permanent: the record is set aside with this reason and the
+    /// partition moves on.
+    #[error("business rule violated: {0}")]
+    Rule(String),
+}
+
+impl HandlerError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HandlerError::Database(error) => platform::db::is_retryable(error),
+            HandlerError::Provider { retryable, .. } => *retryable,
+            HandlerError::Rule(_) => false,
+        }
+    }
+
+    /// A short stable code for logs and the rejected-records table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::Database(_) => "database",
+            HandlerError::Provider { .. } => "provider",
+            HandlerError::Rule(_) => "rule",
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The inventory step: reserves stock for a new order, all lines or none, and releases the
+//! reservation when a later step fails (payment declined, shipment failed).
+//!
+//! Stock lives in `inventory.stock` (seeded with `orderflow stock set`); each decided order
+//! has one row in `inventory.reservations`. It never calls other services.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use events::{
+    Event, EventBody, EventType, InventoryRejected, InventoryReleased, InventoryReserved, Shortage, SkuQuantity,
+};
+use sqlx::PgConnection;
+
+use crate::{HandlerError, Step};
+
+pub const NAME: &str = "inventory";
+
+pub struct Inventory;
+
+#[async_trait]
+impl Step for Inventory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn wants(&self, event_type: EventType) -> bool {
+        matches!(
+            event_type,
+            EventType::OrderCreated | EventType::PaymentDeclined | EventType::ShipmentFailed
+        )
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+        match &event.body {
+            EventBody::OrderCreated(order) => reserve(tx, event, &order.lines).await,
+            // The order failed after its stock was reserved: give the stock back.
+            EventBody::PaymentDeclined(_) => release(tx, event, "payment_declined").await,
+            EventBody::ShipmentFailed(_) => release(tx, event, "shipment_failed").await,
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Quantities per sku, lines of the same sku added up; sorted, so that concurrent batches lock
+/// rows in the same order.
+fn wanted_per_sku(lines: &[events::OrderLine]) -> BTreeMap<String, i64> {
+    let mut wanted = BTreeMap::new();
+    for line in lines {
+        *wanted.entry(line.sku.clone()).or_insert(0i64) += i64::from(line.quantity);
+    }
+    wanted
+}
+
+async fn reserve(tx: &mut PgConnection, event: &Event, lines: &[events::OrderLine]) -> Result<Vec<EventBody>, HandlerError> {
+    let order_id = &event.meta.order_id;
+    let seen: Option<String> = sqlx::query_scalar("SELECT status FROM inventory.reservations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(status) = seen {
+        // A second OrderCreated for the same order id (with a different event id): the first
+        // one decided; this one must not reserve again.
+        return Err(HandlerError::Rule(format!(
+            "order {order_id} was already created (reservation is {status}); duplicate OrderCreated ignored"
+        )));
+    }
+    let wanted = wanted_per_sku(lines);
+    let skus: Vec<&str> = wanted.keys().map(String::as_str).collect();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
+            .bind(&skus)
+            .fetch_all(&mut *tx)
+            .await?;
+    let available: BTreeMap<String, i64> = rows.into_iter().collect();
+    let shortages: Vec<Shortage> = wanted
+        .iter()
+        .filter_map(|(sku, &qty)| {
+            let have = available.get(sku).copied().unwrap_or(0);
+            (have < qty).then(|| Shortage {
+                sku: sku.clone(),
+                requested: clamp_i32(qty),
+                available: clamp_i32(have),
+            })
+        })
+        .collect();
+    let reservation_id = events::reply_event_id(event.meta.event_id, "inventory-reservation");
+    let items: Vec<SkuQuantity> = wanted
+        .iter()
+        .map(|(sku, &qty)| SkuQuantity { sku: sku.clone(), quantity: clamp_i32(qty) })
+        .collect();
+    let items_json = serde_json::Value::Array(
+        items
+            .iter()
+            .map(|i| serde_json::json!({ "sku": i.sku, "quantity": i.quantity }))
+            .collect(),
+    );
+    let status = if shortages.is_empty() { "reserved" } else { "rejected" };
+    sqlx::query("INSERT INTO inventory.reservations (order_id, reservation_id, status, items) VALUES ($1, $2, $3, $4)")
+        .bind(order_id)
+        .bind(reservation_id)
+        .bind(status)
+        .bind(&items_json)
+        .execute(&mut *tx)
+        .await?;
+    if !shortages.is_empty() {
+        let skus: Vec<&str> = shortages.iter().map(|s| s.sku.as_str()).collect();
+        return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
+            reason: format!("insufficient stock for {}", skus.join(", ")),
+            shortages,
+        })]);
+    }
+    let quantities: Vec<i64> = wanted.values().copied().collect();
+    sqlx::query(
+        "UPDATE inventory.stock AS s SET available = s.available - w.qty, reserved = s.reserved + w.qty, updated_at = now()
+         FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, qty) WHERE s.sku = w.sku",
+    )
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(&mut *tx)
+    .await?;
+    Ok(vec![EventBody::InventoryReserved(InventoryReserved { reservation_id, items })])
+}
+
+/// Compensation: return a reserved order's stock. Releasing twice, or releasing an order that
+/// holds nothing, emits nothing.
+async fn release(tx: &mut PgConnection, event: &Event, reason: &str) -> Result<Vec<EventBody>, HandlerError> {
+    let order_id = &event.meta.order_id;
+    let row: Option<(uuid::Uuid, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT reservation_id, status, items FROM inventory.reservations WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((reservation_id, status, items_json)) = row else {
+        return Err(HandlerError::Rule(format!("order {order_id} has no reservation to release")));
+    };
+    if status != "reserved" {
+        tracing::info!(%order_id, status, "nothing to release");
+        return Ok(Vec::new());
+    }
+    let items: Vec<SkuQuantity> = items_json
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    Some(SkuQuantity {
+                        sku: i.get("sku")?.as_str()?.to_string(),
+                        quantity: i32::try_from(i.get("quantity")?.as_i64()?).ok()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
+    let quantities: Vec<i64> = items.iter().map(|i| i64::from(i.quantity)).collect();
+    sqlx::query(
+        "UPDATE inventory.stock AS s SET available = s.available + w.qty, reserved = s.reserved - w.qty, updated_at = now()
+         FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, qty) WHERE s.sku = w.sku",
+    )
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE inventory.reservations SET status = 'released', updated_at = now() WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(vec![EventBody::InventoryReleased(InventoryReleased { reservation_id, items, reason: reason.to_string() })])
+}
+
+fn clamp_i32(value: i64) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// Set the available quantity of skus (the documented way to seed stock).
+pub async fn set_stock(tx: &mut PgConnection, stock: &[(String, i64)]) -> Result<(), sqlx::Error> {
+    let skus: Vec<&str> = stock.iter().map(|(s, _)| s.as_str()).collect();
+    let qty: Vec<i64> = stock.iter().map(|(_, q)| *q).collect();
+    sqlx::query(
+        "INSERT INTO inventory.stock (sku, available) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+         ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, updated_at = now()",
+    )
+    .bind(&skus)
+    .bind(&qty)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::OrderLine;
+
+    #[test]
+    fn lines_of_one_sku_add_up_and_sort() {
+        let line = |sku: &str, quantity| OrderLine { sku: sku.into(), quantity, unit_price_minor: 100 };
+        let wanted = wanted_per_sku(&[line("B", 2), line("A", 1), line("B", 3)]);
+        assert_eq!(wanted.into_iter().collect::<Vec<_>>(), vec![("A".to_string(), 1), ("B".to_string(), 5)]);
+    }
+}

@@ -1,0 +1,272 @@
+//! Typed event values as the rest of the workspace sees them. No wire-format concerns here.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// What every event on the order log carries, whatever its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Unique per event; inboxes deduplicate on it.
+    pub event_id: Uuid,
+    /// The partitioning key: all events of one order share it and stay in order.
+    pub order_id: String,
+    /// When the fact happened, at microsecond precision.
+    pub occurred_at: DateTime<Utc>,
+    /// Shared by every event that descends from the same `OrderCreated`.
+    pub correlation_id: Uuid,
+    /// The event that caused this one; a root event (`OrderCreated`) names itself.
+    pub causation_id: Uuid,
+}
+
+/// One event of the order log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub meta: Metadata,
+    pub body: EventBody,
+}
+
+impl Event {
+    /// Build an event caused by `cause`: same order, same correlation, `cause` as causation.
+    pub fn caused_by(
+        cause: &Event,
+        event_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        body: EventBody,
+    ) -> Event {
+        Event {
+            meta: Metadata {
+                event_id,
+                order_id: cause.meta.order_id.clone(),
+                occurred_at,
+                correlation_id: cause.meta.correlation_id,
+                causation_id: cause.meta.event_id,
+            },
+            body,
+        }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.body.event_type()
+    }
+}
+
+/// The type tag of an event, as written in logs, headers and the read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    OrderCreated,
+    InventoryReserved,
+    InventoryRejected,
+    InventoryReleased,
+    PaymentAuthorized,
+    PaymentDeclined,
+    PaymentVoided,
+    ShipmentScheduled,
+    ShipmentFailed,
+    OrderCompleted,
+    OrderCancelled,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 11] = [
+        EventType::OrderCreated,
+        EventType::InventoryReserved,
+        EventType::InventoryRejected,
+        EventType::InventoryReleased,
+        EventType::PaymentAuthorized,
+        EventType::PaymentDeclined,
+        EventType::PaymentVoided,
+        EventType::ShipmentScheduled,
+        EventType::ShipmentFailed,
+        EventType::OrderCompleted,
+        EventType::OrderCancelled,
+    ];
+
+    /// The name used in schemas (`orderflow.events.<name>`), headers and read models.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::OrderCreated => "OrderCreated",
+            EventType::InventoryReserved => "InventoryReserved",
+            EventType::InventoryRejected => "InventoryRejected",
+            EventType::InventoryReleased => "InventoryReleased",
+            EventType::PaymentAuthorized => "PaymentAuthorized",
+            EventType::PaymentDeclined => "PaymentDeclined",
+            EventType::PaymentVoided => "PaymentVoided",
+            EventType::ShipmentScheduled => "ShipmentScheduled",
+            EventType::ShipmentFailed => "ShipmentFailed",
+            EventType::OrderCompleted => "OrderCompleted",
+            EventType::OrderCancelled => "OrderCancelled",
+        }
+    }
+
+    /// The schema version this build writes for the type.
+    pub fn current_version(self) -> u32 {
+        1
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The payload of an event, one variant per event type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    OrderCreated(OrderCreated),
+    InventoryReserved(InventoryReserved),
+    InventoryRejected(InventoryRejected),
+    InventoryReleased(InventoryReleased),
+    PaymentAuthorized(PaymentAuthorized),
+    PaymentDeclined(PaymentDeclined),
+    PaymentVoided(PaymentVoided),
+    ShipmentScheduled(ShipmentScheduled),
+    ShipmentFailed(ShipmentFailed),
+    OrderCompleted(OrderCompleted),
+    OrderCancelled(OrderCancelled),
+}
+
+impl EventBody {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventBody::OrderCreated(_) => EventType::OrderCreated,
+            EventBody::InventoryReserved(_) => EventType::InventoryReserved,
+            EventBody::InventoryRejected(_) => EventType::InventoryRejected,
+            EventBody::InventoryReleased(_) => EventType::InventoryReleased,
+            EventBody::PaymentAuthorized(_) => EventType::PaymentAuthorized,
+            EventBody::PaymentDeclined(_) => EventType::PaymentDeclined,
+            EventBody::PaymentVoided(_) => EventType::PaymentVoided,
+            EventBody::ShipmentScheduled(_) => EventType::ShipmentScheduled,
+            EventBody::ShipmentFailed(_) => EventType::ShipmentFailed,
+            EventBody::OrderCompleted(_) => EventType::OrderCompleted,
+            EventBody::OrderCancelled(_) => EventType::OrderCancelled,
+        }
+    }
+}
+
+/// One line of an order. Prices are in the currency's minor units (cents for EUR).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Address {
+    pub name: String,
+    pub line1: String,
+    #[serde(default)]
+    pub line2: Option<String>,
+    pub city: String,
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2, upper case.
+    pub country: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCreated {
+    pub customer_id: String,
+    pub lines: Vec<OrderLine>,
+    /// ISO 4217 code, upper case.
+    pub currency: String,
+    pub shipping_address: Address,
+}
+
+impl OrderCreated {
+    /// Sum of quantity × unit price over all lines, in minor units.
+    pub fn total_minor(&self) -> i64 {
+        self.lines
+            .iter()
+            .map(|l| i64::from(l.quantity).saturating_mul(l.unit_price_minor))
+            .fold(0i64, i64::saturating_add)
+    }
+}
+
+/// A quantity of one sku, as reserved or released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuQuantity {
+    pub sku: String,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryReserved {
+    pub reservation_id: uuid::Uuid,
+    pub items: Vec<SkuQuantity>,
+}
+
+/// A sku that could not be reserved in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortage {
+    pub sku: String,
+    pub requested: i32,
+    pub available: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryRejected {
+    pub reason: String,
+    pub shortages: Vec<Shortage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryReleased {
+    pub reservation_id: uuid::Uuid,
+    pub items: Vec<SkuQuantity>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentAuthorized {
+    pub payment_id: uuid::Uuid,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub provider_reference: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentDeclined {
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// A stable code, e.g. `amount_over_limit`, `customer_blocked`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentVoided {
+    pub payment_id: uuid::Uuid,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipmentScheduled {
+    pub shipment_id: uuid::Uuid,
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipmentFailed {
+    pub carrier: String,
+    /// A stable code, e.g. `destination_not_served`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCompleted {
+    pub total_minor: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCancelled {
+    /// A stable code: `out_of_stock`, `payment_declined`, `shipment_failed`, ...
+    pub reason: String,
+    /// Human-readable detail for operators.
+    pub detail: String,
+}

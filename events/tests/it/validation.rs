@@ -1,0 +1,373 @@
+//! Domain rules: a table of bad orders and bad follow-up events, each refused with its own
+//! `ValidationError`, by `validate_order`, by `encode`, and by `decode`.
+
+use events::*;
+
+use crate::samples;
+
+fn order_with(change: impl FnOnce(&mut OrderCreated)) -> OrderCreated {
+    let mut order = samples::order(None);
+    change(&mut order);
+    order
+}
+
+fn line(sku: &str, quantity: i32, unit_price_minor: i64) -> OrderLine {
+    OrderLine {
+        sku: sku.to_owned(),
+        quantity,
+        unit_price_minor,
+    }
+}
+
+#[test]
+fn bad_orders_table() {
+    use ValidationError as V;
+    let missing = |field| V::MissingField { field };
+    let cases: Vec<(&str, &str, OrderCreated, ValidationError)> = vec![
+        (
+            "blank order id",
+            "",
+            samples::order(None),
+            missing("order_id"),
+        ),
+        (
+            "whitespace order id",
+            " \t",
+            samples::order(None),
+            missing("order_id"),
+        ),
+        (
+            "blank customer id",
+            "ord-1",
+            order_with(|o| o.customer_id = "  ".into()),
+            missing("customer_id"),
+        ),
+        (
+            "no lines",
+            "ord-1",
+            order_with(|o| o.lines.clear()),
+            V::NoLines,
+        ),
+        (
+            "too many lines",
+            "ord-1",
+            order_with(|o| o.lines = vec![line("A", 1, 1); 501]),
+            V::TooManyLines {
+                count: 501,
+                max: 500,
+            },
+        ),
+        (
+            "quantity 0",
+            "ord-1",
+            order_with(|o| o.lines[1] = line("ABC-1", 0, 10)),
+            V::NonPositiveQuantity {
+                line: 2,
+                sku: "ABC-1".into(),
+                quantity: 0,
+            },
+        ),
+        (
+            "quantity -1",
+            "ord-1",
+            order_with(|o| o.lines[0].quantity = -1),
+            V::NonPositiveQuantity {
+                line: 1,
+                sku: "ABC-1".into(),
+                quantity: -1,
+            },
+        ),
+        (
+            "negative price",
+            "ord-1",
+            order_with(|o| o.lines[1].unit_price_minor = -5),
+            V::NegativePrice {
+                line: 2,
+                sku: "XYZ-ü9".into(),
+                price: -5,
+            },
+        ),
+        (
+            "blank sku",
+            "ord-1",
+            order_with(|o| o.lines[1].sku = String::new()),
+            V::MissingLineField {
+                line: 2,
+                field: "sku",
+            },
+        ),
+        (
+            "currency XXX",
+            "ord-1",
+            order_with(|o| o.currency = "XXX".into()),
+            V::UnknownCurrency { code: "XXX".into() },
+        ),
+        (
+            "currency lower case",
+            "ord-1",
+            order_with(|o| o.currency = "eur".into()),
+            V::UnknownCurrency { code: "eur".into() },
+        ),
+        (
+            "country lower case",
+            "ord-1",
+            order_with(|o| o.shipping_address.country = "de".into()),
+            V::InvalidCountry { code: "de".into() },
+        ),
+        (
+            "country alpha-3",
+            "ord-1",
+            order_with(|o| o.shipping_address.country = "DEU".into()),
+            V::InvalidCountry { code: "DEU".into() },
+        ),
+        (
+            "country empty",
+            "ord-1",
+            order_with(|o| o.shipping_address.country = String::new()),
+            V::InvalidCountry {
+                code: String::new(),
+            },
+        ),
+        (
+            "country non-ASCII",
+            "ord-1",
+            order_with(|o| o.shipping_address.country = "DÉ".into()),
+            V::InvalidCountry { code: "DÉ".into() },
+        ),
+        (
+            "line subtotal overflows",
+            "ord-1",
+            order_with(|o| o.lines[0] = line("A", 2, i64::MAX)),
+            V::TotalOverflow,
+        ),
+        (
+            "total overflows",
+            "ord-1",
+            order_with(|o| o.lines = vec![line("A", 1, i64::MAX), line("B", 1, 1)]),
+            V::TotalOverflow,
+        ),
+    ];
+    for (name, order_id, order, expected) in cases {
+        assert_eq!(
+            validate_order(&order, order_id),
+            Err(expected.clone()),
+            "{name}"
+        );
+
+        let event = Event {
+            meta: Metadata {
+                order_id: order_id.to_owned(),
+                ..samples::meta()
+            },
+            body: EventBody::OrderCreated(order),
+        };
+        assert_eq!(validate(&event), Err(expected.clone()), "{name}");
+        match encode(&event) {
+            Err(EncodeError::Invalid(e)) => assert_eq!(e, expected, "{name}"),
+            other => panic!("{name}: encode should refuse, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn good_orders_pass() {
+    assert_eq!(validate_order(&samples::order(None), "ord-1"), Ok(()));
+    let edge = order_with(|o| {
+        o.lines = vec![line("A", 1, 0); 500];
+        o.currency = "JPY".into();
+        o.shipping_address.country = "JP".into();
+        o.shipping_address.line2 = Some(String::new());
+    });
+    assert_eq!(validate_order(&edge, "ord-1"), Ok(()));
+}
+
+#[test]
+fn bad_follow_up_events_table() {
+    use ValidationError as V;
+    let with = |t: EventType, change: fn(&mut EventBody)| {
+        let mut e = samples::of(t);
+        change(&mut e.body);
+        e
+    };
+    let cases: Vec<(&str, Event, ValidationError)> = vec![
+        (
+            "blank order id",
+            {
+                let mut e = samples::of(EventType::OrderCancelled);
+                e.meta.order_id = String::new();
+                e
+            },
+            V::MissingField { field: "order_id" },
+        ),
+        (
+            "authorized negative amount",
+            with(EventType::PaymentAuthorized, |b| {
+                if let EventBody::PaymentAuthorized(p) = b {
+                    p.amount_minor = -1;
+                }
+            }),
+            V::NegativeAmount {
+                field: "amount_minor",
+                amount: -1,
+            },
+        ),
+        (
+            "authorized blank customer",
+            with(EventType::PaymentAuthorized, |b| {
+                if let EventBody::PaymentAuthorized(p) = b {
+                    p.customer_id = String::new();
+                }
+            }),
+            V::MissingField {
+                field: "customer_id",
+            },
+        ),
+        (
+            "declined unknown currency",
+            with(EventType::PaymentDeclined, |b| {
+                if let EventBody::PaymentDeclined(p) = b {
+                    p.currency = "eur".into();
+                }
+            }),
+            V::UnknownCurrency { code: "eur".into() },
+        ),
+        (
+            "voided negative amount",
+            with(EventType::PaymentVoided, |b| {
+                if let EventBody::PaymentVoided(p) = b {
+                    p.amount_minor = i64::MIN;
+                }
+            }),
+            V::NegativeAmount {
+                field: "amount_minor",
+                amount: i64::MIN,
+            },
+        ),
+        (
+            "completed negative total",
+            with(EventType::OrderCompleted, |b| {
+                if let EventBody::OrderCompleted(c) = b {
+                    c.total_minor = -100;
+                }
+            }),
+            V::NegativeAmount {
+                field: "total_minor",
+                amount: -100,
+            },
+        ),
+        (
+            "reserved quantity 0",
+            with(EventType::InventoryReserved, |b| {
+                if let EventBody::InventoryReserved(r) = b {
+                    r.items[1].quantity = 0;
+                }
+            }),
+            V::NonPositiveQuantity {
+                line: 2,
+                sku: "XYZ-ü9".into(),
+                quantity: 0,
+            },
+        ),
+        (
+            "released blank sku",
+            with(EventType::InventoryReleased, |b| {
+                if let EventBody::InventoryReleased(r) = b {
+                    r.items[0].sku = " ".into();
+                }
+            }),
+            V::MissingLineField {
+                line: 1,
+                field: "sku",
+            },
+        ),
+        (
+            "rejected blank sku",
+            with(EventType::InventoryRejected, |b| {
+                if let EventBody::InventoryRejected(r) = b {
+                    r.shortages[0].sku = String::new();
+                }
+            }),
+            V::MissingLineField {
+                line: 1,
+                field: "sku",
+            },
+        ),
+    ];
+    for (name, event, expected) in cases {
+        assert_eq!(validate(&event), Err(expected.clone()), "{name}");
+        assert!(
+            matches!(encode(&event), Err(EncodeError::Invalid(ref e)) if *e == expected),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn messages_say_what_and_where() {
+    use ValidationError as V;
+    let table = [
+        (
+            V::NonPositiveQuantity {
+                line: 2,
+                sku: "ABC-1".into(),
+                quantity: 0,
+            },
+            "line 2 (sku ABC-1): quantity must be > 0, got 0",
+        ),
+        (
+            V::NegativePrice {
+                line: 1,
+                sku: "A".into(),
+                price: -5,
+            },
+            "line 1 (sku A): unit price must be >= 0, got -5",
+        ),
+        (
+            V::MissingField {
+                field: "customer_id",
+            },
+            "customer_id must not be blank",
+        ),
+        (
+            V::MissingLineField {
+                line: 3,
+                field: "sku",
+            },
+            "line 3: sku must not be blank",
+        ),
+        (V::NoLines, "order has no lines"),
+        (
+            V::TooManyLines {
+                count: 501,
+                max: 500,
+            },
+            "order has 501 lines, at most 500 are allowed",
+        ),
+        (
+            V::UnknownCurrency { code: "eur".into() },
+            "currency \"eur\" is not a known ISO 4217 code (upper case, e.g. EUR)",
+        ),
+        (
+            V::InvalidCountry { code: "de".into() },
+            "shipping_address.country \"de\" must be two upper-case letters (ISO 3166-1 alpha-2)",
+        ),
+        (V::TotalOverflow, "order total overflows 64-bit minor units"),
+        (
+            V::NegativeAmount {
+                field: "amount_minor",
+                amount: -1,
+            },
+            "amount_minor must be >= 0, got -1",
+        ),
+    ];
+    for (error, message) in table {
+        assert_eq!(error.to_string(), message);
+    }
+}
+
+#[test]
+fn currency_lookup_is_exact() {
+    assert!(is_known_currency("EUR"));
+    assert!(!is_known_currency("eur"));
+    assert!(!is_known_currency("XXX"));
+}

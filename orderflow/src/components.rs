@@ -1,0 +1,127 @@
+//! The long-running components and how they are started: every saga step and the projector,
+//! all in one process or one per process (`orderflow run --only <name>`), all in the same
+//! consumer groups so that processes scale out.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use consumers::inventory::Inventory;
+use consumers::payment::{Payment, SimulatedProvider};
+use consumers::saga::OrderSaga;
+use consumers::shipping::{Shipping, SimulatedCarrier};
+use consumers::{RunnerOptions, Step, StepRunner};
+use platform::Settings;
+use projections::Projector;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A component `orderflow run` can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Component {
+    Inventory,
+    Payment,
+    Shipping,
+    Saga,
+    Projections,
+}
+
+impl Component {
+    pub const ALL: [Component; 5] =
+        [Component::Inventory, Component::Payment, Component::Shipping, Component::Saga, Component::Projections];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Inventory => consumers::inventory::NAME,
+            Component::Payment => consumers::payment::NAME,
+            Component::Shipping => consumers::shipping::NAME,
+            Component::Saga => consumers::saga::NAME,
+            Component::Projections => projections::NAME,
+        }
+    }
+}
+
+/// The step behind a component, wired to the simulated providers configured in `settings`.
+pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<Arc<dyn Step>> {
+    Some(match component {
+        Component::Inventory => Arc::new(Inventory),
+        Component::Payment => Arc::new(Payment::new(Arc::new(SimulatedProvider::new(
+            pool.clone(),
+            settings.payment.decline_over_minor,
+        )))),
+        Component::Shipping => Arc::new(Shipping::new(Arc::new(SimulatedCarrier::new(
+            settings.shipping.carrier.clone(),
+            settings.shipping.unserved_countries.clone(),
+        )))),
+        Component::Saga => Arc::new(OrderSaga),
+        Component::Projections => return None,
+    })
+}
+
+/// Start `components` as tasks. Each finishes when `shutdown` is cancelled; a component that
+/// fails returns its error through the set.
+pub fn start(
+    components: &[Component],
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinSet<anyhow::Result<Component>>> {
+    start_with(components, settings, pool, shutdown, &RunnerOptions::default())
+}
+
+/// [`start`] with runner options (fault injection in crash tests).
+pub fn start_with(
+    components: &[Component],
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+    options: &RunnerOptions,
+) -> anyhow::Result<JoinSet<anyhow::Result<Component>>> {
+    let mut set = JoinSet::new();
+    for &component in components {
+        let token = shutdown.clone();
+        match step(component, settings, pool) {
+            Some(step) => {
+                let runner = StepRunner::new(step, settings, pool.clone(), options.clone())
+                    .with_context(|| format!("starting {}", component.name()))?;
+                set.spawn(async move { runner.run(token).await.map(|()| component) });
+            }
+            None => {
+                let projector =
+                    Projector::new(settings, pool.clone()).with_context(|| format!("starting {}", component.name()))?;
+                set.spawn(async move { projector.run(token).await.map(|()| component) });
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Connect to Postgres (creating the database when `create` is set) and run the migrations.
+pub async fn prepare_database(settings: &Settings, create: bool) -> anyhow::Result<PgPool> {
+    if create {
+        platform::db::ensure_database(&settings.database.url).await?;
+    }
+    let pool = platform::db::connect(&settings.database).await?;
+    platform::db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Wait for every component; the first failure cancels the others and is returned.
+pub async fn supervise(mut set: JoinSet<anyhow::Result<Component>>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(component)) => tracing::info!(component = component.name(), "component stopped"),
+            Ok(Err(error)) => {
+                tracing::error!(error = format!("{error:#}"), "component failed; stopping the others");
+                shutdown.cancel();
+                first_error.get_or_insert(error);
+            }
+            Err(join_error) => {
+                shutdown.cancel();
+                first_error.get_or_insert(anyhow::anyhow!("component task panicked: {join_error}"));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

@@ -1,0 +1,200 @@
+//! The `orderflow` command line: one binary whose subcommands reach every part of the
+//! pipeline. Parsing and dispatch only; the work happens in the library crates.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderflow::components::{self, Component};
+use orderflow::demo::{self, DemoOptions};
+use platform::Settings;
+
+#[derive(Parser)]
+#[command(name = "orderflow", version, about = "Event-sourced order pipeline on Kafka and Postgres")]
+struct Cli {
+    /// TOML settings file; ORDERFLOW_* environment variables override it
+    /// (ORDERFLOW_KAFKA__BROKERS, ORDERFLOW_DATABASE__URL, ...).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the database if missing and apply the schema migrations.
+    Migrate,
+    /// Create the order log topic (kafka.topic) if missing.
+    Topics {
+        /// Partitions for a new topic [default: kafka.partitions, 12].
+        #[arg(long)]
+        partitions: Option<i32>,
+    },
+    /// Read orders as JSON lines from FILE (or stdin) and append OrderCreated events.
+    /// Bad lines are reported with their number; the exit code is 1 if any line failed.
+    Publish {
+        /// A file of JSON lines; stdin when omitted or "-".
+        file: Option<PathBuf>,
+    },
+    /// Run pipeline components until SIGINT/SIGTERM (all of them unless --only is given).
+    Run {
+        /// Run only these components (repeatable); more processes join the same groups.
+        #[arg(long, value_enum)]
+        only: Vec<Component>,
+    },
+    /// Manage inventory stock.
+    Stock {
+        #[command(subcommand)]
+        action: StockAction,
+    },
+    /// Manage customers the simulated payment provider declines.
+    Customers {
+        #[command(subcommand)]
+        action: CustomerAction,
+    },
+    /// Publish N generated orders, wait until all are terminal, and print a summary.
+    Demo {
+        /// How many orders to publish.
+        #[arg(long, default_value_t = 1_000)]
+        orders: usize,
+        /// Give up (and say what is stuck) after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Seed of the order generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Do not start the components in this process; use ones already running.
+        #[arg(long)]
+        external: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StockAction {
+    /// Set the available quantity of skus: SKU=QTY ...
+    Set {
+        #[arg(required = true, value_parser = parse_stock)]
+        items: Vec<(String, i64)>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomerAction {
+    /// Mark a customer as failing: every payment of theirs is declined (customer_blocked).
+    Block {
+        customer_id: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+fn parse_stock(text: &str) -> Result<(String, i64), String> {
+    let (sku, qty) = text.split_once('=').ok_or_else(|| format!("{text:?} is not SKU=QTY"))?;
+    let qty: i64 = qty.parse().map_err(|_| format!("{text:?}: quantity {qty:?} is not a whole number"))?;
+    if sku.trim().is_empty() || qty < 0 {
+        return Err(format!("{text:?}: sku must not be blank and quantity must be >= 0"));
+    }
+    Ok((sku.to_string(), qty))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    platform::telemetry::init();
+    // Multi-threaded: the projector's assignment callback blocks a worker briefly.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    match cli.command {
+        Command::Migrate => {
+            components::prepare_database(&settings, true).await?;
+            eprintln!("database migrated");
+        }
+        Command::Topics { partitions } => {
+            let partitions = partitions.unwrap_or(settings.kafka.partitions);
+            platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, partitions).await?;
+            eprintln!("topic {} ready", settings.kafka.topic);
+        }
+        Command::Publish { file } => return publish(&settings, file).await,
+        Command::Run { only } => {
+            let chosen = if only.is_empty() { Component::ALL.to_vec() } else { only };
+            let pool = components::prepare_database(&settings, false).await?;
+            platform::kafka::partition_count(&settings.kafka, &settings.kafka.topic)?;
+            let shutdown = platform::shutdown::on_signals();
+            let set = components::start(&chosen, &settings, &pool, &shutdown)?;
+            components::supervise(set, &shutdown).await?;
+        }
+        Command::Stock { action: StockAction::Set { items } } => {
+            let pool = components::prepare_database(&settings, false).await?;
+            let mut tx = pool.begin().await?;
+            consumers::inventory::set_stock(&mut tx, &items).await?;
+            tx.commit().await?;
+            eprintln!("stock set for {} skus", items.len());
+        }
+        Command::Customers { action: CustomerAction::Block { customer_id, note } } => {
+            let pool = components::prepare_database(&settings, false).await?;
+            sqlx::query(
+                "INSERT INTO payment.blocked_customers (customer_id, note) VALUES ($1, $2)
+                 ON CONFLICT (customer_id) DO UPDATE SET note = EXCLUDED.note",
+            )
+            .bind(&customer_id)
+            .bind(&note)
+            .execute(&pool)
+            .await?;
+            eprintln!("customer {customer_id} is blocked");
+        }
+        Command::Demo { orders, timeout_secs, seed, external } => {
+            let pool = components::prepare_database(&settings, true).await?;
+            platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, settings.kafka.partitions).await?;
+            let shutdown = platform::shutdown::on_signals();
+            let set = if external { None } else { Some(components::start(&Component::ALL, &settings, &pool, &shutdown)?) };
+            let options = DemoOptions { orders, timeout: Duration::from_secs(timeout_secs), seed };
+            let result = tokio::select! {
+                result = demo::run(&settings, &pool, &options) => result.map(|_| ()),
+                _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+            };
+            shutdown.cancel();
+            if let Some(set) = set {
+                components::supervise(set, &shutdown).await?;
+            }
+            result?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish(settings: &Settings, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let publisher = producers::Publisher::new(&settings.kafka, "orderflow-publish")?;
+    let reader: Box<dyn BufRead> = match &file {
+        Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        _ => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let source = file.as_ref().map_or_else(|| "stdin".to_string(), |p| p.display().to_string());
+    let report = publisher.publish_lines(reader).await?;
+    publisher.flush_all(Duration::from_secs(30))?;
+    for (line, reason) in &report.failed {
+        eprintln!("{source}:{line}: {reason}");
+    }
+    eprintln!("published {} orders to {}; {} lines failed", report.published, settings.kafka.topic, report.failed.len());
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,202 @@
+//! Typed settings, layered: built-in defaults, then an optional TOML file, then `ORDERFLOW_*`
+//! environment variables (`ORDERFLOW_KAFKA__BROKERS=host:9092` sets `kafka.brokers`).
+//!
+//! Settings are passed explicitly to every component; there is no global instance.
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub database: DatabaseSettings,
+    pub consumer: ConsumerSettings,
+    pub payment: PaymentSettings,
+    pub shipping: ShippingSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// The order log topic.
+    pub topic: String,
+    /// Partitions the `topics` command creates the log with.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Prefix of every consumer group id (`<prefix>.inventory`, ...).
+    pub group_prefix: String,
+    /// How long a consumer may be silent before the group evicts it.
+    pub session_timeout_ms: u32,
+    /// Upper bound for one produce, including librdkafka's internal retries.
+    pub delivery_timeout_ms: u32,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// A postgres:// URL. It may carry a password, so Debug never prints it.
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// How every step and projection consumes: bounded batches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Most records handled in one Postgres transaction.
+    pub batch_max_events: usize,
+    /// Longest wait for a batch to fill once its first record arrived.
+    pub batch_max_wait_ms: u64,
+    /// Retry delays for a batch that failed with a retryable error.
+    pub retry_delay_ms_min: u64,
+    pub retry_delay_ms_max: u64,
+    /// Unpublished outbox rows older than this are re-published by any member of the step.
+    pub outbox_relay_after_ms: u64,
+}
+
+/// Rules of the simulated payment provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// Orders whose total is above this many minor units are declined (`amount_over_limit`).
+    pub decline_over_minor: i64,
+}
+
+/// Rules of the simulated carrier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingSettings {
+    pub carrier: String,
+    /// ISO country codes the carrier does not deliver to (`destination_not_served`).
+    pub unserved_countries: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kafka: KafkaSettings {
+                brokers: "127.0.0.1:9092".into(),
+                topic: "orders.events".into(),
+                partitions: 12,
+                replication_factor: 1,
+                group_prefix: "orderflow".into(),
+                session_timeout_ms: 10_000,
+                delivery_timeout_ms: 30_000,
+            },
+            database: DatabaseSettings {
+                url: "postgres://postgres@127.0.0.1:5432/orderflow".into(),
+                max_connections: 16,
+                acquire_timeout_ms: 10_000,
+            },
+            consumer: ConsumerSettings {
+                batch_max_events: 500,
+                batch_max_wait_ms: 50,
+                retry_delay_ms_min: 100,
+                retry_delay_ms_max: 5_000,
+                outbox_relay_after_ms: 5_000,
+            },
+            payment: PaymentSettings { decline_over_minor: 500_000 },
+            shipping: ShippingSettings {
+                carrier: "simulated-post".into(),
+                unserved_countries: vec!["AQ".into()],
+            },
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` if given (it must exist), then `ORDERFLOW_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist (pass an existing TOML file or omit --config)",
+                    path.display()
+                ))));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("ORDERFLOW_").split("__"))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    pub fn group_id(&self, component: &str) -> String {
+        format!("{}.{}", self.kafka.group_prefix, component)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_only_the_password() {
+        let cases = [
+            ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h/db", "postgres://h/db"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("of.toml", "[kafka]\ntopic = \"from-file\"\npartitions = 3\n")?;
+            jail.set_env("ORDERFLOW_KAFKA__PARTITIONS", "7");
+            let s = Settings::load(Some(Path::new("of.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.kafka.topic, "from-file");
+            assert_eq!(s.kafka.partitions, 7);
+            assert_eq!(s.kafka.brokers, "127.0.0.1:9092");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[kafka]\ntopics = \"typo\"\n")?;
+            let err = Settings::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(err.to_string().contains("topics"), "{err}");
+            let err = Settings::load(Some(Path::new("missing.toml"))).unwrap_err();
+            assert!(err.to_string().contains("does not exist"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,144 @@
+//! The Postgres pool and the schema migrations (the `migrations/` folder at the workspace
+//! root). Every component runs [`migrate`] at start; sqlx serialises concurrent runs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::config::{redact_url, DatabaseSettings};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Connect a pool. Fails with a message that names the URL (password hidden) and what to do.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = settings
+        .url
+        .parse::<PgConnectOptions>()
+        .with_context(|| format!("database.url {} is not a valid postgres URL", redact_url(&settings.url)))?
+        // Statement logging at INFO would drown the logs at thousands of events per second.
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_with(options)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Postgres at {} (is it running? start it with scripts/dev-up, \
+                 or set ORDERFLOW_DATABASE__URL)",
+                redact_url(&settings.url)
+            )
+        })
+}
+
+/// Create the database named in `url` if it does not exist, using the server's `postgres`
+/// database. Used by the demo and the tests; production databases are provisioned by operators.
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let options: PgConnectOptions = url
+        .parse()
+        .with_context(|| format!("{} is not a valid postgres URL", redact_url(url)))?;
+    let name = options
+        .get_database()
+        .context("the database URL names no database")?
+        .to_string();
+    let mut admin = options
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to Postgres at {}", redact_url(url)))?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        // Identifiers cannot be bound as parameters; quote it the way Postgres does.
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let created = sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut admin).await;
+        if let Err(e) = created {
+            // Another process may have created it between our check and our create.
+            let duplicate = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|code| code == "42P04");
+            if !duplicate {
+                return Err(e).context("CREATE DATABASE failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("running database migrations")
+}
+
+/// Whether a database error is worth retrying: connection loss, timeouts, serialization
+/// failures and deadlocks are; constraint violations and syntax errors are not.
+pub fn is_retryable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 40001 serialization_failure, 40P01 deadlock_detected, class 08 connection
+            // exceptions, 57P01..03 admin shutdown / crash shutdown / cannot connect now,
+            // 53300 too_many_connections.
+            code == "40001" || code == "40P01" || code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// Where a record came from, for logs and `pipeline.rejected_records`.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordPosition<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Set a record aside in `pipeline.rejected_records` with its position, bytes and reason,
+/// inside the caller's transaction, and log it at ERROR: an operator must look at it. The
+/// caller then moves on, so the partition never stalls on it.
+pub async fn set_aside(
+    tx: &mut sqlx::PgConnection,
+    consumer: &str,
+    position: RecordPosition<'_>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    kind: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(
+        consumer,
+        topic = position.topic,
+        partition = position.partition,
+        offset = position.offset,
+        kind,
+        reason,
+        "record set aside in pipeline.rejected_records"
+    );
+    sqlx::query(
+        "INSERT INTO pipeline.rejected_records (consumer, topic, partition, \"offset\", record_key, payload, error_kind, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (consumer, topic, partition, \"offset\") DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(position.topic)
+    .bind(position.partition)
+    .bind(position.offset)
+    .bind(key)
+    .bind(payload)
+    .bind(kind)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

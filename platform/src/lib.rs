@@ -1,0 +1,12 @@
+//! Runtime plumbing every component shares: typed settings, Kafka client configuration,
+//! the Postgres pool and its migrations, shutdown and logging.
+//!
+//! Nothing here knows about orders or the wire format; domain code lives in the other crates.
+
+pub mod config;
+pub mod db;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Settings;

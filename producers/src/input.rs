@@ -1,0 +1,108 @@
+//! The order format upstream systems hand to `orderflow publish`: one JSON object per line.
+//!
+//! ```json
+//! {"order_id":"o-1","customer_id":"c-9","currency":"EUR",
+//!  "lines":[{"sku":"SKU-1","quantity":2,"unit_price_minor":1999}],
+//!  "shipping_address":{"name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country":"DE"}}
+//! ```
+//!
+//! `correlation_id` is optional. The event id is derived from the order id, so publishing the
+//! same file twice appends records that every consumer recognises as the same event.
+
+use chrono::{DateTime, Utc};
+use events::{Address, Event, EventBody, Metadata, OrderCreated, OrderLine, ValidationError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Namespace of the event ids derived from order ids.
+const ORDER_CREATED_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_6f72_6465_7273);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderInput {
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub lines: Vec<OrderLine>,
+    pub shipping_address: Address,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+}
+
+/// Why one input line was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// Not JSON, or not an order object: fix the line's syntax or fields.
+    #[error("not a valid order object: {0}")]
+    Syntax(#[from] serde_json::Error),
+    /// Well-formed but breaks a domain rule: fix the order.
+    #[error("invalid order: {0}")]
+    Invalid(#[from] ValidationError),
+}
+
+/// The deterministic event id of the `OrderCreated` for `order_id`.
+pub fn order_created_id(order_id: &str) -> Uuid {
+    Uuid::new_v5(&ORDER_CREATED_NAMESPACE, order_id.as_bytes())
+}
+
+impl OrderInput {
+    /// Validate and turn into an `OrderCreated` event that occurred at `now`.
+    pub fn into_event(self, now: DateTime<Utc>) -> Result<Event, ValidationError> {
+        let order = OrderCreated {
+            customer_id: self.customer_id,
+            lines: self.lines,
+            currency: self.currency,
+            shipping_address: self.shipping_address,
+        };
+        events::validate_order(&order, &self.order_id)?;
+        let event_id = order_created_id(&self.order_id);
+        Ok(Event {
+            meta: Metadata {
+                event_id,
+                order_id: self.order_id,
+                occurred_at: now,
+                correlation_id: self.correlation_id.unwrap_or(event_id),
+                causation_id: event_id,
+            },
+            body: EventBody::OrderCreated(order),
+        })
+    }
+}
+
+/// Parse and validate one line.
+pub fn parse_line(line: &str, now: DateTime<Utc>) -> Result<Event, LineError> {
+    let input: OrderInput = serde_json::from_str(line)?;
+    Ok(input.into_event(now)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"order_id":"o-1","customer_id":"c-9","currency":"EUR","lines":[{"sku":"S1","quantity":2,"unit_price_minor":1999}],"shipping_address":{"name":"A","line1":"1 Main","city":"Berlin","postal_code":"10115","country":"DE"}}"#;
+
+    #[test]
+    fn a_good_line_becomes_an_order_created_with_a_stable_id() {
+        let a = parse_line(GOOD, Utc::now()).expect("valid line");
+        let b = parse_line(GOOD, Utc::now()).expect("valid line");
+        assert_eq!(a.meta.event_id, b.meta.event_id);
+        assert_eq!(a.meta.causation_id, a.meta.event_id);
+        assert_eq!(a.meta.order_id, "o-1");
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        let table = [
+            ("{not json", "not a valid order object"),
+            (r#"{"order_id":"o"}"#, "missing field"),
+            (&GOOD.replace("\"quantity\":2", "\"quantity\":0"), "quantity"),
+            (&GOOD.replace("EUR", "EURO"), "currency"),
+            (&GOOD.replace("\"o-1\"", "\"\""), "order_id"),
+            (&GOOD.replace("\"customer_id\"", "\"customer\""), "unknown field"),
+        ];
+        for (line, want) in table {
+            let err = parse_line(line, Utc::now()).expect_err(line).to_string();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+}
