@@ -1,0 +1,10 @@
+//! End-to-end tests of the pipeline against the running broker (127.0.0.1:9092) and Postgres
+//! (127.0.0.1:5432): start them with `scripts/dev-up`. Each test gets its own database,
+//! topic and consumer groups.
+
+mod cli;
+mod delivery;
+mod faults;
+mod outcomes;
+mod support;
+mod upstream;
