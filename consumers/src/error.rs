@@ -12,7 +12,11 @@ pub enum HandlerError {
     /// An external provider (payment, carrier) could not answer. Retry when `retryable`
     /// (timeouts, 5xx), otherwise treat as permanent.
     #[error("provider {provider} failed: {message}")]
-    Provider { provider: &'static str, message: String, retryable: bool },
+    Provider {
+        provider: &'static str,
+        message: String,
+        retryable: bool,
+    },
 
     /// The event cannot be applied in the step's current state (for example a reply for an
     /// order the step never saw). Permanent: the record is set aside with this reason and the

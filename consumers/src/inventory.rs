@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use events::{
-    Event, EventBody, EventType, InventoryRejected, InventoryReleased, InventoryReserved, Shortage, SkuQuantity,
+    Event, EventBody, EventType, InventoryRejected, InventoryReleased, InventoryReserved, Shortage,
+    SkuQuantity,
 };
 use sqlx::PgConnection;
 
@@ -31,7 +32,11 @@ impl Step for Inventory {
         )
     }
 
-    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError> {
         match &event.body {
             EventBody::OrderCreated(order) => reserve(tx, event, &order.lines).await,
             // The order failed after its stock was reserved: give the stock back.
@@ -52,12 +57,17 @@ fn wanted_per_sku(lines: &[events::OrderLine]) -> BTreeMap<String, i64> {
     wanted
 }
 
-async fn reserve(tx: &mut PgConnection, event: &Event, lines: &[events::OrderLine]) -> Result<Vec<EventBody>, HandlerError> {
+async fn reserve(
+    tx: &mut PgConnection,
+    event: &Event,
+    lines: &[events::OrderLine],
+) -> Result<Vec<EventBody>, HandlerError> {
     let order_id = &event.meta.order_id;
-    let seen: Option<String> = sqlx::query_scalar("SELECT status FROM inventory.reservations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let seen: Option<String> =
+        sqlx::query_scalar("SELECT status FROM inventory.reservations WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     if let Some(status) = seen {
         // A second OrderCreated for the same order id (with a different event id): the first
         // one decided; this one must not reserve again.
@@ -67,11 +77,12 @@ async fn reserve(tx: &mut PgConnection, event: &Event, lines: &[events::OrderLin
     }
     let wanted = wanted_per_sku(lines);
     let skus: Vec<&str> = wanted.keys().map(String::as_str).collect();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
-            .bind(&skus)
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(&skus)
+    .fetch_all(&mut *tx)
+    .await?;
     let available: BTreeMap<String, i64> = rows.into_iter().collect();
     let shortages: Vec<Shortage> = wanted
         .iter()
@@ -87,7 +98,10 @@ async fn reserve(tx: &mut PgConnection, event: &Event, lines: &[events::OrderLin
     let reservation_id = events::reply_event_id(event.meta.event_id, "inventory-reservation");
     let items: Vec<SkuQuantity> = wanted
         .iter()
-        .map(|(sku, &qty)| SkuQuantity { sku: sku.clone(), quantity: clamp_i32(qty) })
+        .map(|(sku, &qty)| SkuQuantity {
+            sku: sku.clone(),
+            quantity: clamp_i32(qty),
+        })
         .collect();
     let items_json = serde_json::Value::Array(
         items
@@ -95,7 +109,11 @@ async fn reserve(tx: &mut PgConnection, event: &Event, lines: &[events::OrderLin
             .map(|i| serde_json::json!({ "sku": i.sku, "quantity": i.quantity }))
             .collect(),
     );
-    let status = if shortages.is_empty() { "reserved" } else { "rejected" };
+    let status = if shortages.is_empty() {
+        "reserved"
+    } else {
+        "rejected"
+    };
     sqlx::query("INSERT INTO inventory.reservations (order_id, reservation_id, status, items) VALUES ($1, $2, $3, $4)")
         .bind(order_id)
         .bind(reservation_id)
@@ -119,12 +137,19 @@ async fn reserve(tx: &mut PgConnection, event: &Event, lines: &[events::OrderLin
     .bind(&quantities)
     .execute(&mut *tx)
     .await?;
-    Ok(vec![EventBody::InventoryReserved(InventoryReserved { reservation_id, items })])
+    Ok(vec![EventBody::InventoryReserved(InventoryReserved {
+        reservation_id,
+        items,
+    })])
 }
 
 /// Compensation: return a reserved order's stock. Releasing twice, or releasing an order that
 /// holds nothing, emits nothing.
-async fn release(tx: &mut PgConnection, event: &Event, reason: &str) -> Result<Vec<EventBody>, HandlerError> {
+async fn release(
+    tx: &mut PgConnection,
+    event: &Event,
+    reason: &str,
+) -> Result<Vec<EventBody>, HandlerError> {
     let order_id = &event.meta.order_id;
     let row: Option<(uuid::Uuid, String, serde_json::Value)> = sqlx::query_as(
         "SELECT reservation_id, status, items FROM inventory.reservations WHERE order_id = $1 FOR UPDATE",
@@ -133,7 +158,9 @@ async fn release(tx: &mut PgConnection, event: &Event, reason: &str) -> Result<V
     .fetch_optional(&mut *tx)
     .await?;
     let Some((reservation_id, status, items_json)) = row else {
-        return Err(HandlerError::Rule(format!("order {order_id} has no reservation to release")));
+        return Err(HandlerError::Rule(format!(
+            "order {order_id} has no reservation to release"
+        )));
     };
     if status != "reserved" {
         tracing::info!(%order_id, status, "nothing to release");
@@ -167,7 +194,11 @@ async fn release(tx: &mut PgConnection, event: &Event, reason: &str) -> Result<V
         .bind(order_id)
         .execute(&mut *tx)
         .await?;
-    Ok(vec![EventBody::InventoryReleased(InventoryReleased { reservation_id, items, reason: reason.to_string() })])
+    Ok(vec![EventBody::InventoryReleased(InventoryReleased {
+        reservation_id,
+        items,
+        reason: reason.to_string(),
+    })])
 }
 
 fn clamp_i32(value: i64) -> i32 {
@@ -196,8 +227,15 @@ mod tests {
 
     #[test]
     fn lines_of_one_sku_add_up_and_sort() {
-        let line = |sku: &str, quantity| OrderLine { sku: sku.into(), quantity, unit_price_minor: 100 };
+        let line = |sku: &str, quantity| OrderLine {
+            sku: sku.into(),
+            quantity,
+            unit_price_minor: 100,
+        };
         let wanted = wanted_per_sku(&[line("B", 2), line("A", 1), line("B", 3)]);
-        assert_eq!(wanted.into_iter().collect::<Vec<_>>(), vec![("A".to_string(), 1), ("B".to_string(), 5)]);
+        assert_eq!(
+            wanted.into_iter().collect::<Vec<_>>(),
+            vec![("A".to_string(), 1), ("B".to_string(), 5)]
+        );
     }
 }

@@ -32,7 +32,11 @@ pub trait Step: Send + Sync + 'static {
     fn wants(&self, event_type: EventType) -> bool;
 
     /// Apply `event` and return the events to emit in reply (often one, possibly none).
-    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError>;
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError>;
 }
 
 /// Every step of the pipeline by name, for `orderflow run --only`.

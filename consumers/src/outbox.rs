@@ -41,7 +41,11 @@ pub async fn insert(
         types.push(event.event_type().as_str().to_string());
         orders.push(event.meta.order_id.clone());
         payloads.push(events::encode(event).with_context(|| {
-            format!("encoding reply {} for order {}", event.event_type(), event.meta.order_id)
+            format!(
+                "encoding reply {} for order {}",
+                event.event_type(),
+                event.meta.order_id
+            )
         })?);
     }
     // ON CONFLICT: a step that re-handles an event after a partial failure produces the same
@@ -62,7 +66,8 @@ pub async fn insert(
     .fetch_all(&mut *tx)
     .await
     .context("writing outbox rows")?;
-    let by_event: std::collections::HashMap<Uuid, i64> = rows.into_iter().map(|(id, ev)| (ev, id)).collect();
+    let by_event: std::collections::HashMap<Uuid, i64> =
+        rows.into_iter().map(|(id, ev)| (ev, id)).collect();
     let mut out = Vec::with_capacity(by_event.len());
     for (i, event_id) in ids.into_iter().enumerate() {
         if let Some(id) = by_event.get(&event_id) {
@@ -82,14 +87,24 @@ pub async fn insert(
 /// Send `rows` in order, wait for every acknowledgement, then mark them published. The
 /// idempotent producer keeps their order per partition; an error leaves the rows unpublished
 /// for the relay.
-pub async fn publish(pool: &PgPool, producer: &FutureProducer, rows: &[OutboxRow]) -> anyhow::Result<()> {
+pub async fn publish(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    rows: &[OutboxRow],
+) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let sends = rows.iter().map(|row| {
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "event_type", value: Some(row.event_type.as_bytes()) })
-            .insert(Header { key: "event_id", value: Some(row.event_id.to_string().as_bytes()) });
+            .insert(Header {
+                key: "event_type",
+                value: Some(row.event_type.as_bytes()),
+            })
+            .insert(Header {
+                key: "event_id",
+                value: Some(row.event_id.to_string().as_bytes()),
+            });
         let record = FutureRecord::to(&row.topic)
             .key(row.order_id.as_bytes())
             .payload(&row.payload)
@@ -100,7 +115,11 @@ pub async fn publish(pool: &PgPool, producer: &FutureProducer, rows: &[OutboxRow
     let results = futures::future::join_all(sends).await;
     for (row, result) in rows.iter().zip(results) {
         if let Err((error, _)) = result {
-            anyhow::bail!("publishing outbox row {} (event {}) failed: {error}", row.id, row.event_id);
+            anyhow::bail!(
+                "publishing outbox row {} (event {}) failed: {error}",
+                row.id,
+                row.event_id
+            );
         }
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
@@ -138,14 +157,16 @@ pub async fn relay(
         }
         let rows: Vec<OutboxRow> = rows
             .into_iter()
-            .map(|(id, event_id, event_type, order_id, topic, payload)| OutboxRow {
-                id,
-                event_id,
-                event_type,
-                order_id,
-                topic,
-                payload,
-            })
+            .map(
+                |(id, event_id, event_type, order_id, topic, payload)| OutboxRow {
+                    id,
+                    event_id,
+                    event_type,
+                    order_id,
+                    topic,
+                    payload,
+                },
+            )
             .collect();
         publish(pool, producer, &rows).await?;
         total += rows.len();

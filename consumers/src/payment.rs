@@ -35,8 +35,15 @@ pub enum AuthorizationDecision {
 
 #[async_trait]
 pub trait PaymentProvider: Send + Sync {
-    async fn authorize(&self, request: &AuthorizationRequest) -> Result<AuthorizationDecision, HandlerError>;
-    async fn void(&self, provider_reference: &str, idempotency_key: Uuid) -> Result<(), HandlerError>;
+    async fn authorize(
+        &self,
+        request: &AuthorizationRequest,
+    ) -> Result<AuthorizationDecision, HandlerError>;
+    async fn void(
+        &self,
+        provider_reference: &str,
+        idempotency_key: Uuid,
+    ) -> Result<(), HandlerError>;
 }
 
 /// A provider with deterministic, documented rules, for demos and tests.
@@ -47,33 +54,50 @@ pub struct SimulatedProvider {
 
 impl SimulatedProvider {
     pub fn new(pool: PgPool, decline_over_minor: i64) -> Self {
-        SimulatedProvider { pool, decline_over_minor }
+        SimulatedProvider {
+            pool,
+            decline_over_minor,
+        }
     }
 }
 
 #[async_trait]
 impl PaymentProvider for SimulatedProvider {
-    async fn authorize(&self, request: &AuthorizationRequest) -> Result<AuthorizationDecision, HandlerError> {
+    async fn authorize(
+        &self,
+        request: &AuthorizationRequest,
+    ) -> Result<AuthorizationDecision, HandlerError> {
         if request.amount_minor > self.decline_over_minor {
-            return Ok(AuthorizationDecision::Declined { reason: "amount_over_limit".into() });
+            return Ok(AuthorizationDecision::Declined {
+                reason: "amount_over_limit".into(),
+            });
         }
-        let blocked: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payment.blocked_customers WHERE customer_id = $1)")
-                .bind(&request.customer_id)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| HandlerError::Provider {
-                    provider: "simulated",
-                    message: e.to_string(),
-                    retryable: platform::db::is_retryable(&e),
-                })?;
+        let blocked: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM payment.blocked_customers WHERE customer_id = $1)",
+        )
+        .bind(&request.customer_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| HandlerError::Provider {
+            provider: "simulated",
+            message: e.to_string(),
+            retryable: platform::db::is_retryable(&e),
+        })?;
         if blocked {
-            return Ok(AuthorizationDecision::Declined { reason: "customer_blocked".into() });
+            return Ok(AuthorizationDecision::Declined {
+                reason: "customer_blocked".into(),
+            });
         }
-        Ok(AuthorizationDecision::Authorized { provider_reference: format!("sim-{}", request.idempotency_key.simple()) })
+        Ok(AuthorizationDecision::Authorized {
+            provider_reference: format!("sim-{}", request.idempotency_key.simple()),
+        })
     }
 
-    async fn void(&self, _provider_reference: &str, _idempotency_key: Uuid) -> Result<(), HandlerError> {
+    async fn void(
+        &self,
+        _provider_reference: &str,
+        _idempotency_key: Uuid,
+    ) -> Result<(), HandlerError> {
         Ok(())
     }
 }
@@ -95,10 +119,17 @@ impl Step for Payment {
     }
 
     fn wants(&self, event_type: EventType) -> bool {
-        matches!(event_type, EventType::OrderCreated | EventType::InventoryReserved | EventType::ShipmentFailed)
+        matches!(
+            event_type,
+            EventType::OrderCreated | EventType::InventoryReserved | EventType::ShipmentFailed
+        )
     }
 
-    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError> {
         let order_id = &event.meta.order_id;
         match &event.body {
             EventBody::OrderCreated(order) => {
@@ -125,22 +156,32 @@ impl Step for Payment {
 }
 
 impl Payment {
-    async fn authorize(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+    async fn authorize(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError> {
         let order_id = &event.meta.order_id;
-        let order: Option<(String, i64, String)> =
-            sqlx::query_as("SELECT customer_id, amount_minor, currency FROM payment.orders WHERE order_id = $1")
+        let order: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT customer_id, amount_minor, currency FROM payment.orders WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((customer_id, amount_minor, currency)) = order else {
+            return Err(HandlerError::Rule(format!(
+                "InventoryReserved for order {order_id}, whose OrderCreated payment never saw"
+            )));
+        };
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT status FROM payment.payments WHERE order_id = $1")
                 .bind(order_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((customer_id, amount_minor, currency)) = order else {
-            return Err(HandlerError::Rule(format!("InventoryReserved for order {order_id}, whose OrderCreated payment never saw")));
-        };
-        let existing: Option<String> = sqlx::query_scalar("SELECT status FROM payment.payments WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
         if let Some(status) = existing {
-            return Err(HandlerError::Rule(format!("order {order_id} already has a payment ({status}); not charging again")));
+            return Err(HandlerError::Rule(format!(
+                "order {order_id} already has a payment ({status}); not charging again"
+            )));
         }
         let payment_id = events::reply_event_id(event.meta.event_id, "payment-id");
         let request = AuthorizationRequest {
@@ -151,10 +192,15 @@ impl Payment {
         };
         let decision = self.provider.authorize(&request).await?;
         let (status, entry, reference, decline_reason) = match &decision {
-            AuthorizationDecision::Authorized { provider_reference } => {
-                ("authorized", "authorization", Some(provider_reference.clone()), None)
+            AuthorizationDecision::Authorized { provider_reference } => (
+                "authorized",
+                "authorization",
+                Some(provider_reference.clone()),
+                None,
+            ),
+            AuthorizationDecision::Declined { reason } => {
+                ("declined", "decline", None, Some(reason.clone()))
             }
-            AuthorizationDecision::Declined { reason } => ("declined", "decline", None, Some(reason.clone())),
         };
         sqlx::query(
             "INSERT INTO payment.payments (payment_id, order_id, customer_id, amount_minor, currency, status, decline_reason, provider_reference)
@@ -170,24 +216,44 @@ impl Payment {
         .bind(&reference)
         .execute(&mut *tx)
         .await?;
-        ledger(tx, payment_id, order_id, entry, amount_minor, &currency, event.meta.event_id).await?;
+        ledger(
+            tx,
+            payment_id,
+            order_id,
+            entry,
+            amount_minor,
+            &currency,
+            event.meta.event_id,
+        )
+        .await?;
         Ok(vec![match decision {
-            AuthorizationDecision::Authorized { provider_reference } => EventBody::PaymentAuthorized(PaymentAuthorized {
-                payment_id,
-                customer_id,
-                amount_minor,
-                currency,
-                provider_reference,
-            }),
+            AuthorizationDecision::Authorized { provider_reference } => {
+                EventBody::PaymentAuthorized(PaymentAuthorized {
+                    payment_id,
+                    customer_id,
+                    amount_minor,
+                    currency,
+                    provider_reference,
+                })
+            }
             AuthorizationDecision::Declined { reason } => {
-                EventBody::PaymentDeclined(PaymentDeclined { customer_id, amount_minor, currency, reason })
+                EventBody::PaymentDeclined(PaymentDeclined {
+                    customer_id,
+                    amount_minor,
+                    currency,
+                    reason,
+                })
             }
         }])
     }
 
     /// Compensation: void an authorization. Voiding twice, or an order never authorized,
     /// emits nothing.
-    async fn void(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+    async fn void(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError> {
         let order_id = &event.meta.order_id;
         let row: Option<(Uuid, String, i64, String, Option<String>)> = sqlx::query_as(
             "SELECT payment_id, status, amount_minor, currency, provider_reference FROM payment.payments
@@ -197,20 +263,34 @@ impl Payment {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((payment_id, status, amount_minor, currency, reference)) = row else {
-            return Err(HandlerError::Rule(format!("order {order_id} has no payment to void")));
+            return Err(HandlerError::Rule(format!(
+                "order {order_id} has no payment to void"
+            )));
         };
         if status != "authorized" {
             tracing::info!(%order_id, status, "nothing to void");
             return Ok(Vec::new());
         }
         self.provider
-            .void(reference.as_deref().unwrap_or_default(), events::reply_event_id(event.meta.event_id, "payment-void"))
+            .void(
+                reference.as_deref().unwrap_or_default(),
+                events::reply_event_id(event.meta.event_id, "payment-void"),
+            )
             .await?;
         sqlx::query("UPDATE payment.payments SET status = 'voided', updated_at = now() WHERE payment_id = $1")
             .bind(payment_id)
             .execute(&mut *tx)
             .await?;
-        ledger(tx, payment_id, order_id, "void", -amount_minor, &currency, event.meta.event_id).await?;
+        ledger(
+            tx,
+            payment_id,
+            order_id,
+            "void",
+            -amount_minor,
+            &currency,
+            event.meta.event_id,
+        )
+        .await?;
         Ok(vec![EventBody::PaymentVoided(PaymentVoided {
             payment_id,
             amount_minor,

@@ -64,17 +64,30 @@ pub struct StepRunner {
 
 impl StepRunner {
     /// Join the step's consumer group on the order log.
-    pub fn new(step: Arc<dyn Step>, settings: &Settings, pool: PgPool, options: RunnerOptions) -> anyhow::Result<Self> {
+    pub fn new(
+        step: Arc<dyn Step>,
+        settings: &Settings,
+        pool: PgPool,
+        options: RunnerOptions,
+    ) -> anyhow::Result<Self> {
         let group = settings.group_id(step.name());
         let client_id = format!("orderflow-{}-{}", step.name(), std::process::id());
-        let consumer: StreamConsumer = platform::kafka::consumer_config(&settings.kafka, &group, &client_id)
-            .create()
-            .with_context(|| format!("creating consumer for group {group}"))?;
+        let consumer: StreamConsumer =
+            platform::kafka::consumer_config(&settings.kafka, &group, &client_id)
+                .create()
+                .with_context(|| format!("creating consumer for group {group}"))?;
         consumer
             .subscribe(&[settings.kafka.topic.as_str()])
             .with_context(|| format!("subscribing {group} to {}", settings.kafka.topic))?;
         let producer = platform::kafka::producer(&settings.kafka, &client_id)?;
-        Ok(StepRunner { step, pool, producer, consumer, settings: settings.clone(), options })
+        Ok(StepRunner {
+            step,
+            pool,
+            producer,
+            consumer,
+            settings: settings.clone(),
+            options,
+        })
     }
 
     /// Consume until `shutdown` is cancelled; the batch in hand is finished and committed first.
@@ -110,10 +123,15 @@ impl StepRunner {
                 if self.take_fault(Fault::CrashBeforeOffsetCommit, &rows) {
                     anyhow::bail!("injected fault: crashed before the offset commit");
                 }
-                platform::kafka::commit_offsets(&self.consumer, &platform::kafka::next_offsets(&batch));
+                platform::kafka::commit_offsets(
+                    &self.consumer,
+                    &platform::kafka::next_offsets(&batch),
+                );
             }
             if last_relay.elapsed() >= relay_after {
-                if let Err(error) = outbox::relay(&self.pool, &self.producer, name, relay_after).await {
+                if let Err(error) =
+                    outbox::relay(&self.pool, &self.producer, name, relay_after).await
+                {
                     tracing::warn!(step = name, %error, "outbox relay failed; will try again");
                 }
                 last_relay = Instant::now();
@@ -136,8 +154,12 @@ impl StepRunner {
 
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.settings.consumer.retry_delay_ms_min))
-            .with_max_delay(Duration::from_millis(self.settings.consumer.retry_delay_ms_max))
+            .with_min_delay(Duration::from_millis(
+                self.settings.consumer.retry_delay_ms_min,
+            ))
+            .with_max_delay(Duration::from_millis(
+                self.settings.consumer.retry_delay_ms_max,
+            ))
             .with_jitter()
             // Unbounded attempts: a database outage pauses the step, it never skips records.
             .without_max_times()
@@ -145,9 +167,21 @@ impl StepRunner {
 
     /// Apply the batch in one transaction, retrying the whole batch on retryable errors until
     /// it succeeds or shutdown is requested.
-    async fn apply_with_retry(&self, batch: &[OwnedMessage], shutdown: &CancellationToken) -> anyhow::Result<Vec<OutboxRow>> {
+    async fn apply_with_retry(
+        &self,
+        batch: &[OwnedMessage],
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Vec<OutboxRow>> {
         let name = self.step.name();
-        let attempt = || async { apply_batch(self.step.as_ref(), &self.pool, &self.settings.kafka.topic, batch).await };
+        let attempt = || async {
+            apply_batch(
+                self.step.as_ref(),
+                &self.pool,
+                &self.settings.kafka.topic,
+                batch,
+            )
+            .await
+        };
         let result = attempt
             .retry(self.backoff())
             .when(|error: &BatchError| error.retryable() && !shutdown.is_cancelled())
@@ -158,7 +192,9 @@ impl StepRunner {
                 tracing::debug!(step = name, ?outcome, "batch applied");
                 Ok(rows)
             }
-            Err(error) => Err(anyhow::Error::new(error).context(format!("step {name} cannot apply a batch"))),
+            Err(error) => {
+                Err(anyhow::Error::new(error).context(format!("step {name} cannot apply a batch")))
+            }
         }
     }
 }
@@ -299,7 +335,26 @@ async fn record_in_inbox(
     Ok(fresh.into_iter().collect())
 }
 
-async fn reject(tx: &mut PgConnection, consumer: &str, message: &OwnedMessage, kind: &str, reason: &str) -> Result<(), sqlx::Error> {
-    let position = platform::db::RecordPosition { topic: message.topic(), partition: message.partition(), offset: message.offset() };
-    platform::db::set_aside(tx, consumer, position, message.key(), message.payload(), kind, reason).await
+async fn reject(
+    tx: &mut PgConnection,
+    consumer: &str,
+    message: &OwnedMessage,
+    kind: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let position = platform::db::RecordPosition {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    platform::db::set_aside(
+        tx,
+        consumer,
+        position,
+        message.key(),
+        message.payload(),
+        kind,
+        reason,
+    )
+    .await
 }

@@ -23,10 +23,17 @@ impl Step for OrderSaga {
 
     fn wants(&self, event_type: EventType) -> bool {
         // Everything but its own terminal events.
-        !matches!(event_type, EventType::OrderCompleted | EventType::OrderCancelled)
+        !matches!(
+            event_type,
+            EventType::OrderCompleted | EventType::OrderCancelled
+        )
     }
 
-    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError> {
         let order_id = &event.meta.order_id;
         let row: Option<(String, Vec<String>, Option<String>, Option<String>, i64, String)> = sqlx::query_as(
             "SELECT state, pending, cancel_reason, cancel_detail, total_minor, currency FROM saga.orders
@@ -59,14 +66,24 @@ impl Step for OrderSaga {
             .commands
             .into_iter()
             .map(|command| match command {
-                Command::Complete => EventBody::OrderCompleted(OrderCompleted { total_minor, currency: currency.clone() }),
-                Command::Cancel { reason, detail } => EventBody::OrderCancelled(OrderCancelled { reason, detail }),
+                Command::Complete => EventBody::OrderCompleted(OrderCompleted {
+                    total_minor,
+                    currency: currency.clone(),
+                }),
+                Command::Cancel { reason, detail } => {
+                    EventBody::OrderCancelled(OrderCancelled { reason, detail })
+                }
             })
             .collect())
     }
 }
 
-async fn store(tx: &mut PgConnection, event: &Event, is_new: bool, transition: &Transition) -> Result<(), sqlx::Error> {
+async fn store(
+    tx: &mut PgConnection,
+    event: &Event,
+    is_new: bool,
+    transition: &Transition,
+) -> Result<(), sqlx::Error> {
     let state = &transition.next;
     let pending: Vec<&str> = state.pending().iter().map(|c| c.as_str()).collect();
     let (reason, detail) = state.cancellation();
@@ -110,4 +127,3 @@ async fn store(tx: &mut PgConnection, event: &Event, is_new: bool, transition: &
     }
     Ok(())
 }
-

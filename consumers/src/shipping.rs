@@ -42,7 +42,10 @@ pub struct SimulatedCarrier {
 
 impl SimulatedCarrier {
     pub fn new(name: String, unserved_countries: Vec<String>) -> Self {
-        SimulatedCarrier { name, unserved_countries }
+        SimulatedCarrier {
+            name,
+            unserved_countries,
+        }
     }
 }
 
@@ -53,10 +56,18 @@ impl Carrier for SimulatedCarrier {
     }
 
     async fn schedule(&self, request: &ShipmentRequest) -> Result<CarrierDecision, HandlerError> {
-        if self.unserved_countries.iter().any(|c| c.eq_ignore_ascii_case(&request.country)) {
-            return Ok(CarrierDecision::Refused { reason: "destination_not_served".into() });
+        if self
+            .unserved_countries
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(&request.country))
+        {
+            return Ok(CarrierDecision::Refused {
+                reason: "destination_not_served".into(),
+            });
         }
-        Ok(CarrierDecision::Scheduled { tracking_number: format!("TRK{}", &request.shipment_id.simple().to_string()[..12]) })
+        Ok(CarrierDecision::Scheduled {
+            tracking_number: format!("TRK{}", &request.shipment_id.simple().to_string()[..12]),
+        })
     }
 }
 
@@ -77,15 +88,23 @@ impl Step for Shipping {
     }
 
     fn wants(&self, event_type: EventType) -> bool {
-        matches!(event_type, EventType::OrderCreated | EventType::PaymentAuthorized)
+        matches!(
+            event_type,
+            EventType::OrderCreated | EventType::PaymentAuthorized
+        )
     }
 
-    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError> {
         let order_id = &event.meta.order_id;
         match &event.body {
             EventBody::OrderCreated(order) => {
-                let address = serde_json::to_value(&order.shipping_address)
-                    .map_err(|e| HandlerError::Rule(format!("address of order {order_id} cannot be stored: {e}")))?;
+                let address = serde_json::to_value(&order.shipping_address).map_err(|e| {
+                    HandlerError::Rule(format!("address of order {order_id} cannot be stored: {e}"))
+                })?;
                 sqlx::query(
                     "INSERT INTO shipping.orders (order_id, address, country) VALUES ($1, $2, $3)
                      ON CONFLICT (order_id) DO NOTHING",
@@ -104,28 +123,45 @@ impl Step for Shipping {
 }
 
 impl Shipping {
-    async fn schedule(&self, tx: &mut PgConnection, event: &Event) -> Result<Vec<EventBody>, HandlerError> {
+    async fn schedule(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Vec<EventBody>, HandlerError> {
         let order_id = &event.meta.order_id;
-        let country: Option<String> = sqlx::query_scalar("SELECT country FROM shipping.orders WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let country: Option<String> =
+            sqlx::query_scalar("SELECT country FROM shipping.orders WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(country) = country else {
-            return Err(HandlerError::Rule(format!("PaymentAuthorized for order {order_id}, whose OrderCreated shipping never saw")));
+            return Err(HandlerError::Rule(format!(
+                "PaymentAuthorized for order {order_id}, whose OrderCreated shipping never saw"
+            )));
         };
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM shipping.shipments WHERE order_id = $1)")
-            .bind(order_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM shipping.shipments WHERE order_id = $1)",
+        )
+        .bind(order_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if exists {
-            return Err(HandlerError::Rule(format!("order {order_id} already has a shipment; not scheduling again")));
+            return Err(HandlerError::Rule(format!(
+                "order {order_id} already has a shipment; not scheduling again"
+            )));
         }
         let shipment_id = events::reply_event_id(event.meta.event_id, "shipment-id");
-        let request = ShipmentRequest { shipment_id, order_id: order_id.clone(), country: country.clone() };
+        let request = ShipmentRequest {
+            shipment_id,
+            order_id: order_id.clone(),
+            country: country.clone(),
+        };
         let decision = self.carrier.schedule(&request).await?;
         let carrier = self.carrier.name().to_string();
         let (status, tracking, failure) = match &decision {
-            CarrierDecision::Scheduled { tracking_number } => ("scheduled", Some(tracking_number.clone()), None),
+            CarrierDecision::Scheduled { tracking_number } => {
+                ("scheduled", Some(tracking_number.clone()), None)
+            }
             CarrierDecision::Refused { reason } => ("failed", None, Some(reason.clone())),
         };
         sqlx::query(
@@ -143,9 +179,15 @@ impl Shipping {
         .await?;
         Ok(vec![match decision {
             CarrierDecision::Scheduled { tracking_number } => {
-                EventBody::ShipmentScheduled(ShipmentScheduled { shipment_id, carrier, tracking_number })
+                EventBody::ShipmentScheduled(ShipmentScheduled {
+                    shipment_id,
+                    carrier,
+                    tracking_number,
+                })
             }
-            CarrierDecision::Refused { reason } => EventBody::ShipmentFailed(ShipmentFailed { carrier, reason }),
+            CarrierDecision::Refused { reason } => {
+                EventBody::ShipmentFailed(ShipmentFailed { carrier, reason })
+            }
         }])
     }
 }

@@ -27,8 +27,13 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 5] =
-        [Component::Inventory, Component::Payment, Component::Shipping, Component::Saga, Component::Projections];
+    pub const ALL: [Component; 5] = [
+        Component::Inventory,
+        Component::Payment,
+        Component::Shipping,
+        Component::Saga,
+        Component::Projections,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -66,7 +71,13 @@ pub fn start(
     pool: &PgPool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<JoinSet<anyhow::Result<Component>>> {
-    start_with(components, settings, pool, shutdown, &RunnerOptions::default())
+    start_with(
+        components,
+        settings,
+        pool,
+        shutdown,
+        &RunnerOptions::default(),
+    )
 }
 
 /// [`start`] with runner options (fault injection in crash tests).
@@ -87,8 +98,8 @@ pub fn start_with(
                 set.spawn(async move { runner.run(token).await.map(|()| component) });
             }
             None => {
-                let projector =
-                    Projector::new(settings, pool.clone()).with_context(|| format!("starting {}", component.name()))?;
+                let projector = Projector::new(settings, pool.clone())
+                    .with_context(|| format!("starting {}", component.name()))?;
                 set.spawn(async move { projector.run(token).await.map(|()| component) });
             }
         }
@@ -107,13 +118,19 @@ pub async fn prepare_database(settings: &Settings, create: bool) -> anyhow::Resu
 }
 
 /// Wait for every component; the first failure cancels the others and is returned.
-pub async fn supervise(mut set: JoinSet<anyhow::Result<Component>>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+pub async fn supervise(
+    mut set: JoinSet<anyhow::Result<Component>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut first_error = None;
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok(Ok(component)) => tracing::info!(component = component.name(), "component stopped"),
             Ok(Err(error)) => {
-                tracing::error!(error = format!("{error:#}"), "component failed; stopping the others");
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "component failed; stopping the others"
+                );
                 shutdown.cancel();
                 first_error.get_or_insert(error);
             }

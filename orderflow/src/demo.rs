@@ -75,7 +75,11 @@ pub fn generate(run: &str, index: usize, rng: &mut StdRng) -> (OrderInput, Kind)
         })
         .collect();
     match kind {
-        Kind::OutOfStock => lines.push(OrderLine { sku: EMPTY_SKU.into(), quantity: 1, unit_price_minor: 500 }),
+        Kind::OutOfStock => lines.push(OrderLine {
+            sku: EMPTY_SKU.into(),
+            quantity: 1,
+            unit_price_minor: 500,
+        }),
         Kind::Declined => lines[0].unit_price_minor = 900_000,
         Kind::Succeeds | Kind::ShippingFails => {}
     }
@@ -107,7 +111,9 @@ pub async fn seed_stock(pool: &PgPool, orders: usize) -> anyhow::Result<()> {
     // At most 3 lines of at most 3 units each, spread over STOCKED_SKUS skus: 9 units per order
     // per sku is a safe upper bound.
     let per_sku = i64::try_from(orders.max(1) * 9).unwrap_or(i64::MAX);
-    let mut stock: Vec<(String, i64)> = (0..STOCKED_SKUS).map(|i| (stocked_sku(i), per_sku)).collect();
+    let mut stock: Vec<(String, i64)> = (0..STOCKED_SKUS)
+        .map(|i| (stocked_sku(i), per_sku))
+        .collect();
     stock.push((EMPTY_SKU.to_string(), 0));
     let mut tx = pool.begin().await?;
     consumers::inventory::set_stock(&mut tx, &stock).await?;
@@ -116,9 +122,15 @@ pub async fn seed_stock(pool: &PgPool, orders: usize) -> anyhow::Result<()> {
 }
 
 /// Publish, wait, summarise. The components must be running (in this process or elsewhere).
-pub async fn run(settings: &Settings, pool: &PgPool, options: &DemoOptions) -> anyhow::Result<Summary> {
+pub async fn run(
+    settings: &Settings,
+    pool: &PgPool,
+    options: &DemoOptions,
+) -> anyhow::Result<Summary> {
     let run_id = format!("demo-{}", Utc::now().format("%Y%m%d%H%M%S%3f"));
-    seed_stock(pool, options.orders).await.context("seeding demo stock")?;
+    seed_stock(pool, options.orders)
+        .await
+        .context("seeding demo stock")?;
     let mut rng = StdRng::seed_from_u64(options.seed);
     let now = Utc::now();
     let events: Vec<Event> = (0..options.orders)
@@ -130,14 +142,24 @@ pub async fn run(settings: &Settings, pool: &PgPool, options: &DemoOptions) -> a
     let publisher = Publisher::new(&settings.kafka, "orderflow-demo")?;
     let failures = publisher.publish(&events).await;
     if let Some((index, reason)) = failures.first() {
-        anyhow::bail!("{} of {} demo orders could not be published; first: order {index}: {reason}", failures.len(), events.len());
+        anyhow::bail!(
+            "{} of {} demo orders could not be published; first: order {index}: {reason}",
+            failures.len(),
+            events.len()
+        );
     }
-    eprintln!("published {} orders as {run_id}-* in {:.1?}", events.len(), started.elapsed());
+    eprintln!(
+        "published {} orders as {run_id}-* in {:.1?}",
+        events.len(),
+        started.elapsed()
+    );
 
     let total = u64::try_from(options.orders).unwrap_or(u64::MAX);
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} terminal  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} terminal  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let deadline = started + options.timeout;
     let summary = loop {
@@ -148,7 +170,9 @@ pub async fn run(settings: &Settings, pool: &PgPool, options: &DemoOptions) -> a
         }
         if Instant::now() >= deadline {
             bar.abandon();
-            let stuck = describe_stuck(pool, &run_id).await.unwrap_or_else(|e| format!("(could not inspect: {e:#})"));
+            let stuck = describe_stuck(pool, &run_id)
+                .await
+                .unwrap_or_else(|e| format!("(could not inspect: {e:#})"));
             anyhow::bail!(
                 "timed out after {:?}: {} of {} orders terminal.\n{stuck}",
                 options.timeout,
@@ -166,7 +190,10 @@ pub async fn run(settings: &Settings, pool: &PgPool, options: &DemoOptions) -> a
         println!("cancelled:     {count} ({reason})");
     }
     println!("elapsed:       {:.2} s", elapsed.as_secs_f64());
-    println!("throughput:    {:.0} orders/s", options.orders as f64 / elapsed.as_secs_f64().max(f64::EPSILON));
+    println!(
+        "throughput:    {:.0} orders/s",
+        options.orders as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
+    );
     Ok(summary)
 }
 
@@ -186,7 +213,10 @@ pub async fn summarise(pool: &PgPool, run_id: &str) -> anyhow::Result<Summary> {
         if status == "completed" {
             summary.completed += count;
         } else {
-            *summary.cancelled_by_reason.entry(reason.unwrap_or_else(|| "unknown".into())).or_default() += count;
+            *summary
+                .cancelled_by_reason
+                .entry(reason.unwrap_or_else(|| "unknown".into()))
+                .or_default() += count;
         }
     }
     Ok(summary)
@@ -210,7 +240,9 @@ async fn describe_stuck(pool: &PgPool, run_id: &str) -> anyhow::Result<String> {
     .bind(run_id)
     .fetch_one(pool)
     .await?;
-    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM pipeline.rejected_records").fetch_one(pool).await?;
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM pipeline.rejected_records")
+        .fetch_one(pool)
+        .await?;
     let mut text = String::new();
     for (state, awaiting, count, example) in by_state {
         text.push_str(&format!(
@@ -237,11 +269,16 @@ mod tests {
         let mut kinds = BTreeMap::new();
         for i in 0..2_000 {
             let (input, kind) = generate("t", i, &mut rng);
-            input.into_event(Utc::now()).expect("generated orders are valid");
+            input
+                .into_event(Utc::now())
+                .expect("generated orders are valid");
             *kinds.entry(format!("{kind:?}")).or_insert(0) += 1;
         }
         let share = |k: &str| f64::from(kinds[k]) / 2_000.0;
-        assert!(share("Succeeds") > 0.7 && share("Succeeds") < 0.9, "{kinds:?}");
+        assert!(
+            share("Succeeds") > 0.7 && share("Succeeds") < 0.9,
+            "{kinds:?}"
+        );
         for k in ["OutOfStock", "Declined", "ShippingFails"] {
             assert!(share(k) > 0.03 && share(k) < 0.11, "{kinds:?}");
         }

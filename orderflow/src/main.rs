@@ -13,7 +13,11 @@ use orderflow::demo::{self, DemoOptions};
 use platform::Settings;
 
 #[derive(Parser)]
-#[command(name = "orderflow", version, about = "Event-sourced order pipeline on Kafka and Postgres")]
+#[command(
+    name = "orderflow",
+    version,
+    about = "Event-sourced order pipeline on Kafka and Postgres"
+)]
 struct Cli {
     /// TOML settings file; ORDERFLOW_* environment variables override it
     /// (ORDERFLOW_KAFKA__BROKERS, ORDERFLOW_DATABASE__URL, ...).
@@ -93,10 +97,16 @@ enum CustomerAction {
 }
 
 fn parse_stock(text: &str) -> Result<(String, i64), String> {
-    let (sku, qty) = text.split_once('=').ok_or_else(|| format!("{text:?} is not SKU=QTY"))?;
-    let qty: i64 = qty.parse().map_err(|_| format!("{text:?}: quantity {qty:?} is not a whole number"))?;
+    let (sku, qty) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not SKU=QTY"))?;
+    let qty: i64 = qty
+        .parse()
+        .map_err(|_| format!("{text:?}: quantity {qty:?} is not a whole number"))?;
     if sku.trim().is_empty() || qty < 0 {
-        return Err(format!("{text:?}: sku must not be blank and quantity must be >= 0"));
+        return Err(format!(
+            "{text:?}: sku must not be blank and quantity must be >= 0"
+        ));
     }
     Ok((sku.to_string(), qty))
 }
@@ -105,7 +115,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     platform::telemetry::init();
     // Multi-threaded: the projector's assignment callback blocks a worker briefly.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -122,7 +135,8 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let settings = Settings::load(cli.config.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     match cli.command {
         Command::Migrate => {
             components::prepare_database(&settings, true).await?;
@@ -130,26 +144,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Topics { partitions } => {
             let partitions = partitions.unwrap_or(settings.kafka.partitions);
-            platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, partitions).await?;
+            platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, partitions)
+                .await?;
             eprintln!("topic {} ready", settings.kafka.topic);
         }
         Command::Publish { file } => return publish(&settings, file).await,
         Command::Run { only } => {
-            let chosen = if only.is_empty() { Component::ALL.to_vec() } else { only };
+            let chosen = if only.is_empty() {
+                Component::ALL.to_vec()
+            } else {
+                only
+            };
             let pool = components::prepare_database(&settings, false).await?;
             platform::kafka::partition_count(&settings.kafka, &settings.kafka.topic)?;
             let shutdown = platform::shutdown::on_signals();
             let set = components::start(&chosen, &settings, &pool, &shutdown)?;
             components::supervise(set, &shutdown).await?;
         }
-        Command::Stock { action: StockAction::Set { items } } => {
+        Command::Stock {
+            action: StockAction::Set { items },
+        } => {
             let pool = components::prepare_database(&settings, false).await?;
             let mut tx = pool.begin().await?;
             consumers::inventory::set_stock(&mut tx, &items).await?;
             tx.commit().await?;
             eprintln!("stock set for {} skus", items.len());
         }
-        Command::Customers { action: CustomerAction::Block { customer_id, note } } => {
+        Command::Customers {
+            action: CustomerAction::Block { customer_id, note },
+        } => {
             let pool = components::prepare_database(&settings, false).await?;
             sqlx::query(
                 "INSERT INTO payment.blocked_customers (customer_id, note) VALUES ($1, $2)
@@ -161,12 +184,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             eprintln!("customer {customer_id} is blocked");
         }
-        Command::Demo { orders, timeout_secs, seed, external } => {
+        Command::Demo {
+            orders,
+            timeout_secs,
+            seed,
+            external,
+        } => {
             let pool = components::prepare_database(&settings, true).await?;
-            platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, settings.kafka.partitions).await?;
+            platform::kafka::ensure_topic(
+                &settings.kafka,
+                &settings.kafka.topic,
+                settings.kafka.partitions,
+            )
+            .await?;
             let shutdown = platform::shutdown::on_signals();
-            let set = if external { None } else { Some(components::start(&Component::ALL, &settings, &pool, &shutdown)?) };
-            let options = DemoOptions { orders, timeout: Duration::from_secs(timeout_secs), seed };
+            let set = if external {
+                None
+            } else {
+                Some(components::start(
+                    &Component::ALL,
+                    &settings,
+                    &pool,
+                    &shutdown,
+                )?)
+            };
+            let options = DemoOptions {
+                orders,
+                timeout: Duration::from_secs(timeout_secs),
+                seed,
+            };
             let result = tokio::select! {
                 result = demo::run(&settings, &pool, &options) => result.map(|_| ()),
                 _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
@@ -189,12 +235,23 @@ async fn publish(settings: &Settings, file: Option<PathBuf>) -> anyhow::Result<E
         )),
         _ => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
-    let source = file.as_ref().map_or_else(|| "stdin".to_string(), |p| p.display().to_string());
+    let source = file
+        .as_ref()
+        .map_or_else(|| "stdin".to_string(), |p| p.display().to_string());
     let report = publisher.publish_lines(reader).await?;
     publisher.flush_all(Duration::from_secs(30))?;
     for (line, reason) in &report.failed {
         eprintln!("{source}:{line}: {reason}");
     }
-    eprintln!("published {} orders to {}; {} lines failed", report.published, settings.kafka.topic, report.failed.len());
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    eprintln!(
+        "published {} orders to {}; {} lines failed",
+        report.published,
+        settings.kafka.topic,
+        report.failed.len()
+    );
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

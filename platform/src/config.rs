@@ -62,7 +62,12 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let creds = &url[scheme_end + 3..at];
             match creds.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &creds[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -126,7 +131,9 @@ impl Default for Settings {
                 retry_delay_ms_max: 5_000,
                 outbox_relay_after_ms: 5_000,
             },
-            payment: PaymentSettings { decline_over_minor: 500_000 },
+            payment: PaymentSettings {
+                decline_over_minor: 500_000,
+            },
             shipping: ShippingSettings {
                 carrier: "simulated-post".into(),
                 unserved_countries: vec!["AQ".into()],
@@ -160,6 +167,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment's Jail closures must return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -178,7 +187,10 @@ mod tests {
     #[test]
     fn env_overrides_file_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("of.toml", "[kafka]\ntopic = \"from-file\"\npartitions = 3\n")?;
+            jail.create_file(
+                "of.toml",
+                "[kafka]\ntopic = \"from-file\"\npartitions = 3\n",
+            )?;
             jail.set_env("ORDERFLOW_KAFKA__PARTITIONS", "7");
             let s = Settings::load(Some(Path::new("of.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.kafka.topic, "from-file");

@@ -16,7 +16,12 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = settings
         .url
         .parse::<PgConnectOptions>()
-        .with_context(|| format!("database.url {} is not a valid postgres URL", redact_url(&settings.url)))?
+        .with_context(|| {
+            format!(
+                "database.url {} is not a valid postgres URL",
+                redact_url(&settings.url)
+            )
+        })?
         // Statement logging at INFO would drown the logs at thousands of events per second.
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
@@ -50,14 +55,17 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to Postgres at {}", redact_url(url)))?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         // Identifiers cannot be bound as parameters; quote it the way Postgres does.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        let created = sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut admin).await;
+        let created = sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut admin)
+            .await;
         if let Err(e) = created {
             // Another process may have created it between our check and our create.
             let duplicate = e
@@ -73,7 +81,10 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("running database migrations")
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("running database migrations")
 }
 
 /// Whether a database error is worth retrying: connection loss, timeouts, serialization
@@ -90,7 +101,11 @@ pub fn is_retryable(error: &sqlx::Error) -> bool {
             // 40001 serialization_failure, 40P01 deadlock_detected, class 08 connection
             // exceptions, 57P01..03 admin shutdown / crash shutdown / cannot connect now,
             // 53300 too_many_connections.
-            code == "40001" || code == "40P01" || code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            code == "40001"
+                || code == "40P01"
+                || code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
         }),
         _ => false,
     }

@@ -72,12 +72,20 @@ pub fn producer(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<Future
 
 /// Create `topic` with the given partitions if it does not exist; an existing topic is left
 /// as it is (with a warning when its partition count differs).
-pub async fn ensure_topic(kafka: &KafkaSettings, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub async fn ensure_topic(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .create()
         .context("creating Kafka admin client")?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(kafka.replication_factor));
+    let new_topic = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(kafka.replication_factor),
+    );
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics([&new_topic], &options)
@@ -161,7 +169,8 @@ where
 /// The next offset to consume per (topic, partition) after `batch`: highest offset + 1.
 pub fn next_offsets(batch: &[rdkafka::message::OwnedMessage]) -> Vec<(String, i32, i64)> {
     use rdkafka::Message;
-    let mut next: std::collections::BTreeMap<(String, i32), i64> = std::collections::BTreeMap::new();
+    let mut next: std::collections::BTreeMap<(String, i32), i64> =
+        std::collections::BTreeMap::new();
     for message in batch {
         let entry = next
             .entry((message.topic().to_string(), message.partition()))
@@ -174,8 +183,10 @@ pub fn next_offsets(batch: &[rdkafka::message::OwnedMessage]) -> Vec<(String, i3
 /// Commit `offsets` to the group, synchronously. A failure (typically a rebalance that took
 /// the partitions away) is logged, not fatal: the next owner re-reads from the last commit and
 /// the inboxes absorb the repeats.
-pub fn commit_offsets<C>(consumer: &rdkafka::consumer::StreamConsumer<C>, offsets: &[(String, i32, i64)])
-where
+pub fn commit_offsets<C>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    offsets: &[(String, i32, i64)],
+) where
     C: rdkafka::consumer::ConsumerContext + 'static,
 {
     use rdkafka::consumer::{CommitMode, Consumer};

@@ -95,10 +95,16 @@ mod tests {
         let table = [
             ("{not json", "not a valid order object"),
             (r#"{"order_id":"o"}"#, "missing field"),
-            (&GOOD.replace("\"quantity\":2", "\"quantity\":0"), "quantity"),
+            (
+                &GOOD.replace("\"quantity\":2", "\"quantity\":0"),
+                "quantity",
+            ),
             (&GOOD.replace("EUR", "EURO"), "currency"),
             (&GOOD.replace("\"o-1\"", "\"\""), "order_id"),
-            (&GOOD.replace("\"customer_id\"", "\"customer\""), "unknown field"),
+            (
+                &GOOD.replace("\"customer_id\"", "\"customer\""),
+                "unknown field",
+            ),
         ];
         for (line, want) in table {
             let err = parse_line(line, Utc::now()).expect_err(line).to_string();

@@ -28,7 +28,10 @@ pub struct PublishReport {
 
 impl Publisher {
     pub fn new(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<Self> {
-        Ok(Publisher { producer: platform::kafka::producer(kafka, client_id)?, topic: kafka.topic.clone() })
+        Ok(Publisher {
+            producer: platform::kafka::producer(kafka, client_id)?,
+            topic: kafka.topic.clone(),
+        })
     }
 
     /// Append `events` and wait until the broker acknowledged every one. Returns the error of
@@ -46,19 +49,42 @@ impl Publisher {
                     }
                 }
             }
-            let sends = chunk.iter().zip(&payloads).enumerate().filter_map(|(i, (event, payload))| {
-                let payload = payload.as_ref()?;
-                let event_id = event.meta.event_id.to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "event_type", value: Some(event.event_type().as_str()) })
-                    .insert(Header { key: "event_id", value: Some(event_id.as_str()) });
-                let record =
-                    FutureRecord::to(&self.topic).key(event.meta.order_id.as_bytes()).payload(payload).headers(headers);
-                Some(async move { (i, self.producer.send(record, rdkafka::util::Timeout::Never).await) })
-            });
+            let sends =
+                chunk
+                    .iter()
+                    .zip(&payloads)
+                    .enumerate()
+                    .filter_map(|(i, (event, payload))| {
+                        let payload = payload.as_ref()?;
+                        let event_id = event.meta.event_id.to_string();
+                        let headers = OwnedHeaders::new()
+                            .insert(Header {
+                                key: "event_type",
+                                value: Some(event.event_type().as_str()),
+                            })
+                            .insert(Header {
+                                key: "event_id",
+                                value: Some(event_id.as_str()),
+                            });
+                        let record = FutureRecord::to(&self.topic)
+                            .key(event.meta.order_id.as_bytes())
+                            .payload(payload)
+                            .headers(headers);
+                        Some(async move {
+                            (
+                                i,
+                                self.producer
+                                    .send(record, rdkafka::util::Timeout::Never)
+                                    .await,
+                            )
+                        })
+                    });
             for (i, result) in futures::future::join_all(sends).await {
                 if let Err((error, _)) = result {
-                    failures.push((chunk_index * IN_FLIGHT_MAX + i, format!("broker did not accept the record: {error}")));
+                    failures.push((
+                        chunk_index * IN_FLIGHT_MAX + i,
+                        format!("broker did not accept the record: {error}"),
+                    ));
                 }
             }
         }
@@ -103,6 +129,8 @@ impl Publisher {
 
     /// Wait for everything queued to be delivered (used before exit).
     pub fn flush_all(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
-        self.producer.flush(timeout).context("flushing the producer")
+        self.producer
+            .flush(timeout)
+            .context("flushing the producer")
     }
 }

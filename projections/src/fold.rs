@@ -17,7 +17,9 @@ pub fn status_after(body: &EventBody) -> Option<&'static str> {
         EventBody::InventoryReserved(_) => "stock_reserved",
         EventBody::PaymentAuthorized(_) => "paid",
         EventBody::ShipmentScheduled(_) => "shipment_scheduled",
-        EventBody::InventoryRejected(_) | EventBody::PaymentDeclined(_) | EventBody::ShipmentFailed(_) => "cancelling",
+        EventBody::InventoryRejected(_)
+        | EventBody::PaymentDeclined(_)
+        | EventBody::ShipmentFailed(_) => "cancelling",
         EventBody::OrderCompleted(_) => "completed",
         EventBody::OrderCancelled(_) => "cancelled",
         // Compensations confirm a cancellation in progress; the status stays.
@@ -64,7 +66,9 @@ fn next_status(current: Option<&str>, body: &EventBody) -> Option<String> {
     if current.is_some_and(|s| TERMINAL.contains(&s)) {
         return current.map(str::to_string);
     }
-    status_after(body).map(str::to_string).or_else(|| current.map(str::to_string))
+    status_after(body)
+        .map(str::to_string)
+        .or_else(|| current.map(str::to_string))
 }
 
 /// Fold events (new ones only, in log order) into new rows and patches.
@@ -99,22 +103,38 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Folded {
             continue;
         }
         if let Some(row) = out.created.get_mut(order_id) {
-            row.status = next_status(Some(&row.status), &event.body).unwrap_or_else(|| row.status.clone());
-            apply_times(&event.body, at, &mut row.completed_at, &mut row.cancelled_at, &mut row.cancel_reason);
+            row.status =
+                next_status(Some(&row.status), &event.body).unwrap_or_else(|| row.status.clone());
+            apply_times(
+                &event.body,
+                at,
+                &mut row.completed_at,
+                &mut row.cancelled_at,
+                &mut row.cancel_reason,
+            );
             row.last_event_type = type_name;
             row.last_event_at = at;
             continue;
         }
-        let patch = out.patches.entry(order_id.clone()).or_insert_with(|| OrderPatch {
-            status: None,
-            completed_at: None,
-            cancelled_at: None,
-            cancel_reason: None,
-            last_event_type: type_name.clone(),
-            last_event_at: at,
-        });
+        let patch = out
+            .patches
+            .entry(order_id.clone())
+            .or_insert_with(|| OrderPatch {
+                status: None,
+                completed_at: None,
+                cancelled_at: None,
+                cancel_reason: None,
+                last_event_type: type_name.clone(),
+                last_event_at: at,
+            });
         patch.status = next_status(patch.status.as_deref(), &event.body);
-        apply_times(&event.body, at, &mut patch.completed_at, &mut patch.cancelled_at, &mut patch.cancel_reason);
+        apply_times(
+            &event.body,
+            at,
+            &mut patch.completed_at,
+            &mut patch.cancelled_at,
+            &mut patch.cancel_reason,
+        );
         patch.last_event_type = type_name;
         patch.last_event_at = at;
     }
@@ -129,7 +149,9 @@ fn apply_times(
     cancel_reason: &mut Option<String>,
 ) {
     match body {
-        EventBody::OrderCompleted(_) if completed_at.is_none() && cancelled_at.is_none() => *completed_at = Some(at),
+        EventBody::OrderCompleted(_) if completed_at.is_none() && cancelled_at.is_none() => {
+            *completed_at = Some(at)
+        }
         EventBody::OrderCancelled(c) if completed_at.is_none() && cancelled_at.is_none() => {
             *cancelled_at = Some(at);
             *cancel_reason = Some(c.reason.clone());
@@ -145,18 +167,32 @@ pub fn detail(body: &EventBody) -> serde_json::Value {
             "customer_id": o.customer_id, "currency": o.currency, "total_minor": o.total_minor(),
             "lines": o.lines.len(), "country": o.shipping_address.country,
         }),
-        EventBody::InventoryReserved(r) => json!({ "reservation_id": r.reservation_id, "skus": r.items.len() }),
+        EventBody::InventoryReserved(r) => {
+            json!({ "reservation_id": r.reservation_id, "skus": r.items.len() })
+        }
         EventBody::InventoryRejected(r) => json!({
             "reason": r.reason,
             "short_skus": r.shortages.iter().map(|s| s.sku.as_str()).collect::<Vec<_>>(),
         }),
-        EventBody::InventoryReleased(r) => json!({ "reservation_id": r.reservation_id, "reason": r.reason }),
-        EventBody::PaymentAuthorized(p) => json!({ "payment_id": p.payment_id, "amount_minor": p.amount_minor, "currency": p.currency }),
-        EventBody::PaymentDeclined(p) => json!({ "reason": p.reason, "amount_minor": p.amount_minor, "currency": p.currency }),
-        EventBody::PaymentVoided(p) => json!({ "payment_id": p.payment_id, "amount_minor": p.amount_minor, "reason": p.reason }),
-        EventBody::ShipmentScheduled(s) => json!({ "shipment_id": s.shipment_id, "carrier": s.carrier, "tracking_number": s.tracking_number }),
+        EventBody::InventoryReleased(r) => {
+            json!({ "reservation_id": r.reservation_id, "reason": r.reason })
+        }
+        EventBody::PaymentAuthorized(p) => {
+            json!({ "payment_id": p.payment_id, "amount_minor": p.amount_minor, "currency": p.currency })
+        }
+        EventBody::PaymentDeclined(p) => {
+            json!({ "reason": p.reason, "amount_minor": p.amount_minor, "currency": p.currency })
+        }
+        EventBody::PaymentVoided(p) => {
+            json!({ "payment_id": p.payment_id, "amount_minor": p.amount_minor, "reason": p.reason })
+        }
+        EventBody::ShipmentScheduled(s) => {
+            json!({ "shipment_id": s.shipment_id, "carrier": s.carrier, "tracking_number": s.tracking_number })
+        }
         EventBody::ShipmentFailed(s) => json!({ "carrier": s.carrier, "reason": s.reason }),
-        EventBody::OrderCompleted(c) => json!({ "total_minor": c.total_minor, "currency": c.currency }),
+        EventBody::OrderCompleted(c) => {
+            json!({ "total_minor": c.total_minor, "currency": c.currency })
+        }
         EventBody::OrderCancelled(c) => json!({ "reason": c.reason, "detail": c.detail }),
     }
 }
@@ -169,7 +205,9 @@ mod tests {
     use uuid::Uuid;
 
     fn at(second: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, second).single().expect("valid time")
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, second)
+            .single()
+            .expect("valid time")
     }
 
     fn event(order: &str, second: u32, body: EventBody) -> Event {
@@ -189,8 +227,16 @@ mod tests {
         EventBody::OrderCreated(OrderCreated {
             customer_id: "c".into(),
             lines: vec![
-                OrderLine { sku: "A".into(), quantity: 2, unit_price_minor: 150 },
-                OrderLine { sku: "B".into(), quantity: 1, unit_price_minor: 1000 },
+                OrderLine {
+                    sku: "A".into(),
+                    quantity: 2,
+                    unit_price_minor: 150,
+                },
+                OrderLine {
+                    sku: "B".into(),
+                    quantity: 1,
+                    unit_price_minor: 1000,
+                },
             ],
             currency: "EUR".into(),
             shipping_address: Address {
@@ -205,15 +251,32 @@ mod tests {
     }
 
     fn cancelled(reason: &str) -> EventBody {
-        EventBody::OrderCancelled(OrderCancelled { reason: reason.into(), detail: String::new() })
+        EventBody::OrderCancelled(OrderCancelled {
+            reason: reason.into(),
+            detail: String::new(),
+        })
     }
 
     #[test]
     fn an_order_created_and_finished_in_one_batch_is_one_full_row() {
         let events = [
             event("o1", 0, created()),
-            event("o1", 1, EventBody::InventoryReserved(InventoryReserved { reservation_id: Uuid::nil(), items: vec![] })),
-            event("o1", 2, EventBody::OrderCompleted(OrderCompleted { total_minor: 1300, currency: "EUR".into() })),
+            event(
+                "o1",
+                1,
+                EventBody::InventoryReserved(InventoryReserved {
+                    reservation_id: Uuid::nil(),
+                    items: vec![],
+                }),
+            ),
+            event(
+                "o1",
+                2,
+                EventBody::OrderCompleted(OrderCompleted {
+                    total_minor: 1300,
+                    currency: "EUR".into(),
+                }),
+            ),
         ];
         let folded = fold(&events);
         assert!(folded.patches.is_empty());
@@ -229,11 +292,35 @@ mod tests {
     #[test]
     fn later_events_of_an_older_order_become_a_patch() {
         let events = [
-            event("o2", 5, EventBody::ShipmentFailed(ShipmentFailed { carrier: "c".into(), reason: "r".into() })),
-            event("o2", 6, EventBody::InventoryReleased(InventoryReleased { reservation_id: Uuid::nil(), items: vec![], reason: "r".into() })),
+            event(
+                "o2",
+                5,
+                EventBody::ShipmentFailed(ShipmentFailed {
+                    carrier: "c".into(),
+                    reason: "r".into(),
+                }),
+            ),
+            event(
+                "o2",
+                6,
+                EventBody::InventoryReleased(InventoryReleased {
+                    reservation_id: Uuid::nil(),
+                    items: vec![],
+                    reason: "r".into(),
+                }),
+            ),
             event("o2", 7, cancelled("shipment_failed")),
             // A late event after the end changes nothing but the last-event columns.
-            event("o2", 8, EventBody::PaymentVoided(PaymentVoided { payment_id: Uuid::nil(), amount_minor: 1, currency: "EUR".into(), reason: "r".into() })),
+            event(
+                "o2",
+                8,
+                EventBody::PaymentVoided(PaymentVoided {
+                    payment_id: Uuid::nil(),
+                    amount_minor: 1,
+                    currency: "EUR".into(),
+                    reason: "r".into(),
+                }),
+            ),
         ];
         let folded = fold(&events);
         let patch = &folded.patches["o2"];
@@ -250,8 +337,21 @@ mod tests {
         let table = [
             (created(), Some("pending")),
             (cancelled("x"), Some("cancelled")),
-            (EventBody::InventoryRejected(InventoryRejected { reason: "r".into(), shortages: vec![] }), Some("cancelling")),
-            (EventBody::InventoryReleased(InventoryReleased { reservation_id: Uuid::nil(), items: vec![], reason: "r".into() }), None),
+            (
+                EventBody::InventoryRejected(InventoryRejected {
+                    reason: "r".into(),
+                    shortages: vec![],
+                }),
+                Some("cancelling"),
+            ),
+            (
+                EventBody::InventoryReleased(InventoryReleased {
+                    reservation_id: Uuid::nil(),
+                    items: vec![],
+                    reason: "r".into(),
+                }),
+                None,
+            ),
         ];
         for (body, want) in table {
             assert_eq!(status_after(&body), want, "{:?}", body.event_type());
@@ -260,7 +360,11 @@ mod tests {
 
     #[test]
     fn a_second_order_created_does_not_reset_the_row() {
-        let events = [event("o3", 0, created()), event("o3", 1, cancelled("out_of_stock")), event("o3", 2, created())];
+        let events = [
+            event("o3", 0, created()),
+            event("o3", 1, cancelled("out_of_stock")),
+            event("o3", 2, created()),
+        ];
         let folded = fold(&events);
         assert_eq!(folded.created["o3"].status, "cancelled");
     }

@@ -20,13 +20,21 @@ pub struct DbOffsets {
 
 impl DbOffsets {
     pub fn new(pool: PgPool, consumer: String, runtime: tokio::runtime::Handle) -> Self {
-        DbOffsets { pool, consumer, runtime }
+        DbOffsets {
+            pool,
+            consumer,
+            runtime,
+        }
     }
 
     /// Look up stored offsets for `tpl`. Runs inside librdkafka's rebalance callback, which is
     /// synchronous; the lookup is one indexed query.
     fn stored(&self, tpl: &TopicPartitionList) -> Result<Vec<(String, i32, i64)>, sqlx::Error> {
-        let topics: Vec<String> = tpl.elements().iter().map(|e| e.topic().to_string()).collect();
+        let topics: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.topic().to_string())
+            .collect();
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let query = sqlx::query_as::<_, (String, i32, i64)>(
             "SELECT o.topic, o.partition, o.next_offset FROM pipeline.consumer_offsets o
@@ -46,11 +54,18 @@ impl DbOffsets {
         }
     }
 
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) -> KafkaResult<()> {
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> KafkaResult<()> {
         match self.stored(tpl) {
             Ok(stored) => {
-                let elements: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let elements: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
                 for (topic, partition) in elements {
                     let offset = stored
                         .iter()
@@ -74,7 +89,12 @@ impl DbOffsets {
 impl ClientContext for DbOffsets {}
 
 impl ConsumerContext for DbOffsets {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => consumer.unassign(),
@@ -90,7 +110,11 @@ impl ConsumerContext for DbOffsets {
 }
 
 /// Record the next offsets to read, never moving one backwards.
-pub async fn store(tx: &mut PgConnection, consumer: &str, offsets: &[(String, i32, i64)]) -> Result<(), sqlx::Error> {
+pub async fn store(
+    tx: &mut PgConnection,
+    consumer: &str,
+    offsets: &[(String, i32, i64)],
+) -> Result<(), sqlx::Error> {
     if offsets.is_empty() {
         return Ok(());
     }

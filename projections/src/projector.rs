@@ -39,29 +39,46 @@ impl Projector {
     pub fn new(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
         let group = settings.group_id(NAME);
         let client_id = format!("orderflow-{NAME}-{}", std::process::id());
-        let context = DbOffsets::new(pool.clone(), NAME.to_string(), tokio::runtime::Handle::current());
-        let consumer: StreamConsumer<DbOffsets> = platform::kafka::consumer_config(&settings.kafka, &group, &client_id)
-            .create_with_context(context)
-            .with_context(|| format!("creating consumer for group {group}"))?;
+        let context = DbOffsets::new(
+            pool.clone(),
+            NAME.to_string(),
+            tokio::runtime::Handle::current(),
+        );
+        let consumer: StreamConsumer<DbOffsets> =
+            platform::kafka::consumer_config(&settings.kafka, &group, &client_id)
+                .create_with_context(context)
+                .with_context(|| format!("creating consumer for group {group}"))?;
         consumer
             .subscribe(&[settings.kafka.topic.as_str()])
             .with_context(|| format!("subscribing {group} to {}", settings.kafka.topic))?;
-        Ok(Projector { pool, consumer, settings: settings.clone() })
+        Ok(Projector {
+            pool,
+            consumer,
+            settings: settings.clone(),
+        })
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(topic = %self.settings.kafka.topic, "projector started");
         let max_wait = Duration::from_millis(self.settings.consumer.batch_max_wait_ms);
         let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.settings.consumer.retry_delay_ms_min))
-            .with_max_delay(Duration::from_millis(self.settings.consumer.retry_delay_ms_max))
+            .with_min_delay(Duration::from_millis(
+                self.settings.consumer.retry_delay_ms_min,
+            ))
+            .with_max_delay(Duration::from_millis(
+                self.settings.consumer.retry_delay_ms_max,
+            ))
             .with_jitter()
             // A database outage pauses the projection; it never skips records.
             .without_max_times();
         loop {
-            let batch =
-                platform::kafka::poll_batch(&self.consumer, self.settings.consumer.batch_max_events, max_wait, &shutdown)
-                    .await;
+            let batch = platform::kafka::poll_batch(
+                &self.consumer,
+                self.settings.consumer.batch_max_events,
+                max_wait,
+                &shutdown,
+            )
+            .await;
             if !batch.is_empty() {
                 let attempt = || apply_batch(&self.pool, &batch);
                 let outcome = attempt
@@ -72,7 +89,10 @@ impl Projector {
                     .context("projection cannot apply a batch")?;
                 tracing::debug!(?outcome, "projection batch applied");
                 // A hint only: the stored offsets in Postgres are what assignment uses.
-                platform::kafka::commit_offsets(&self.consumer, &platform::kafka::next_offsets(&batch));
+                platform::kafka::commit_offsets(
+                    &self.consumer,
+                    &platform::kafka::next_offsets(&batch),
+                );
             }
             if shutdown.is_cancelled() {
                 break;
@@ -92,13 +112,19 @@ fn is_retryable(error: &anyhow::Error) -> bool {
 
 /// Apply one batch: timeline rows, order rows, offsets, in one transaction. Events already in
 /// `order_events` (a re-delivery) change nothing.
-pub async fn apply_batch(pool: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<ProjectionOutcome> {
+pub async fn apply_batch(
+    pool: &PgPool,
+    batch: &[OwnedMessage],
+) -> anyhow::Result<ProjectionOutcome> {
     let mut outcome = ProjectionOutcome::default();
     let mut tx = pool.begin().await?;
     let mut decoded: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(batch.len());
     for message in batch {
-        let position =
-            platform::db::RecordPosition { topic: message.topic(), partition: message.partition(), offset: message.offset() };
+        let position = platform::db::RecordPosition {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
         let result = match message.payload() {
             None => Err("record has no value".to_string()),
             Some(payload) => events::decode(payload).map_err(|e| e.to_string()),
@@ -106,7 +132,16 @@ pub async fn apply_batch(pool: &PgPool, batch: &[OwnedMessage]) -> anyhow::Resul
         match result {
             Ok(event) => decoded.push((message, event)),
             Err(reason) => {
-                platform::db::set_aside(&mut tx, NAME, position, message.key(), message.payload(), "decode", &reason).await?;
+                platform::db::set_aside(
+                    &mut tx,
+                    NAME,
+                    position,
+                    message.key(),
+                    message.payload(),
+                    "decode",
+                    &reason,
+                )
+                .await?;
                 outcome.rejected += 1;
             }
         }
@@ -128,15 +163,29 @@ pub async fn apply_batch(pool: &PgPool, batch: &[OwnedMessage]) -> anyhow::Resul
 }
 
 /// Insert the timeline rows; returns the ids that were new.
-async fn insert_timeline(tx: &mut PgConnection, decoded: &[(&OwnedMessage, Event)]) -> Result<HashSet<Uuid>, sqlx::Error> {
+async fn insert_timeline(
+    tx: &mut PgConnection,
+    decoded: &[(&OwnedMessage, Event)],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
     if decoded.is_empty() {
         return Ok(HashSet::new());
     }
     let n = decoded.len();
-    let (mut ids, mut orders, mut types, mut versions, mut times) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut correlations, mut causations, mut topics, mut partitions, mut offsets, mut details) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut ids, mut orders, mut types, mut versions, mut times) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut correlations, mut causations, mut topics, mut partitions, mut offsets, mut details) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for (message, event) in decoded {
         ids.push(event.meta.event_id);
         orders.push(event.meta.order_id.as_str());
@@ -178,7 +227,8 @@ async fn insert_timeline(tx: &mut PgConnection, decoded: &[(&OwnedMessage, Event
 async fn write_orders(tx: &mut PgConnection, folded: &Folded) -> Result<(), sqlx::Error> {
     if !folded.created.is_empty() {
         let rows: Vec<&fold::OrderRow> = folded.created.values().collect();
-        let col = |f: fn(&fold::OrderRow) -> String| rows.iter().map(|r| f(r)).collect::<Vec<String>>();
+        let col =
+            |f: fn(&fold::OrderRow) -> String| rows.iter().map(|r| f(r)).collect::<Vec<String>>();
         // An order id already present (a second OrderCreated with a new event id) keeps its row.
         sqlx::query(
             "INSERT INTO analytics.orders (order_id, customer_id, status, total_minor, currency, line_count, created_at,

@@ -40,9 +40,16 @@ pub enum SagaState {
     AwaitingInventory,
     AwaitingPayment,
     AwaitingShipment,
-    Compensating { pending: BTreeSet<Compensation>, reason: String, detail: String },
+    Compensating {
+        pending: BTreeSet<Compensation>,
+        reason: String,
+        detail: String,
+    },
     Completed,
-    Cancelled { reason: String, detail: String },
+    Cancelled {
+        reason: String,
+        detail: String,
+    },
 }
 
 /// What the saga emits.
@@ -64,9 +71,15 @@ pub enum Ignored {
     /// A second `OrderCreated` for an order the saga already follows.
     DuplicateOrder,
     /// The order already ended; a late event cannot change that.
-    Finished { state: &'static str, event: &'static str },
+    Finished {
+        state: &'static str,
+        event: &'static str,
+    },
     /// The event does not fit the order's state (for example a reply nobody asked for).
-    Unexpected { state: &'static str, event: &'static str },
+    Unexpected {
+        state: &'static str,
+        event: &'static str,
+    },
     /// An event for an order whose `OrderCreated` the saga never saw.
     Unknown { event: &'static str },
 }
@@ -74,10 +87,16 @@ pub enum Ignored {
 impl fmt::Display for Ignored {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Ignored::DuplicateOrder => write!(f, "duplicate OrderCreated for an order already in progress"),
-            Ignored::Finished { state, event } => write!(f, "{event} arrived after the order was {state}"),
+            Ignored::DuplicateOrder => {
+                write!(f, "duplicate OrderCreated for an order already in progress")
+            }
+            Ignored::Finished { state, event } => {
+                write!(f, "{event} arrived after the order was {state}")
+            }
             Ignored::Unexpected { state, event } => write!(f, "{event} does not fit state {state}"),
-            Ignored::Unknown { event } => write!(f, "{event} for an order the saga never saw created"),
+            Ignored::Unknown { event } => {
+                write!(f, "{event} for an order the saga never saw created")
+            }
         }
     }
 }
@@ -115,15 +134,19 @@ impl SagaState {
     /// (reason, detail) once the order is failing or cancelled.
     pub fn cancellation(&self) -> (Option<&str>, Option<&str>) {
         match self {
-            SagaState::Compensating { reason, detail, .. } | SagaState::Cancelled { reason, detail } => {
-                (Some(reason), Some(detail))
-            }
+            SagaState::Compensating { reason, detail, .. }
+            | SagaState::Cancelled { reason, detail } => (Some(reason), Some(detail)),
             _ => (None, None),
         }
     }
 
     /// Rebuild a state from its stored columns.
-    pub fn from_row(state: &str, pending: &[String], reason: Option<&str>, detail: Option<&str>) -> Result<SagaState, String> {
+    pub fn from_row(
+        state: &str,
+        pending: &[String],
+        reason: Option<&str>,
+        detail: Option<&str>,
+    ) -> Result<SagaState, String> {
         let reason = || reason.unwrap_or_default().to_string();
         let detail = || detail.unwrap_or_default().to_string();
         Ok(match state {
@@ -131,11 +154,17 @@ impl SagaState {
             "awaiting_payment" => SagaState::AwaitingPayment,
             "awaiting_shipment" => SagaState::AwaitingShipment,
             "completed" => SagaState::Completed,
-            "cancelled" => SagaState::Cancelled { reason: reason(), detail: detail() },
+            "cancelled" => SagaState::Cancelled {
+                reason: reason(),
+                detail: detail(),
+            },
             "compensating" => SagaState::Compensating {
                 pending: pending
                     .iter()
-                    .map(|p| Compensation::parse(p).ok_or_else(|| format!("unknown compensation {p:?} in saga state")))
+                    .map(|p| {
+                        Compensation::parse(p)
+                            .ok_or_else(|| format!("unknown compensation {p:?} in saga state"))
+                    })
                     .collect::<Result<_, _>>()?,
                 reason: reason(),
                 detail: detail(),
@@ -150,18 +179,35 @@ impl SagaState {
 }
 
 fn go(next: SagaState) -> Result<Transition, Ignored> {
-    Ok(Transition { next, commands: Vec::new() })
+    Ok(Transition {
+        next,
+        commands: Vec::new(),
+    })
 }
 
 fn cancel(reason: &str, detail: String) -> Result<Transition, Ignored> {
     Ok(Transition {
-        next: SagaState::Cancelled { reason: reason.to_string(), detail: detail.clone() },
-        commands: vec![Command::Cancel { reason: reason.to_string(), detail }],
+        next: SagaState::Cancelled {
+            reason: reason.to_string(),
+            detail: detail.clone(),
+        },
+        commands: vec![Command::Cancel {
+            reason: reason.to_string(),
+            detail,
+        }],
     })
 }
 
-fn compensate(pending: &[Compensation], reason: &str, detail: String) -> Result<Transition, Ignored> {
-    go(SagaState::Compensating { pending: pending.iter().copied().collect(), reason: reason.to_string(), detail })
+fn compensate(
+    pending: &[Compensation],
+    reason: &str,
+    detail: String,
+) -> Result<Transition, Ignored> {
+    go(SagaState::Compensating {
+        pending: pending.iter().copied().collect(),
+        reason: reason.to_string(),
+        detail,
+    })
 }
 
 /// The saga's next state and commands for `event`, given the order's current state (`None`
@@ -178,12 +224,21 @@ pub fn decide(state: Option<&SagaState>, event: &EventBody) -> Result<Transition
         return Err(Ignored::DuplicateOrder);
     }
     if state.is_finished() {
-        return Err(Ignored::Finished { state: state.name(), event: event_name });
+        return Err(Ignored::Finished {
+            state: state.name(),
+            event: event_name,
+        });
     }
     match (state, event) {
-        (SagaState::AwaitingInventory, EventBody::InventoryReserved(_)) => go(SagaState::AwaitingPayment),
-        (SagaState::AwaitingInventory, EventBody::InventoryRejected(r)) => cancel("out_of_stock", r.reason.clone()),
-        (SagaState::AwaitingPayment, EventBody::PaymentAuthorized(_)) => go(SagaState::AwaitingShipment),
+        (SagaState::AwaitingInventory, EventBody::InventoryReserved(_)) => {
+            go(SagaState::AwaitingPayment)
+        }
+        (SagaState::AwaitingInventory, EventBody::InventoryRejected(r)) => {
+            cancel("out_of_stock", r.reason.clone())
+        }
+        (SagaState::AwaitingPayment, EventBody::PaymentAuthorized(_)) => {
+            go(SagaState::AwaitingShipment)
+        }
         (SagaState::AwaitingPayment, EventBody::PaymentDeclined(d)) => compensate(
             &[Compensation::ReleaseInventory],
             "payment_declined",
@@ -198,23 +253,40 @@ pub fn decide(state: Option<&SagaState>, event: &EventBody) -> Result<Transition
             "shipment_failed",
             format!("shipment failed: {}", f.reason),
         ),
-        (SagaState::Compensating { pending, reason, detail }, EventBody::InventoryReleased(_) | EventBody::PaymentVoided(_)) => {
+        (
+            SagaState::Compensating {
+                pending,
+                reason,
+                detail,
+            },
+            EventBody::InventoryReleased(_) | EventBody::PaymentVoided(_),
+        ) => {
             let done = match event {
                 EventBody::InventoryReleased(_) => Compensation::ReleaseInventory,
                 _ => Compensation::VoidPayment,
             };
             if !pending.contains(&done) {
-                return Err(Ignored::Unexpected { state: state.name(), event: event_name });
+                return Err(Ignored::Unexpected {
+                    state: state.name(),
+                    event: event_name,
+                });
             }
             let mut left = pending.clone();
             left.remove(&done);
             if left.is_empty() {
                 cancel(reason, detail.clone())
             } else {
-                go(SagaState::Compensating { pending: left, reason: reason.clone(), detail: detail.clone() })
+                go(SagaState::Compensating {
+                    pending: left,
+                    reason: reason.clone(),
+                    detail: detail.clone(),
+                })
             }
         }
-        _ => Err(Ignored::Unexpected { state: state.name(), event: event_name }),
+        _ => Err(Ignored::Unexpected {
+            state: state.name(),
+            event: event_name,
+        }),
     }
 }
 
@@ -227,7 +299,11 @@ mod tests {
     fn created() -> EventBody {
         EventBody::OrderCreated(OrderCreated {
             customer_id: "c1".into(),
-            lines: vec![OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: 100 }],
+            lines: vec![OrderLine {
+                sku: "A".into(),
+                quantity: 1,
+                unit_price_minor: 100,
+            }],
             currency: "EUR".into(),
             shipping_address: Address {
                 name: "N".into(),
@@ -240,10 +316,16 @@ mod tests {
         })
     }
     fn reserved() -> EventBody {
-        EventBody::InventoryReserved(InventoryReserved { reservation_id: Uuid::nil(), items: vec![] })
+        EventBody::InventoryReserved(InventoryReserved {
+            reservation_id: Uuid::nil(),
+            items: vec![],
+        })
     }
     fn rejected() -> EventBody {
-        EventBody::InventoryRejected(InventoryRejected { reason: "short A".into(), shortages: vec![] })
+        EventBody::InventoryRejected(InventoryRejected {
+            reason: "short A".into(),
+            shortages: vec![],
+        })
     }
     fn authorized() -> EventBody {
         EventBody::PaymentAuthorized(PaymentAuthorized {
@@ -263,25 +345,51 @@ mod tests {
         })
     }
     fn scheduled() -> EventBody {
-        EventBody::ShipmentScheduled(ShipmentScheduled { shipment_id: Uuid::nil(), carrier: "c".into(), tracking_number: "t".into() })
+        EventBody::ShipmentScheduled(ShipmentScheduled {
+            shipment_id: Uuid::nil(),
+            carrier: "c".into(),
+            tracking_number: "t".into(),
+        })
     }
     fn ship_failed() -> EventBody {
-        EventBody::ShipmentFailed(ShipmentFailed { carrier: "c".into(), reason: "destination_not_served".into() })
+        EventBody::ShipmentFailed(ShipmentFailed {
+            carrier: "c".into(),
+            reason: "destination_not_served".into(),
+        })
     }
     fn released() -> EventBody {
-        EventBody::InventoryReleased(InventoryReleased { reservation_id: Uuid::nil(), items: vec![], reason: "x".into() })
+        EventBody::InventoryReleased(InventoryReleased {
+            reservation_id: Uuid::nil(),
+            items: vec![],
+            reason: "x".into(),
+        })
     }
     fn voided() -> EventBody {
-        EventBody::PaymentVoided(PaymentVoided { payment_id: Uuid::nil(), amount_minor: 100, currency: "EUR".into(), reason: "x".into() })
+        EventBody::PaymentVoided(PaymentVoided {
+            payment_id: Uuid::nil(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            reason: "x".into(),
+        })
     }
     fn compensating(pending: &[Compensation], reason: &str, detail: &str) -> SagaState {
-        SagaState::Compensating { pending: pending.iter().copied().collect(), reason: reason.into(), detail: detail.into() }
+        SagaState::Compensating {
+            pending: pending.iter().copied().collect(),
+            reason: reason.into(),
+            detail: detail.into(),
+        }
     }
     fn cancelled(reason: &str, detail: &str) -> SagaState {
-        SagaState::Cancelled { reason: reason.into(), detail: detail.into() }
+        SagaState::Cancelled {
+            reason: reason.into(),
+            detail: detail.into(),
+        }
     }
     fn cancel_cmd(reason: &str, detail: &str) -> Vec<Command> {
-        vec![Command::Cancel { reason: reason.into(), detail: detail.into() }]
+        vec![Command::Cancel {
+            reason: reason.into(),
+            detail: detail.into(),
+        }]
     }
 
     #[test]
@@ -294,30 +402,66 @@ mod tests {
         let table: Vec<(Option<SagaState>, EventBody, SagaState, Vec<Command>)> = vec![
             (None, created(), AwaitingInventory, vec![]),
             (Some(AwaitingInventory), reserved(), AwaitingPayment, vec![]),
-            (Some(AwaitingInventory), rejected(), cancelled("out_of_stock", "short A"), cancel_cmd("out_of_stock", "short A")),
-            (Some(AwaitingPayment), authorized(), AwaitingShipment, vec![]),
-            (Some(AwaitingPayment), declined(), compensating(&[ReleaseInventory], "payment_declined", decline_detail), vec![]),
-            (Some(AwaitingShipment), scheduled(), Completed, vec![Command::Complete]),
             (
-                Some(AwaitingShipment),
-                ship_failed(),
-                compensating(&[ReleaseInventory, VoidPayment], "shipment_failed", ship_detail),
+                Some(AwaitingInventory),
+                rejected(),
+                cancelled("out_of_stock", "short A"),
+                cancel_cmd("out_of_stock", "short A"),
+            ),
+            (
+                Some(AwaitingPayment),
+                authorized(),
+                AwaitingShipment,
                 vec![],
             ),
             (
-                Some(compensating(&[ReleaseInventory], "payment_declined", decline_detail)),
+                Some(AwaitingPayment),
+                declined(),
+                compensating(&[ReleaseInventory], "payment_declined", decline_detail),
+                vec![],
+            ),
+            (
+                Some(AwaitingShipment),
+                scheduled(),
+                Completed,
+                vec![Command::Complete],
+            ),
+            (
+                Some(AwaitingShipment),
+                ship_failed(),
+                compensating(
+                    &[ReleaseInventory, VoidPayment],
+                    "shipment_failed",
+                    ship_detail,
+                ),
+                vec![],
+            ),
+            (
+                Some(compensating(
+                    &[ReleaseInventory],
+                    "payment_declined",
+                    decline_detail,
+                )),
                 released(),
                 cancelled("payment_declined", decline_detail),
                 cancel_cmd("payment_declined", decline_detail),
             ),
             (
-                Some(compensating(&[ReleaseInventory, VoidPayment], "shipment_failed", ship_detail)),
+                Some(compensating(
+                    &[ReleaseInventory, VoidPayment],
+                    "shipment_failed",
+                    ship_detail,
+                )),
                 voided(),
                 compensating(&[ReleaseInventory], "shipment_failed", ship_detail),
                 vec![],
             ),
             (
-                Some(compensating(&[ReleaseInventory, VoidPayment], "shipment_failed", ship_detail)),
+                Some(compensating(
+                    &[ReleaseInventory, VoidPayment],
+                    "shipment_failed",
+                    ship_detail,
+                )),
                 released(),
                 compensating(&[VoidPayment], "shipment_failed", ship_detail),
                 vec![],
@@ -330,7 +474,8 @@ mod tests {
             ),
         ];
         for (i, (given, when, then_state, then_commands)) in table.into_iter().enumerate() {
-            let got = decide(given.as_ref(), &when).unwrap_or_else(|e| panic!("row {i}: ignored: {e}"));
+            let got =
+                decide(given.as_ref(), &when).unwrap_or_else(|e| panic!("row {i}: ignored: {e}"));
             assert_eq!(got.next, then_state, "row {i}");
             assert_eq!(got.commands, then_commands, "row {i}");
         }
@@ -340,16 +485,57 @@ mod tests {
     fn ignored_events() {
         use SagaState::*;
         let table: Vec<(Option<SagaState>, EventBody, Ignored)> = vec![
-            (None, reserved(), Ignored::Unknown { event: "InventoryReserved" }),
-            (Some(AwaitingPayment), created(), Ignored::DuplicateOrder),
-            (Some(Completed), ship_failed(), Ignored::Finished { state: "completed", event: "ShipmentFailed" }),
-            (Some(cancelled("out_of_stock", "")), authorized(), Ignored::Finished { state: "cancelled", event: "PaymentAuthorized" }),
-            (Some(AwaitingInventory), authorized(), Ignored::Unexpected { state: "awaiting_inventory", event: "PaymentAuthorized" }),
-            (Some(AwaitingShipment), declined(), Ignored::Unexpected { state: "awaiting_shipment", event: "PaymentDeclined" }),
             (
-                Some(compensating(&[Compensation::ReleaseInventory], "payment_declined", "")),
+                None,
+                reserved(),
+                Ignored::Unknown {
+                    event: "InventoryReserved",
+                },
+            ),
+            (Some(AwaitingPayment), created(), Ignored::DuplicateOrder),
+            (
+                Some(Completed),
+                ship_failed(),
+                Ignored::Finished {
+                    state: "completed",
+                    event: "ShipmentFailed",
+                },
+            ),
+            (
+                Some(cancelled("out_of_stock", "")),
+                authorized(),
+                Ignored::Finished {
+                    state: "cancelled",
+                    event: "PaymentAuthorized",
+                },
+            ),
+            (
+                Some(AwaitingInventory),
+                authorized(),
+                Ignored::Unexpected {
+                    state: "awaiting_inventory",
+                    event: "PaymentAuthorized",
+                },
+            ),
+            (
+                Some(AwaitingShipment),
+                declined(),
+                Ignored::Unexpected {
+                    state: "awaiting_shipment",
+                    event: "PaymentDeclined",
+                },
+            ),
+            (
+                Some(compensating(
+                    &[Compensation::ReleaseInventory],
+                    "payment_declined",
+                    "",
+                )),
                 voided(),
-                Ignored::Unexpected { state: "compensating", event: "PaymentVoided" },
+                Ignored::Unexpected {
+                    state: "compensating",
+                    event: "PaymentVoided",
+                },
             ),
         ];
         for (i, (given, when, want)) in table.into_iter().enumerate() {
@@ -363,14 +549,25 @@ mod tests {
             SagaState::AwaitingInventory,
             SagaState::AwaitingPayment,
             SagaState::AwaitingShipment,
-            compensating(&[Compensation::ReleaseInventory, Compensation::VoidPayment], "shipment_failed", "d"),
+            compensating(
+                &[Compensation::ReleaseInventory, Compensation::VoidPayment],
+                "shipment_failed",
+                "d",
+            ),
             SagaState::Completed,
             cancelled("out_of_stock", "short"),
         ];
         for state in states {
-            let pending: Vec<String> = state.pending().iter().map(|c| c.as_str().to_string()).collect();
+            let pending: Vec<String> = state
+                .pending()
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect();
             let (reason, detail) = state.cancellation();
-            assert_eq!(SagaState::from_row(state.name(), &pending, reason, detail), Ok(state.clone()));
+            assert_eq!(
+                SagaState::from_row(state.name(), &pending, reason, detail),
+                Ok(state.clone())
+            );
         }
         assert!(SagaState::from_row("bogus", &[], None, None).is_err());
     }

@@ -9,20 +9,28 @@ use crate::support::{order, TestEnv};
 /// An `OrderCreated` whose line has quantity 0, written by a client that skipped validation:
 /// a valid Avro record that breaks a domain rule.
 fn invalid_order_created(order_id: &str) -> Vec<u8> {
-    let event = order(order_id, &[("SKU-A", 1, 100)], "DE").into_event(chrono::Utc::now()).expect("valid");
+    let event = order(order_id, &[("SKU-A", 1, 100)], "DE")
+        .into_event(chrono::Utc::now())
+        .expect("valid");
     let bytes = events::encode(&event).expect("encode");
     let info = events::schema_catalog()
         .iter()
         .find(|i| i.event_type == events::EventType::OrderCreated)
         .expect("OrderCreated schema");
     let schema = apache_avro::Schema::parse_str(info.schema_json).expect("schema");
-    let Value::Record(mut fields) = apache_avro::from_avro_datum(&schema, &mut &bytes[10..], None).expect("datum") else {
+    let Value::Record(mut fields) =
+        apache_avro::from_avro_datum(&schema, &mut &bytes[10..], None).expect("datum")
+    else {
         panic!("a record")
     };
     for (name, value) in &mut fields {
         if name == "lines" {
-            let Value::Array(lines) = value else { panic!("lines is an array") };
-            let Value::Record(line) = &mut lines[0] else { panic!("a line record") };
+            let Value::Array(lines) = value else {
+                panic!("lines is an array")
+            };
+            let Value::Record(line) = &mut lines[0] else {
+                panic!("a line record")
+            };
             for (field, v) in line.iter_mut() {
                 if field == "quantity" {
                     *v = Value::Int(0);
@@ -44,15 +52,18 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
     let mut after = order("o-same-2", &[("SKU-A", 1, 100)], "DE");
     after.order_id = "o-same".into();
     env.publish(&[before]).await;
-    env.produce_raw("o-same", b"\xC3\x01garbage that is not avro").await;
-    env.produce_raw("o-same", &invalid_order_created("o-same")).await;
+    env.produce_raw("o-same", b"\xC3\x01garbage that is not avro")
+        .await;
+    env.produce_raw("o-same", &invalid_order_created("o-same"))
+        .await;
     let other = order("o-next", &[("SKU-B", 1, 100)], "DE");
     env.publish(&[other]).await;
 
     assert_eq!(env.wait_terminal("o-same").await.0, "completed");
     assert_eq!(env.wait_terminal("o-next").await.0, "completed");
     // Each of the five consumers set both bad records aside, with position and reason.
-    env.wait_count("SELECT count(*) FROM pipeline.rejected_records", 10).await;
+    env.wait_count("SELECT count(*) FROM pipeline.rejected_records", 10)
+        .await;
     let reasons: Vec<(String, String, i64, String)> = sqlx::query_as(
         "SELECT consumer, error_kind, \"offset\", error FROM pipeline.rejected_records WHERE consumer = 'inventory' ORDER BY \"offset\"",
     )
@@ -60,13 +71,20 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
     .await
     .expect("rejected");
     assert_eq!(reasons.len(), 2);
-    assert!(reasons[0].3.contains("fingerprint") || reasons[0].3.contains("malformed"), "{reasons:?}");
+    assert!(
+        reasons[0].3.contains("fingerprint") || reasons[0].3.contains("malformed"),
+        "{reasons:?}"
+    );
     assert!(reasons[1].3.contains("quantity"), "{reasons:?}");
     assert!(reasons[0].2 < reasons[1].2);
     let bytes_kept: i64 =
         env.count("SELECT count(*) FROM pipeline.rejected_records WHERE payload IS NOT NULL AND record_key = 'o-same'::bytea").await;
     assert_eq!(bytes_kept, 10);
-    assert_eq!(env.stock("SKU-A").await, (9, 1), "the invalid order reserved nothing");
+    assert_eq!(
+        env.stock("SKU-A").await,
+        (9, 1),
+        "the invalid order reserved nothing"
+    );
     env.finish().await;
 }
 
@@ -76,27 +94,69 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
 async fn a_crash_between_commit_and_offset_commit_applies_nothing_twice() {
     for fault in [Fault::CrashAfterDbCommit, Fault::CrashBeforeOffsetCommit] {
         let mut env = TestEnv::new().await;
-        env.start(&[Component::Payment, Component::Shipping, Component::Saga, Component::Projections]);
+        env.start(&[
+            Component::Payment,
+            Component::Shipping,
+            Component::Saga,
+            Component::Projections,
+        ]);
         let options = RunnerOptions { fault: Some(fault) };
-        let mut crashing =
-            components::start_with(&[Component::Inventory], &env.settings, &env.pool, &env.shutdown, &options).expect("start");
-        env.publish(&[order("o-crash", &[("SKU-A", 2, 100)], "DE")]).await;
+        let mut crashing = components::start_with(
+            &[Component::Inventory],
+            &env.settings,
+            &env.pool,
+            &env.shutdown,
+            &options,
+        )
+        .expect("start");
+        env.publish(&[order("o-crash", &[("SKU-A", 2, 100)], "DE")])
+            .await;
 
-        let died = crashing.join_next().await.expect("one task").expect("no panic");
+        let died = crashing
+            .join_next()
+            .await
+            .expect("one task")
+            .expect("no panic");
         let error = died.expect_err("the injected fault stops the step");
         assert!(format!("{error:#}").contains("injected fault"), "{error:#}");
         drop(crashing);
-        assert_eq!(env.stock("SKU-A").await, (8, 2), "{fault:?}: the commit happened");
+        assert_eq!(
+            env.stock("SKU-A").await,
+            (8, 2),
+            "{fault:?}: the commit happened"
+        );
 
         env.start(&[Component::Inventory]);
-        assert_eq!(env.wait_terminal("o-crash").await.0, "completed", "{fault:?}");
+        assert_eq!(
+            env.wait_terminal("o-crash").await.0,
+            "completed",
+            "{fault:?}"
+        );
         assert_eq!(env.stock("SKU-A").await, (8, 2), "{fault:?}: reserved once");
-        assert_eq!(env.count("SELECT count(*) FROM inventory.reservations").await, 1);
-        assert_eq!(env.count("SELECT count(*) FROM pipeline.inbox WHERE step = 'inventory'").await, 1);
-        assert_eq!(env.count("SELECT count(*) FROM pipeline.outbox WHERE published_at IS NULL").await, 0);
+        assert_eq!(
+            env.count("SELECT count(*) FROM inventory.reservations")
+                .await,
+            1
+        );
+        assert_eq!(
+            env.count("SELECT count(*) FROM pipeline.inbox WHERE step = 'inventory'")
+                .await,
+            1
+        );
+        assert_eq!(
+            env.count("SELECT count(*) FROM pipeline.outbox WHERE published_at IS NULL")
+                .await,
+            0
+        );
         assert_eq!(
             env.timeline("o-crash").await,
-            ["OrderCreated", "InventoryReserved", "PaymentAuthorized", "ShipmentScheduled", "OrderCompleted"],
+            [
+                "OrderCreated",
+                "InventoryReserved",
+                "PaymentAuthorized",
+                "ShipmentScheduled",
+                "OrderCompleted"
+            ],
             "{fault:?}"
         );
         env.finish().await;

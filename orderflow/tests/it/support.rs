@@ -38,13 +38,25 @@ impl TestEnv {
         settings.kafka.group_prefix = format!("test-{id}");
         settings.consumer.batch_max_wait_ms = 20;
         settings.consumer.retry_delay_ms_max = 500;
-        let pool = components::prepare_database(&settings, true).await.unwrap_or_else(|e| {
-            panic!("Postgres is needed at 127.0.0.1:5432 (start it with scripts/dev-up): {e:#}")
-        });
+        let pool = components::prepare_database(&settings, true)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Postgres is needed at 127.0.0.1:5432 (start it with scripts/dev-up): {e:#}")
+            });
         platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, PARTITIONS)
             .await
-            .unwrap_or_else(|e| panic!("the broker is needed at 127.0.0.1:9092 (start it with scripts/dev-up): {e:#}"));
-        let env = TestEnv { settings, pool, shutdown: CancellationToken::new(), running: None, db_name };
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the broker is needed at 127.0.0.1:9092 (start it with scripts/dev-up): {e:#}"
+                )
+            });
+        let env = TestEnv {
+            settings,
+            pool,
+            shutdown: CancellationToken::new(),
+            running: None,
+            db_name,
+        };
         env.set_stock(&[("SKU-A", 10), ("SKU-B", 5)]).await;
         env
     }
@@ -52,7 +64,9 @@ impl TestEnv {
     pub async fn set_stock(&self, stock: &[(&str, i64)]) {
         let stock: Vec<(String, i64)> = stock.iter().map(|(s, q)| (s.to_string(), *q)).collect();
         let mut tx = self.pool.begin().await.expect("begin");
-        consumers::inventory::set_stock(&mut tx, &stock).await.expect("set stock");
+        consumers::inventory::set_stock(&mut tx, &stock)
+            .await
+            .expect("set stock");
         tx.commit().await.expect("commit");
     }
 
@@ -62,7 +76,8 @@ impl TestEnv {
     }
 
     pub fn start(&mut self, which: &[Component]) {
-        let set = components::start(which, &self.settings, &self.pool, &self.shutdown).expect("components start");
+        let set = components::start(which, &self.settings, &self.pool, &self.shutdown)
+            .expect("components start");
         self.adopt(set);
     }
 
@@ -87,14 +102,18 @@ impl TestEnv {
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(set) = self.running.take() {
-            components::supervise(set, &self.shutdown).await.expect("components stop cleanly");
+            components::supervise(set, &self.shutdown)
+                .await
+                .expect("components stop cleanly");
         }
         self.shutdown = CancellationToken::new();
     }
 
     pub async fn publish(&self, orders: &[OrderInput]) -> Vec<Event> {
-        let events: Vec<Event> =
-            orders.iter().map(|o| o.clone().into_event(Utc::now()).expect("valid test order")).collect();
+        let events: Vec<Event> = orders
+            .iter()
+            .map(|o| o.clone().into_event(Utc::now()).expect("valid test order"))
+            .collect();
         let publisher = Publisher::new(&self.settings.kafka, "test-publisher").expect("publisher");
         let failures = publisher.publish(&events).await;
         assert!(failures.is_empty(), "publish failed: {failures:?}");
@@ -103,11 +122,17 @@ impl TestEnv {
 
     /// Produce raw bytes with a plain producer, as a foreign client would.
     pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
-        let producer: FutureProducer = platform::kafka::producer_config(&self.settings.kafka, "test-raw")
-            .create()
-            .expect("producer");
+        let producer: FutureProducer =
+            platform::kafka::producer_config(&self.settings.kafka, "test-raw")
+                .create()
+                .expect("producer");
         producer
-            .send(FutureRecord::to(&self.settings.kafka.topic).key(key).payload(payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&self.settings.kafka.topic)
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("raw produce");
@@ -127,7 +152,11 @@ impl TestEnv {
             if let Some(row) = row {
                 return row;
             }
-            assert!(tokio::time::Instant::now() < deadline, "order {order_id} not terminal after {WAIT:?}: {}", self.dump(order_id).await);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} not terminal after {WAIT:?}: {}",
+                self.dump(order_id).await
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -136,17 +165,26 @@ impl TestEnv {
     pub async fn wait_count(&self, sql: &str, want: i64) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let got: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query");
+            let got: i64 = sqlx::query_scalar(sql)
+                .fetch_one(&self.pool)
+                .await
+                .expect("count query");
             if got == want {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{sql} = {got}, wanted {want}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sql} = {got}, wanted {want}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query")
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
     }
 
     pub async fn timeline(&self, order_id: &str) -> Vec<String> {
@@ -173,23 +211,32 @@ impl TestEnv {
                 .await
                 .ok()
                 .flatten();
-        let rejected: Vec<(String, String)> =
-            sqlx::query_as("SELECT consumer, error FROM pipeline.rejected_records ORDER BY id LIMIT 5")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
-        format!("saga={saga:?} timeline={:?} rejected={rejected:?}", self.timeline(order_id).await)
+        let rejected: Vec<(String, String)> = sqlx::query_as(
+            "SELECT consumer, error FROM pipeline.rejected_records ORDER BY id LIMIT 5",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default();
+        format!(
+            "saga={saga:?} timeline={:?} rejected={rejected:?}",
+            self.timeline(order_id).await
+        )
     }
 
     /// Stop everything and drop the test database.
     pub async fn finish(mut self) {
         self.stop().await;
         self.pool.close().await;
-        let admin = PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.expect("admin connection");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name))
-            .execute(&admin)
+        let admin = PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
             .await
-            .expect("drop test database");
+            .expect("admin connection");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.db_name
+        ))
+        .execute(&admin)
+        .await
+        .expect("drop test database");
     }
 }
 
@@ -201,7 +248,11 @@ pub fn order(order_id: &str, lines: &[(&str, i32, i64)], country: &str) -> Order
         currency: "EUR".into(),
         lines: lines
             .iter()
-            .map(|(sku, quantity, price)| OrderLine { sku: sku.to_string(), quantity: *quantity, unit_price_minor: *price })
+            .map(|(sku, quantity, price)| OrderLine {
+                sku: sku.to_string(),
+                quantity: *quantity,
+                unit_price_minor: *price,
+            })
             .collect(),
         shipping_address: Address {
             name: "Ada Lovelace".into(),

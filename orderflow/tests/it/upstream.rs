@@ -28,7 +28,10 @@ fn rabin(bytes: &[u8]) -> u64 {
 async fn a_foreign_producer_needs_only_the_schema_file() {
     let mut env = TestEnv::new().await;
     env.start_all();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/OrderCreated.v1.avsc");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schemas/OrderCreated.v1.avsc"
+    );
     let text = std::fs::read_to_string(path).expect("schema file");
     let schema = Schema::parse_str(&text).expect("schema parses");
     // The canonical form per the spec, logical types dropped; computed here independently.
@@ -46,7 +49,10 @@ async fn a_foreign_producer_needs_only_the_schema_file() {
     record.put("event_type", "OrderCreated");
     record.put("schema_version", 1i32);
     record.put("order_id", "o-foreign");
-    record.put("occurred_at", Value::TimestampMicros(chrono::Utc::now().timestamp_micros()));
+    record.put(
+        "occurred_at",
+        Value::TimestampMicros(chrono::Utc::now().timestamp_micros()),
+    );
     record.put("correlation_id", Value::String(event_id.clone()));
     record.put("causation_id", Value::String(event_id));
     record.put("customer_id", "c-foreign");
@@ -56,7 +62,10 @@ async fn a_foreign_producer_needs_only_the_schema_file() {
         ("quantity".to_string(), Value::Int(2)),
         ("unit_price_minor".to_string(), Value::Long(4_500)),
     ];
-    record.put("lines", Value::Array(vec![Value::Record(line_schema_fields)]));
+    record.put(
+        "lines",
+        Value::Array(vec![Value::Record(line_schema_fields)]),
+    );
     record.put(
         "shipping_address",
         Value::Record(vec![
@@ -74,7 +83,9 @@ async fn a_foreign_producer_needs_only_the_schema_file() {
     env.produce_raw("o-foreign", &bytes).await;
 
     assert_eq!(env.wait_terminal("o-foreign").await.0, "completed");
-    let total: i64 = env.count("SELECT total_minor FROM analytics.orders WHERE order_id = 'o-foreign'").await;
+    let total: i64 = env
+        .count("SELECT total_minor FROM analytics.orders WHERE order_id = 'o-foreign'")
+        .await;
     assert_eq!(total, 9_000);
     env.finish().await;
 }
