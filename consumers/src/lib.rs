@@ -37,6 +37,25 @@ pub trait Step: Send + Sync + 'static {
         tx: &mut PgConnection,
         event: &Event,
     ) -> Result<Vec<EventBody>, HandlerError>;
+
+    /// Apply new events in log order and return each one's replies, in the same order. On
+    /// failure, name the index of the event that failed; the runner rolls the transaction
+    /// back. Steps override this to load and store state for the whole batch at once.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Vec<Vec<EventBody>>, (usize, HandlerError)> {
+        let mut replies = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            replies.push(
+                self.handle(tx, event)
+                    .await
+                    .map_err(|error| (index, error))?,
+            );
+        }
+        Ok(replies)
+    }
 }
 
 /// Every step of the pipeline by name, for `orderflow run --only`.

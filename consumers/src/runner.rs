@@ -8,7 +8,7 @@
 //! rows are published and marked, and only then are the batch's offsets committed. A crash at
 //! any point re-delivers the batch and the inbox absorbs what was already applied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -226,13 +226,49 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
-/// One attempt at a batch: everything in one transaction.
+/// Apply a batch in one transaction. A handler that fails permanently makes the attempt roll
+/// back; the batch is then applied again with that record set aside instead of handled, so a
+/// bad record costs one extra attempt and never a per-event savepoint.
 pub async fn apply_batch(
     step: &dyn Step,
     pool: &PgPool,
     topic: &str,
     batch: &[OwnedMessage],
 ) -> Result<(BatchOutcome, Vec<OutboxRow>), BatchError> {
+    let mut excluded: HashMap<(i32, i64), (&'static str, String)> = HashMap::new();
+    loop {
+        match attempt_batch(step, pool, topic, batch, &excluded).await? {
+            Attempt::Applied(outcome, rows) => return Ok((outcome, rows)),
+            Attempt::Poisoned {
+                partition,
+                offset,
+                kind,
+                reason,
+            } => {
+                // Each attempt excludes one more record, so this loop ends within batch.len() rounds.
+                excluded.insert((partition, offset), (kind, reason));
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Applied(BatchOutcome, Vec<OutboxRow>),
+    Poisoned {
+        partition: i32,
+        offset: i64,
+        kind: &'static str,
+        reason: String,
+    },
+}
+
+async fn attempt_batch(
+    step: &dyn Step,
+    pool: &PgPool,
+    topic: &str,
+    batch: &[OwnedMessage],
+    excluded: &HashMap<(i32, i64), (&'static str, String)>,
+) -> Result<Attempt, BatchError> {
     let name = step.name();
     let mut outcome = BatchOutcome::default();
     let mut wanted: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(batch.len());
@@ -253,42 +289,51 @@ pub async fn apply_batch(
         }
     }
 
+    // Excluded records go into the inbox too: a re-delivery finds them processed (set aside).
     let fresh = record_in_inbox(&mut tx, name, &wanted).await?;
     let mut handled: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-    let mut replies: Vec<Event> = Vec::new();
+    let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(fresh.len());
     for (message, event) in &wanted {
         let id = event.meta.event_id;
         if !fresh.contains(&id) || !handled.insert(id) {
             tracing::debug!(step = name, event_id = %id, "duplicate delivery skipped");
             outcome.duplicates += 1;
-            continue;
+        } else if let Some((kind, reason)) = excluded.get(&(message.partition(), message.offset()))
+        {
+            reject(&mut tx, name, message, kind, reason).await?;
+            outcome.rejected += 1;
+        } else {
+            to_handle.push((message, event));
         }
-        let span = tracing::debug_span!("handle", step = name, order_id = %event.meta.order_id, event_type = %event.event_type());
-        let _enter = span.enter();
-        // A savepoint per event, so that one permanent failure undoes only that event.
-        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-        match step.handle(&mut savepoint, event).await {
-            Ok(bodies) => {
-                savepoint.commit().await?;
-                outcome.applied += 1;
-                let now = Utc::now();
-                for (i, body) in bodies.into_iter().enumerate() {
-                    let reply_id = events::reply_event_id(id, &format!("{name}/{i}"));
-                    replies.push(Event::caused_by(event, reply_id, now, body));
-                }
-            }
-            Err(error) if error.is_retryable() => return Err(error.into()),
-            Err(error) => {
-                savepoint.rollback().await?;
-                reject(&mut tx, name, message, error.kind(), &error.to_string()).await?;
-                outcome.rejected += 1;
-            }
+    }
+    let events: Vec<&Event> = to_handle.iter().map(|(_, event)| *event).collect();
+    let bodies = match step.handle_batch(&mut tx, &events).await {
+        Ok(bodies) => bodies,
+        Err((_, error)) if error.is_retryable() => return Err(error.into()),
+        Err((index, error)) => {
+            let (message, event) = to_handle[index];
+            tracing::warn!(step = name, order_id = %event.meta.order_id, %error, "handler failed permanently; re-applying the batch without it");
+            return Ok(Attempt::Poisoned {
+                partition: message.partition(),
+                offset: message.offset(),
+                kind: error.kind(),
+                reason: error.to_string(),
+            });
+        }
+    };
+    let now = Utc::now();
+    let mut replies: Vec<Event> = Vec::new();
+    for (event, bodies) in events.iter().zip(bodies) {
+        outcome.applied += 1;
+        for (i, body) in bodies.into_iter().enumerate() {
+            let reply_id = events::reply_event_id(event.meta.event_id, &format!("{name}/{i}"));
+            replies.push(Event::caused_by(event, reply_id, now, body));
         }
     }
     let rows = outbox::insert(&mut tx, name, topic, &replies).await?;
     outcome.replies = rows.len();
     tx.commit().await?;
-    Ok((outcome, rows))
+    Ok(Attempt::Applied(outcome, rows))
 }
 
 /// Insert the wanted events' ids into the inbox in one statement; returns the ids that were

@@ -49,8 +49,6 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
     env.start_all();
     // Same key for all, so all four land in one partition, bad ones between good ones.
     let before = order("o-same", &[("SKU-A", 1, 100)], "DE");
-    let mut after = order("o-same-2", &[("SKU-A", 1, 100)], "DE");
-    after.order_id = "o-same".into();
     env.publish(&[before]).await;
     env.produce_raw("o-same", b"\xC3\x01garbage that is not avro")
         .await;
@@ -85,6 +83,37 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
         (9, 1),
         "the invalid order reserved nothing"
     );
+    env.finish().await;
+}
+
+/// A second `OrderCreated` for an order id already in progress, with a new event id: the
+/// inventory step refuses it as a business-rule violation (the batch is re-applied without
+/// it), the saga ignores it, and the first order completes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_order_created_for_the_same_order_is_refused_once() {
+    let mut env = TestEnv::new().await;
+    env.start_all();
+    let first = order("o-twice", &[("SKU-A", 2, 100)], "DE").into_event(chrono::Utc::now()).expect("valid");
+    let mut second = order("o-twice", &[("SKU-B", 5, 100)], "DE").into_event(chrono::Utc::now()).expect("valid");
+    second.meta.event_id = uuid::Uuid::new_v4();
+    second.meta.causation_id = second.meta.event_id;
+    for event in [&first, &second] {
+        env.produce_raw("o-twice", &events::encode(event).expect("encode")).await;
+    }
+    let neighbour = env.publish(&[order("o-after-twice", &[("SKU-A", 1, 100)], "DE")]).await;
+    assert_eq!(env.wait_terminal("o-twice").await.0, "completed");
+    assert_eq!(env.wait_terminal(&neighbour[0].meta.order_id).await.0, "completed");
+
+    assert_eq!(env.stock("SKU-A").await, (7, 3));
+    assert_eq!(env.stock("SKU-B").await, (5, 0), "the second OrderCreated reserved nothing");
+    let refused: Vec<(String, String)> =
+        sqlx::query_as("SELECT consumer, error_kind FROM pipeline.rejected_records ORDER BY consumer")
+            .fetch_all(&env.pool)
+            .await
+            .expect("rejected");
+    assert_eq!(refused, [("inventory".to_string(), "rule".to_string())]);
+    let total: i64 = env.count("SELECT total_minor FROM analytics.orders WHERE order_id = 'o-twice'").await;
+    assert_eq!(total, 200, "the read model keeps the first order");
     env.finish().await;
 }
 
