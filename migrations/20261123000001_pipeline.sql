@@ -16,37 +16,54 @@ CREATE TABLE pipeline.inbox (
     PRIMARY KEY (step, event_id)
 );
 
--- Reply events written in the same transaction as the state change that caused them, then
--- published to Kafka and marked. `payload` is the exact record value (Avro single-object).
+-- Records to produce, written in the same transaction as the state change that caused them,
+-- then published to Kafka and marked: reply events on the order log, and dead letters on a
+-- consumer's dead-letter topic. `payload` is the exact record value, `headers` its headers.
 CREATE TABLE pipeline.outbox (
     id            bigserial   PRIMARY KEY,
     step          text        NOT NULL,
+    -- The event id of a reply, or the dead letter's id: stable across re-runs, so a repeat
+    -- insert is absorbed.
     event_id      uuid        NOT NULL,
     event_type    text        NOT NULL,
     order_id      text        NOT NULL,
     topic         text        NOT NULL,
-    payload       bytea       NOT NULL,
+    -- Record key; NULL means the order id.
+    record_key    bytea,
+    payload       bytea,
+    headers       jsonb       NOT NULL DEFAULT '{}'::jsonb,
     created_at    timestamptz NOT NULL DEFAULT now(),
     published_at  timestamptz,
     UNIQUE (step, event_id)
 );
 CREATE INDEX outbox_unpublished ON pipeline.outbox (step, id) WHERE published_at IS NULL;
 
--- Records a consumer could not use (undecodable bytes, invalid orders, rule violations),
--- kept with their position, bytes and reason so that nothing is silently dropped.
-CREATE TABLE pipeline.rejected_records (
-    id            bigserial   PRIMARY KEY,
-    consumer      text        NOT NULL,
-    topic         text        NOT NULL,
-    partition     integer     NOT NULL,
-    "offset"      bigint      NOT NULL,
-    record_key    bytea,
-    payload       bytea,
-    error_kind    text        NOT NULL,
-    error         text        NOT NULL,
-    rejected_at   timestamptz NOT NULL DEFAULT now(),
+-- Records a consumer dead-lettered (undecodable bytes, invalid orders, business-rule
+-- violations, retries exhausted), with their position, bytes, error class and the history of
+-- every failed attempt. The same record goes to the consumer's dead-letter topic through the
+-- outbox; `orderflow dlq` reads this table and redrives from it.
+CREATE TABLE pipeline.dead_letters (
+    id               uuid        PRIMARY KEY,
+    consumer         text        NOT NULL,
+    topic            text        NOT NULL,
+    partition        integer     NOT NULL,
+    "offset"         bigint      NOT NULL,
+    record_key       bytea,
+    payload          bytea,
+    dlq_topic        text        NOT NULL,
+    error_class      text        NOT NULL CHECK (error_class IN ('permanent', 'retries_exhausted')),
+    error_kind       text        NOT NULL,
+    error            text        NOT NULL,
+    attempts         integer     NOT NULL,
+    history          jsonb       NOT NULL,
+    first_failed_at  timestamptz NOT NULL,
+    last_failed_at   timestamptz NOT NULL,
+    dead_lettered_at timestamptz NOT NULL DEFAULT now(),
+    redriven_at      timestamptz,
+    redrive_outcome  text,
     UNIQUE (consumer, topic, partition, "offset")
 );
+CREATE INDEX dead_letters_open ON pipeline.dead_letters (consumer, topic, partition, "offset") WHERE redriven_at IS NULL;
 
 -- Consumer positions kept in Postgres, written in the same transaction as the rows they
 -- produced (projections). `next_offset` is the first offset not yet applied.

@@ -7,8 +7,8 @@
 
 pub mod error;
 pub mod inventory;
-pub mod outbox;
 pub mod payment;
+pub mod redrive;
 pub mod runner;
 pub mod saga;
 pub mod shipping;

@@ -3,19 +3,28 @@
 //!
 //! For each bounded batch, in one Postgres transaction: the ids of the wanted events go into
 //! the step's inbox (a repeat is skipped), the handler applies each new event and its replies
-//! go into the outbox; undecodable records and permanent handler failures are set aside in
-//! `pipeline.rejected_records` with their position and reason. After the commit the outbox
-//! rows are published and marked, and only then are the batch's offsets committed. A crash at
-//! any point re-delivers the batch and the inbox absorbs what was already applied.
+//! go into the outbox; records that cannot be applied are dead-lettered (table and
+//! dead-letter topic, through the same outbox). After the commit the outbox rows are published
+//! and marked, and only then are the batch's offsets committed. A crash at any point
+//! re-delivers the batch and the inbox absorbs what was already applied.
+//!
+//! Failures are classified once, here: a permanent handler error dead-letters its record on
+//! the first attempt; a retryable one is retried with backoff (the batch is applied again)
+//! until the step's retry budget is spent, then dead-lettered with every attempt's error. A
+//! failure that names no record (the database is down) is retried without limit: nothing can
+//! be recorded until it is back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use chrono::Utc;
 use events::Event;
+use platform::config::RetryPolicy;
+use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt, RecordPosition};
+use platform::outbox::{self, OutboxRecord, OutboxRow};
 use platform::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -25,7 +34,6 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::outbox::{self, OutboxRow};
 use crate::{HandlerError, Step};
 
 /// A deliberate failure for crash tests: the runner stops as if the process died there.
@@ -39,7 +47,7 @@ pub enum Fault {
 
 #[derive(Debug, Clone, Default)]
 pub struct RunnerOptions {
-    /// Injected once, on the first batch that carries a wanted event.
+    /// Injected once, on the first batch that produces a record.
     pub fault: Option<Fault>,
 }
 
@@ -49,12 +57,21 @@ pub struct BatchOutcome {
     pub applied: usize,
     pub duplicates: usize,
     pub ignored: usize,
-    pub rejected: usize,
+    pub dead_lettered: usize,
     pub replies: usize,
+}
+
+/// Names a step runs under: its component name (inbox, outbox, dead letters) and its group.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: &'static str,
+    pub group: String,
+    pub topic: String,
 }
 
 pub struct StepRunner {
     step: Arc<dyn Step>,
+    identity: Identity,
     pool: PgPool,
     producer: FutureProducer,
     consumer: StreamConsumer,
@@ -70,18 +87,21 @@ impl StepRunner {
         pool: PgPool,
         options: RunnerOptions,
     ) -> anyhow::Result<Self> {
-        let group = settings.group_id(step.name());
-        let client_id = format!("orderflow-{}-{}", step.name(), std::process::id());
+        let identity = identity(step.as_ref(), settings);
+        let client_id = format!("orderflow-{}-{}", identity.name, std::process::id());
         let consumer: StreamConsumer =
-            platform::kafka::consumer_config(&settings.kafka, &group, &client_id)
+            platform::kafka::consumer_config(&settings.kafka, &identity.group, &client_id)
                 .create()
-                .with_context(|| format!("creating consumer for group {group}"))?;
+                .with_context(|| format!("creating consumer for group {}", identity.group))?;
         consumer
             .subscribe(&[settings.kafka.topic.as_str()])
-            .with_context(|| format!("subscribing {group} to {}", settings.kafka.topic))?;
+            .with_context(|| {
+                format!("subscribing {} to {}", identity.group, settings.kafka.topic)
+            })?;
         let producer = platform::kafka::producer(&settings.kafka, &client_id)?;
         Ok(StepRunner {
             step,
+            identity,
             pool,
             producer,
             consumer,
@@ -92,13 +112,14 @@ impl StepRunner {
 
     /// Consume until `shutdown` is cancelled; the batch in hand is finished and committed first.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let name = self.step.name();
+        let name = self.identity.name;
         tracing::info!(step = name, topic = %self.settings.kafka.topic, "step started");
         // Rows a crashed predecessor committed but never published go out first.
         outbox::relay(&self.pool, &self.producer, name, Duration::ZERO).await?;
         let relay_after = Duration::from_millis(self.settings.consumer.outbox_relay_after_ms);
         let mut last_relay = Instant::now();
         let max_wait = Duration::from_millis(self.settings.consumer.batch_max_wait_ms);
+        let policy = self.settings.consumer.retry_policy(name);
         loop {
             let batch = platform::kafka::poll_batch(
                 &self.consumer,
@@ -108,16 +129,25 @@ impl StepRunner {
             )
             .await;
             if !batch.is_empty() {
-                let rows = self.apply_with_retry(&batch, &shutdown).await?;
+                let (outcome, rows) = apply_with_retry(
+                    self.step.as_ref(),
+                    &self.identity,
+                    &self.pool,
+                    &batch,
+                    policy,
+                    &shutdown,
+                )
+                .await?;
+                tracing::debug!(step = name, ?outcome, "batch applied");
                 if self.take_fault(Fault::CrashAfterDbCommit, &rows) {
                     anyhow::bail!("injected fault: crashed after the database commit");
                 }
-                // Until the replies are acknowledged the offsets must not move: retry forever
-                // (with backoff) rather than lose a reply. The rows stay in the outbox meanwhile.
+                // Until the records are acknowledged the offsets must not move: retry forever
+                // (with backoff) rather than lose one. The rows stay in the outbox meanwhile.
                 let publish = || outbox::publish(&self.pool, &self.producer, &rows);
                 publish
-                    .retry(self.backoff())
-                    .notify(|error, delay| tracing::warn!(step = name, %error, ?delay, "publishing replies failed; retrying"))
+                    .retry(unbounded_backoff(policy))
+                    .notify(|error, delay| tracing::warn!(step = name, %error, ?delay, "publishing failed; retrying"))
                     .await
                     .context("publishing replies")?;
                 if self.take_fault(Fault::CrashBeforeOffsetCommit, &rows) {
@@ -151,68 +181,44 @@ impl StepRunner {
         }
         false
     }
+}
 
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(
-                self.settings.consumer.retry_delay_ms_min,
-            ))
-            .with_max_delay(Duration::from_millis(
-                self.settings.consumer.retry_delay_ms_max,
-            ))
-            .with_jitter()
-            // Unbounded attempts: a database outage pauses the step, it never skips records.
-            .without_max_times()
-    }
-
-    /// Apply the batch in one transaction, retrying the whole batch on retryable errors until
-    /// it succeeds or shutdown is requested.
-    async fn apply_with_retry(
-        &self,
-        batch: &[OwnedMessage],
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<Vec<OutboxRow>> {
-        let name = self.step.name();
-        let attempt = || async {
-            apply_batch(
-                self.step.as_ref(),
-                &self.pool,
-                &self.settings.kafka.topic,
-                batch,
-            )
-            .await
-        };
-        let result = attempt
-            .retry(self.backoff())
-            .when(|error: &BatchError| error.retryable() && !shutdown.is_cancelled())
-            .notify(|error, delay| tracing::warn!(step = name, %error, ?delay, "batch failed; retrying"))
-            .await;
-        match result {
-            Ok((outcome, rows)) => {
-                tracing::debug!(step = name, ?outcome, "batch applied");
-                Ok(rows)
-            }
-            Err(error) => {
-                Err(anyhow::Error::new(error).context(format!("step {name} cannot apply a batch")))
-            }
-        }
+/// The names `step` runs under with `settings`.
+pub fn identity(step: &dyn Step, settings: &Settings) -> Identity {
+    Identity {
+        name: step.name(),
+        group: settings.group_id(step.name()),
+        topic: settings.kafka.topic.clone(),
     }
 }
 
-/// Why a whole batch failed.
+fn unbounded_backoff(policy: RetryPolicy) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(policy.delay_min)
+        .with_max_delay(policy.delay_max)
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Why an attempt at a batch did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    #[error(transparent)]
-    Handler(#[from] HandlerError),
+    /// The handler failed on the record at `position` (partition, offset).
+    #[error("handling the record at partition {} offset {}: {error}", .position.0, .position.1)]
+    Record {
+        position: (i32, i64),
+        error: HandlerError,
+    },
+    /// Infrastructure failed outside any one record (database unreachable, a bug).
     #[error("{0:#}")]
-    Other(#[from] anyhow::Error),
+    Batch(#[from] anyhow::Error),
 }
 
 impl BatchError {
     fn retryable(&self) -> bool {
         match self {
-            BatchError::Handler(error) => error.is_retryable(),
-            BatchError::Other(error) => error
+            BatchError::Record { error, .. } => error.is_retryable(),
+            BatchError::Batch(error) => error
                 .chain()
                 .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
                 .is_some_and(platform::db::is_retryable),
@@ -222,126 +228,247 @@ impl BatchError {
 
 impl From<sqlx::Error> for BatchError {
     fn from(error: sqlx::Error) -> Self {
-        BatchError::Handler(HandlerError::Database(error))
+        BatchError::Batch(anyhow::Error::new(error))
     }
 }
 
-/// Apply a batch in one transaction. A handler that fails permanently makes the attempt roll
-/// back; the batch is then applied again with that record set aside instead of handled, so a
-/// bad record costs one extra attempt and never a per-event savepoint.
-pub async fn apply_batch(
+/// Records to dead-letter instead of handling in the next attempt, with their failed attempts.
+type Excluded = HashMap<(i32, i64), Vec<FailedAttempt>>;
+
+/// Apply `batch` with the retry rules above; returns the outcome and the committed outbox rows.
+pub async fn apply_with_retry(
     step: &dyn Step,
+    identity: &Identity,
     pool: &PgPool,
-    topic: &str,
     batch: &[OwnedMessage],
-) -> Result<(BatchOutcome, Vec<OutboxRow>), BatchError> {
-    let mut excluded: HashMap<(i32, i64), (&'static str, String)> = HashMap::new();
+    policy: RetryPolicy,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(BatchOutcome, Vec<OutboxRow>)> {
+    let name = identity.name;
+    let mut excluded: Excluded = HashMap::new();
+    let mut failing: HashMap<
+        (i32, i64),
+        (Instant, Vec<FailedAttempt>, backon::ExponentialBackoff),
+    > = HashMap::new();
+    let mut infra_delays = unbounded_backoff(policy).build();
     loop {
-        match attempt_batch(step, pool, topic, batch, &excluded).await? {
-            Attempt::Applied(outcome, rows) => return Ok((outcome, rows)),
-            Attempt::Poisoned {
-                partition,
-                offset,
-                kind,
-                reason,
-            } => {
-                // Each attempt excludes one more record, so this loop ends within batch.len() rounds.
-                excluded.insert((partition, offset), (kind, reason));
+        let mut tx = pool.begin().await.context("starting a batch transaction");
+        let result = match &mut tx {
+            Ok(tx) => attempt_batch(step, identity, tx, batch, &excluded).await,
+            Err(_) => Err(BatchError::Batch(anyhow::anyhow!(
+                "cannot start a transaction"
+            ))),
+        };
+        let error = match (result, tx) {
+            (Ok(done), Ok(tx)) => match tx.commit().await {
+                Ok(()) => return Ok(done),
+                Err(e) => BatchError::from(e),
+            },
+            (Ok(_), Err(e)) | (Err(_), Err(e)) => BatchError::Batch(e),
+            (Err(e), Ok(tx)) => {
+                drop(tx); // rolls back
+                e
+            }
+        };
+        let now = Utc::now();
+        match error {
+            BatchError::Record { position, error } if !error.is_retryable() => {
+                tracing::warn!(step = name, ?position, %error, "permanent failure; dead-lettering the record");
+                let attempt = FailedAttempt {
+                    at: now,
+                    class: ErrorClass::Permanent,
+                    kind: error.kind().into(),
+                    error: error.to_string(),
+                };
+                let mut history = failing
+                    .remove(&position)
+                    .map(|(_, h, _)| h)
+                    .unwrap_or_default();
+                history.push(attempt);
+                excluded.insert(position, history);
+            }
+            BatchError::Record { position, error } => {
+                let entry = failing.entry(position).or_insert_with(|| {
+                    (
+                        Instant::now(),
+                        Vec::new(),
+                        unbounded_backoff(policy).build(),
+                    )
+                });
+                entry.1.push(FailedAttempt {
+                    at: now,
+                    class: ErrorClass::Retryable,
+                    kind: error.kind().into(),
+                    error: error.to_string(),
+                });
+                let spent = entry.1.len() >= policy.attempts_max as usize
+                    || entry.0.elapsed() >= policy.total;
+                if shutdown.is_cancelled() && !spent {
+                    // Leave the batch uncommitted; whoever owns the partition next starts over.
+                    anyhow::bail!("step {name} stopped while retrying a record ({error})");
+                }
+                if spent {
+                    tracing::warn!(step = name, ?position, attempts = entry.1.len(), %error, "retries exhausted; dead-lettering the record");
+                    let (_, history, _) = failing.remove(&position).unwrap_or((
+                        Instant::now(),
+                        Vec::new(),
+                        unbounded_backoff(policy).build(),
+                    ));
+                    excluded.insert(position, history);
+                } else {
+                    let delay = entry.2.next().unwrap_or(policy.delay_max);
+                    tracing::warn!(step = name, ?position, attempt = entry.1.len(), %error, ?delay, "retryable failure; retrying the batch");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            error if error.retryable() => {
+                if shutdown.is_cancelled() {
+                    return Err(anyhow::Error::new(error).context(format!(
+                        "step {name} stopped while its database was failing"
+                    )));
+                }
+                let delay = infra_delays.next().unwrap_or(policy.delay_max);
+                tracing::warn!(step = name, %error, ?delay, "batch failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            error => {
+                return Err(
+                    anyhow::Error::new(error).context(format!("step {name} cannot apply a batch"))
+                )
             }
         }
     }
 }
 
-enum Attempt {
-    Applied(BatchOutcome, Vec<OutboxRow>),
-    Poisoned {
-        partition: i32,
-        offset: i64,
-        kind: &'static str,
-        reason: String,
-    },
-}
-
-async fn attempt_batch(
+/// One attempt at a batch inside `tx`; the caller commits or rolls back.
+pub async fn attempt_batch(
     step: &dyn Step,
-    pool: &PgPool,
-    topic: &str,
+    identity: &Identity,
+    tx: &mut PgConnection,
     batch: &[OwnedMessage],
-    excluded: &HashMap<(i32, i64), (&'static str, String)>,
-) -> Result<Attempt, BatchError> {
-    let name = step.name();
+    excluded: &Excluded,
+) -> Result<(BatchOutcome, Vec<OutboxRow>), BatchError> {
+    let name = identity.name;
     let mut outcome = BatchOutcome::default();
+    let mut to_outbox: Vec<OutboxRecord> = Vec::new();
+    let mut dead_rows: Vec<OutboxRow> = Vec::new();
     let mut wanted: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(batch.len());
-    let mut tx = pool.begin().await?;
     for message in batch {
-        let Some(payload) = message.payload() else {
-            reject(&mut tx, name, message, "decode", "record has no value").await?;
-            outcome.rejected += 1;
-            continue;
+        let decoded = match message.payload() {
+            None => Err("record has no value".to_string()),
+            Some(payload) => events::decode(payload).map_err(|e| e.to_string()),
         };
-        match events::decode(payload) {
+        match decoded {
             Ok(event) if step.wants(event.event_type()) => wanted.push((message, event)),
             Ok(_) => outcome.ignored += 1,
-            Err(error) => {
-                reject(&mut tx, name, message, "decode", &error.to_string()).await?;
-                outcome.rejected += 1;
+            Err(reason) => {
+                let history = vec![FailedAttempt {
+                    at: Utc::now(),
+                    class: ErrorClass::Permanent,
+                    kind: "decode".into(),
+                    error: reason,
+                }];
+                dead_rows.extend(dead_letter(tx, identity, message, history).await?);
+                outcome.dead_lettered += 1;
             }
         }
     }
 
-    // Excluded records go into the inbox too: a re-delivery finds them processed (set aside).
-    let fresh = record_in_inbox(&mut tx, name, &wanted).await?;
-    let mut handled: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-    let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(fresh.len());
+    // Dead-lettered records stay out of the inbox, so that a redrive can still apply them.
+    let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(wanted.len());
     for (message, event) in &wanted {
-        let id = event.meta.event_id;
-        if !fresh.contains(&id) || !handled.insert(id) {
-            tracing::debug!(step = name, event_id = %id, "duplicate delivery skipped");
-            outcome.duplicates += 1;
-        } else if let Some((kind, reason)) = excluded.get(&(message.partition(), message.offset()))
-        {
-            reject(&mut tx, name, message, kind, reason).await?;
-            outcome.rejected += 1;
+        if let Some(history) = excluded.get(&(message.partition(), message.offset())) {
+            dead_rows.extend(dead_letter(tx, identity, message, history.clone()).await?);
+            outcome.dead_lettered += 1;
         } else {
             to_handle.push((message, event));
         }
     }
-    let events: Vec<&Event> = to_handle.iter().map(|(_, event)| *event).collect();
-    let bodies = match step.handle_batch(&mut tx, &events).await {
-        Ok(bodies) => bodies,
-        Err((_, error)) if error.is_retryable() => return Err(error.into()),
-        Err((index, error)) => {
-            let (message, event) = to_handle[index];
-            tracing::warn!(step = name, order_id = %event.meta.order_id, %error, "handler failed permanently; re-applying the batch without it");
-            return Ok(Attempt::Poisoned {
-                partition: message.partition(),
-                offset: message.offset(),
-                kind: error.kind(),
-                reason: error.to_string(),
-            });
+    let fresh = record_in_inbox(tx, name, &to_handle).await?;
+    let mut handled: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
+    to_handle.retain(|(_, event)| {
+        let id = event.meta.event_id;
+        let keep = fresh.contains(&id) && handled.insert(id);
+        if !keep {
+            tracing::debug!(step = name, event_id = %id, "duplicate delivery skipped");
+            outcome.duplicates += 1;
         }
-    };
+        keep
+    });
+    let events: Vec<&Event> = to_handle.iter().map(|(_, event)| *event).collect();
+    let bodies = step
+        .handle_batch(tx, &events)
+        .await
+        .map_err(|(index, error)| {
+            let message = to_handle[index.min(to_handle.len().saturating_sub(1))].0;
+            BatchError::Record {
+                position: (message.partition(), message.offset()),
+                error,
+            }
+        })?;
     let now = Utc::now();
-    let mut replies: Vec<Event> = Vec::new();
     for (event, bodies) in events.iter().zip(bodies) {
         outcome.applied += 1;
         for (i, body) in bodies.into_iter().enumerate() {
             let reply_id = events::reply_event_id(event.meta.event_id, &format!("{name}/{i}"));
-            replies.push(Event::caused_by(event, reply_id, now, body));
+            let reply = Event::caused_by(event, reply_id, now, body);
+            let payload = events::encode(&reply).map_err(|e| {
+                BatchError::Batch(anyhow::anyhow!(
+                    "encoding a {} reply: {e}",
+                    reply.event_type()
+                ))
+            })?;
+            to_outbox.push(OutboxRecord {
+                event_id: reply_id,
+                event_type: reply.event_type().as_str().to_string(),
+                order_id: reply.meta.order_id.clone(),
+                topic: identity.topic.clone(),
+                key: None,
+                payload: Some(payload),
+                headers: vec![
+                    ("event_type".into(), reply.event_type().as_str().into()),
+                    ("event_id".into(), reply_id.to_string()),
+                ],
+            });
         }
     }
-    let rows = outbox::insert(&mut tx, name, topic, &replies).await?;
+    let mut rows = outbox::insert(tx, name, to_outbox).await?;
     outcome.replies = rows.len();
-    tx.commit().await?;
-    Ok(Attempt::Applied(outcome, rows))
+    rows.extend(dead_rows);
+    rows.sort_by_key(|r| r.id);
+    Ok((outcome, rows))
 }
 
-/// Insert the wanted events' ids into the inbox in one statement; returns the ids that were
-/// not there yet (the ones to handle).
+async fn dead_letter(
+    tx: &mut PgConnection,
+    identity: &Identity,
+    message: &OwnedMessage,
+    history: Vec<FailedAttempt>,
+) -> Result<Option<OutboxRow>, sqlx::Error> {
+    deadletter::dead_letter(
+        tx,
+        DeadLetter {
+            consumer: identity.name,
+            group: &identity.group,
+            position: RecordPosition {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            key: message.key(),
+            payload: message.payload(),
+            history,
+        },
+    )
+    .await
+}
+
+/// Insert the events' ids into the inbox in one statement; returns the ids that were not
+/// there yet (the ones to handle).
 async fn record_in_inbox(
     tx: &mut PgConnection,
     step: &str,
-    wanted: &[(&OwnedMessage, Event)],
+    wanted: &[(&OwnedMessage, &Event)],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     if wanted.is_empty() {
         return Ok(HashSet::new());
@@ -378,28 +505,4 @@ async fn record_in_inbox(
     .fetch_all(&mut *tx)
     .await?;
     Ok(fresh.into_iter().collect())
-}
-
-async fn reject(
-    tx: &mut PgConnection,
-    consumer: &str,
-    message: &OwnedMessage,
-    kind: &str,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    let position = platform::db::RecordPosition {
-        topic: message.topic(),
-        partition: message.partition(),
-        offset: message.offset(),
-    };
-    platform::db::set_aside(
-        tx,
-        consumer,
-        position,
-        message.key(),
-        message.payload(),
-        kind,
-        reason,
-    )
-    .await
 }

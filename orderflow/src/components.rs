@@ -142,3 +142,15 @@ pub async fn supervise(
     }
     first_error.map_or(Ok(()), Err)
 }
+
+/// Create the order log and the dead-letter topic of every component's group, each with
+/// `partitions` partitions (dead letters keep their original key, so they partition alike).
+pub async fn ensure_topics(settings: &Settings, partitions: i32) -> anyhow::Result<()> {
+    let log = &settings.kafka.topic;
+    platform::kafka::ensure_topic(&settings.kafka, log, partitions).await?;
+    for component in Component::ALL {
+        let dlq = platform::deadletter::dlq_topic(log, &settings.group_id(component.name()));
+        platform::kafka::ensure_topic(&settings.kafka, &dlq, partitions).await?;
+    }
+    Ok(())
+}

@@ -240,7 +240,7 @@ async fn describe_stuck(pool: &PgPool, run_id: &str) -> anyhow::Result<String> {
     .bind(run_id)
     .fetch_one(pool)
     .await?;
-    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM pipeline.rejected_records")
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM pipeline.dead_letters")
         .fetch_one(pool)
         .await?;
     let mut text = String::new();
@@ -253,7 +253,7 @@ async fn describe_stuck(pool: &PgPool, run_id: &str) -> anyhow::Result<String> {
     }
     text.push_str(&format!(
         "  the saga has seen {saga_seen} of the run's orders, the projection {projected}; \
-         {rejected} records are set aside in pipeline.rejected_records.\n  \
+         {rejected} records are set aside in pipeline.dead_letters.\n  \
          Check that every component runs (orderflow run) and look at their logs."
     ));
     Ok(text)

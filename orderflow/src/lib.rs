@@ -4,3 +4,4 @@
 
 pub mod components;
 pub mod demo;
+pub mod dlq;

@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Create the database if missing and apply the schema migrations.
     Migrate,
-    /// Create the order log topic (kafka.topic) if missing.
+    /// Create the order log topic (kafka.topic) and the dead-letter topics if missing.
     Topics {
         /// Partitions for a new topic [default: kafka.partitions, 12].
         #[arg(long)]
@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         action: CustomerAction,
     },
+    /// Inspect and redrive dead-lettered records.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Publish N generated orders, wait until all are terminal, and print a summary.
     Demo {
         /// How many orders to publish.
@@ -83,6 +88,33 @@ enum StockAction {
     Set {
         #[arg(required = true, value_parser = parse_stock)]
         items: Vec<(String, i64)>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters (open ones unless --all), oldest position first.
+    List {
+        /// Only this component's.
+        #[arg(long, value_enum)]
+        consumer: Option<Component>,
+        /// Include dead letters already redriven.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one dead letter: position, error, every failed attempt, key and payload.
+    Show { id: uuid::Uuid },
+    /// Apply a step's open dead letters again, in log order, with their original event ids.
+    Redrive {
+        /// The step whose dead letters to redrive.
+        #[arg(long, value_enum)]
+        consumer: Component,
+        /// Only these dead letters (repeatable); all open ones when omitted.
+        #[arg(long = "id")]
+        ids: Vec<uuid::Uuid>,
+        /// Run the handler and report what it would do; commit and publish nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -144,9 +176,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Topics { partitions } => {
             let partitions = partitions.unwrap_or(settings.kafka.partitions);
-            platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, partitions)
-                .await?;
-            eprintln!("topic {} ready", settings.kafka.topic);
+            components::ensure_topics(&settings, partitions).await?;
+            eprintln!(
+                "topic {} and its dead-letter topics ready",
+                settings.kafka.topic
+            );
         }
         Command::Publish { file } => return publish(&settings, file).await,
         Command::Run { only } => {
@@ -184,6 +218,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             eprintln!("customer {customer_id} is blocked");
         }
+        Command::Dlq { action } => {
+            return orderflow::dlq::run(&settings, action_to_request(action)).await;
+        }
         Command::Demo {
             orders,
             timeout_secs,
@@ -191,12 +228,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             external,
         } => {
             let pool = components::prepare_database(&settings, true).await?;
-            platform::kafka::ensure_topic(
-                &settings.kafka,
-                &settings.kafka.topic,
-                settings.kafka.partitions,
-            )
-            .await?;
+            components::ensure_topics(&settings, settings.kafka.partitions).await?;
             let shutdown = platform::shutdown::on_signals();
             let set = if external {
                 None
@@ -225,6 +257,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn action_to_request(action: DlqAction) -> orderflow::dlq::Request {
+    use orderflow::dlq::Request;
+    match action {
+        DlqAction::List { consumer, all } => Request::List { consumer, all },
+        DlqAction::Show { id } => Request::Show { id },
+        DlqAction::Redrive {
+            consumer,
+            ids,
+            dry_run,
+        } => Request::Redrive {
+            consumer,
+            ids,
+            dry_run,
+        },
+    }
 }
 
 async fn publish(settings: &Settings, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -88,6 +88,51 @@ pub struct ConsumerSettings {
     pub retry_delay_ms_max: u64,
     /// Unpublished outbox rows older than this are re-published by any member of the step.
     pub outbox_relay_after_ms: u64,
+    /// Attempts at a record whose handler fails with a retryable error, before it is
+    /// dead-lettered as `retries_exhausted`.
+    pub retry_attempts_max: u32,
+    /// Time budget from a record's first failure; once spent, the record is dead-lettered.
+    pub retry_total_ms_max: u64,
+    /// Per-consumer overrides of the retry budget, by component name (`[consumer.retry.payment]`).
+    #[serde(default)]
+    pub retry: std::collections::BTreeMap<String, RetryOverride>,
+}
+
+/// A component's own retry budget; unset fields fall back to the `consumer` defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOverride {
+    pub attempts_max: Option<u32>,
+    pub total_ms_max: Option<u64>,
+    pub delay_ms_min: Option<u64>,
+    pub delay_ms_max: Option<u64>,
+}
+
+/// The retry budget in force for one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts_max: u32,
+    pub total: std::time::Duration,
+    pub delay_min: std::time::Duration,
+    pub delay_max: std::time::Duration,
+}
+
+impl ConsumerSettings {
+    pub fn retry_policy(&self, component: &str) -> RetryPolicy {
+        let o = self.retry.get(component).cloned().unwrap_or_default();
+        RetryPolicy {
+            attempts_max: o.attempts_max.unwrap_or(self.retry_attempts_max).max(1),
+            total: std::time::Duration::from_millis(
+                o.total_ms_max.unwrap_or(self.retry_total_ms_max),
+            ),
+            delay_min: std::time::Duration::from_millis(
+                o.delay_ms_min.unwrap_or(self.retry_delay_ms_min),
+            ),
+            delay_max: std::time::Duration::from_millis(
+                o.delay_ms_max.unwrap_or(self.retry_delay_ms_max),
+            ),
+        }
+    }
 }
 
 /// Rules of the simulated payment provider.
@@ -130,6 +175,9 @@ impl Default for Settings {
                 retry_delay_ms_min: 100,
                 retry_delay_ms_max: 5_000,
                 outbox_relay_after_ms: 5_000,
+                retry_attempts_max: 5,
+                retry_total_ms_max: 30_000,
+                retry: Default::default(),
             },
             payment: PaymentSettings {
                 decline_over_minor: 500_000,

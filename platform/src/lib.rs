@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod db;
+pub mod deadletter;
 pub mod kafka;
+pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
 

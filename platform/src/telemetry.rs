@@ -17,3 +17,13 @@ pub fn init() {
         builder.try_init()
     };
 }
+
+/// Logging for tests: captured per test by the test harness, shown only when a test fails.
+pub fn init_for_tests() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

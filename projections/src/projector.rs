@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
 use events::Event;
+use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt, RecordPosition};
+use platform::outbox::OutboxRow;
 use platform::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +34,9 @@ pub struct ProjectionOutcome {
 pub struct Projector {
     pool: PgPool,
     consumer: StreamConsumer<DbOffsets>,
+    /// Sends dead letters only; projections produce nothing else.
+    producer: FutureProducer,
+    group: String,
     settings: Settings,
 }
 
@@ -51,15 +58,19 @@ impl Projector {
         consumer
             .subscribe(&[settings.kafka.topic.as_str()])
             .with_context(|| format!("subscribing {group} to {}", settings.kafka.topic))?;
+        let producer = platform::kafka::producer(&settings.kafka, &client_id)?;
         Ok(Projector {
             pool,
             consumer,
+            producer,
+            group,
             settings: settings.clone(),
         })
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(topic = %self.settings.kafka.topic, "projector started");
+        platform::outbox::relay(&self.pool, &self.producer, NAME, Duration::ZERO).await?;
         let max_wait = Duration::from_millis(self.settings.consumer.batch_max_wait_ms);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(
@@ -80,14 +91,20 @@ impl Projector {
             )
             .await;
             if !batch.is_empty() {
-                let attempt = || apply_batch(&self.pool, &batch);
-                let outcome = attempt
+                let attempt = || apply_batch(&self.pool, &self.group, &batch);
+                let (outcome, dead) = attempt
                     .retry(backoff)
                     .when(|error: &anyhow::Error| is_retryable(error) && !shutdown.is_cancelled())
                     .notify(|error, delay| tracing::warn!(%error, ?delay, "projection batch failed; retrying"))
                     .await
                     .context("projection cannot apply a batch")?;
                 tracing::debug!(?outcome, "projection batch applied");
+                let publish = || platform::outbox::publish(&self.pool, &self.producer, &dead);
+                publish
+                    .retry(backoff)
+                    .notify(|error, delay| tracing::warn!(%error, ?delay, "publishing dead letters failed; retrying"))
+                    .await
+                    .context("publishing dead letters")?;
                 // A hint only: the stored offsets in Postgres are what assignment uses.
                 platform::kafka::commit_offsets(
                     &self.consumer,
@@ -114,17 +131,14 @@ fn is_retryable(error: &anyhow::Error) -> bool {
 /// `order_events` (a re-delivery) change nothing.
 pub async fn apply_batch(
     pool: &PgPool,
+    group: &str,
     batch: &[OwnedMessage],
-) -> anyhow::Result<ProjectionOutcome> {
+) -> anyhow::Result<(ProjectionOutcome, Vec<OutboxRow>)> {
     let mut outcome = ProjectionOutcome::default();
+    let mut dead = Vec::new();
     let mut tx = pool.begin().await?;
     let mut decoded: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(batch.len());
     for message in batch {
-        let position = platform::db::RecordPosition {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
         let result = match message.payload() {
             None => Err("record has no value".to_string()),
             Some(payload) => events::decode(payload).map_err(|e| e.to_string()),
@@ -132,16 +146,28 @@ pub async fn apply_batch(
         match result {
             Ok(event) => decoded.push((message, event)),
             Err(reason) => {
-                platform::db::set_aside(
-                    &mut tx,
-                    NAME,
+                // Undecodable records are the only failure a projection dead-letters: everything
+                // that decodes can be folded.
+                let position = RecordPosition {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                };
+                let history = vec![FailedAttempt {
+                    at: Utc::now(),
+                    class: ErrorClass::Permanent,
+                    kind: "decode".into(),
+                    error: reason,
+                }];
+                let letter = DeadLetter {
+                    consumer: NAME,
+                    group,
                     position,
-                    message.key(),
-                    message.payload(),
-                    "decode",
-                    &reason,
-                )
-                .await?;
+                    key: message.key(),
+                    payload: message.payload(),
+                    history,
+                };
+                dead.extend(deadletter::dead_letter(&mut tx, letter).await?);
                 outcome.rejected += 1;
             }
         }
@@ -159,7 +185,7 @@ pub async fn apply_batch(
     write_orders(&mut tx, &folded).await?;
     offsets::store(&mut tx, NAME, &platform::kafka::next_offsets(batch)).await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok((outcome, dead))
 }
 
 /// Insert the timeline rows; returns the ids that were new.

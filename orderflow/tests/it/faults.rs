@@ -60,10 +60,10 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
     assert_eq!(env.wait_terminal("o-same").await.0, "completed");
     assert_eq!(env.wait_terminal("o-next").await.0, "completed");
     // Each of the five consumers set both bad records aside, with position and reason.
-    env.wait_count("SELECT count(*) FROM pipeline.rejected_records", 10)
+    env.wait_count("SELECT count(*) FROM pipeline.dead_letters", 10)
         .await;
     let reasons: Vec<(String, String, i64, String)> = sqlx::query_as(
-        "SELECT consumer, error_kind, \"offset\", error FROM pipeline.rejected_records WHERE consumer = 'inventory' ORDER BY \"offset\"",
+        "SELECT consumer, error_kind, \"offset\", error FROM pipeline.dead_letters WHERE consumer = 'inventory' ORDER BY \"offset\"",
     )
     .fetch_all(&env.pool)
     .await
@@ -76,7 +76,7 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
     assert!(reasons[1].3.contains("quantity"), "{reasons:?}");
     assert!(reasons[0].2 < reasons[1].2);
     let bytes_kept: i64 =
-        env.count("SELECT count(*) FROM pipeline.rejected_records WHERE payload IS NOT NULL AND record_key = 'o-same'::bytea").await;
+        env.count("SELECT count(*) FROM pipeline.dead_letters WHERE payload IS NOT NULL AND record_key = 'o-same'::bytea").await;
     assert_eq!(bytes_kept, 10);
     assert_eq!(
         env.stock("SKU-A").await,
@@ -93,26 +93,42 @@ async fn malformed_and_invalid_records_are_set_aside_and_neighbours_complete() {
 async fn a_second_order_created_for_the_same_order_is_refused_once() {
     let mut env = TestEnv::new().await;
     env.start_all();
-    let first = order("o-twice", &[("SKU-A", 2, 100)], "DE").into_event(chrono::Utc::now()).expect("valid");
-    let mut second = order("o-twice", &[("SKU-B", 5, 100)], "DE").into_event(chrono::Utc::now()).expect("valid");
+    let first = order("o-twice", &[("SKU-A", 2, 100)], "DE")
+        .into_event(chrono::Utc::now())
+        .expect("valid");
+    let mut second = order("o-twice", &[("SKU-B", 5, 100)], "DE")
+        .into_event(chrono::Utc::now())
+        .expect("valid");
     second.meta.event_id = uuid::Uuid::new_v4();
     second.meta.causation_id = second.meta.event_id;
     for event in [&first, &second] {
-        env.produce_raw("o-twice", &events::encode(event).expect("encode")).await;
+        env.produce_raw("o-twice", &events::encode(event).expect("encode"))
+            .await;
     }
-    let neighbour = env.publish(&[order("o-after-twice", &[("SKU-A", 1, 100)], "DE")]).await;
+    let neighbour = env
+        .publish(&[order("o-after-twice", &[("SKU-A", 1, 100)], "DE")])
+        .await;
     assert_eq!(env.wait_terminal("o-twice").await.0, "completed");
-    assert_eq!(env.wait_terminal(&neighbour[0].meta.order_id).await.0, "completed");
+    assert_eq!(
+        env.wait_terminal(&neighbour[0].meta.order_id).await.0,
+        "completed"
+    );
 
     assert_eq!(env.stock("SKU-A").await, (7, 3));
-    assert_eq!(env.stock("SKU-B").await, (5, 0), "the second OrderCreated reserved nothing");
+    assert_eq!(
+        env.stock("SKU-B").await,
+        (5, 0),
+        "the second OrderCreated reserved nothing"
+    );
     let refused: Vec<(String, String)> =
-        sqlx::query_as("SELECT consumer, error_kind FROM pipeline.rejected_records ORDER BY consumer")
+        sqlx::query_as("SELECT consumer, error_kind FROM pipeline.dead_letters ORDER BY consumer")
             .fetch_all(&env.pool)
             .await
             .expect("rejected");
     assert_eq!(refused, [("inventory".to_string(), "rule".to_string())]);
-    let total: i64 = env.count("SELECT total_minor FROM analytics.orders WHERE order_id = 'o-twice'").await;
+    let total: i64 = env
+        .count("SELECT total_minor FROM analytics.orders WHERE order_id = 'o-twice'")
+        .await;
     assert_eq!(total, 200, "the read model keeps the first order");
     env.finish().await;
 }

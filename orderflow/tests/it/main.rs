@@ -3,6 +3,7 @@
 //! topic and consumer groups.
 
 mod cli;
+mod deadletters;
 mod delivery;
 mod faults;
 mod outcomes;

@@ -64,7 +64,7 @@ async fn happy_path_completes_with_a_correct_row_and_timeline() {
         1
     );
     assert_eq!(
-        env.count("SELECT count(*) FROM pipeline.rejected_records")
+        env.count("SELECT count(*) FROM pipeline.dead_letters")
             .await,
         0
     );

@@ -28,7 +28,7 @@ impl TestEnv {
     /// A new database (migrated), topic and group prefix, with stock for `SKU-A` (10) and
     /// `SKU-B` (5), and nothing running yet.
     pub async fn new() -> TestEnv {
-        platform::telemetry::init();
+        platform::telemetry::init_for_tests();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("orderflow_test_{id}");
         let mut settings = Settings::default();
@@ -43,7 +43,7 @@ impl TestEnv {
             .unwrap_or_else(|e| {
                 panic!("Postgres is needed at 127.0.0.1:5432 (start it with scripts/dev-up): {e:#}")
             });
-        platform::kafka::ensure_topic(&settings.kafka, &settings.kafka.topic, PARTITIONS)
+        components::ensure_topics(&settings, PARTITIONS)
             .await
             .unwrap_or_else(|e| {
                 panic!(
@@ -211,12 +211,11 @@ impl TestEnv {
                 .await
                 .ok()
                 .flatten();
-        let rejected: Vec<(String, String)> = sqlx::query_as(
-            "SELECT consumer, error FROM pipeline.rejected_records ORDER BY id LIMIT 5",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap_or_default();
+        let rejected: Vec<(String, String)> =
+            sqlx::query_as("SELECT consumer, error FROM pipeline.dead_letters ORDER BY id LIMIT 5")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
         format!(
             "saga={saga:?} timeline={:?} rejected={rejected:?}",
             self.timeline(order_id).await

@@ -1,0 +1,182 @@
+//! Redrive: apply dead-lettered records to their step again, in log order, with their original
+//! bytes — so their event ids are unchanged and the inbox still deduplicates. A dry run runs
+//! the handler inside a transaction that is rolled back and reports what it would have done.
+//!
+//! Only saga steps are redriven; a projection dead-letters nothing but undecodable records.
+
+use anyhow::Context;
+use chrono::Utc;
+use platform::deadletter::{ErrorClass, FailedAttempt};
+use platform::outbox;
+use platform::Settings;
+use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::runner::{attempt_batch, identity, BatchError};
+use crate::Step;
+
+/// What redriving one dead letter did (or would do, in a dry run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedriveReport {
+    pub id: Uuid,
+    pub partition: i32,
+    pub offset: i64,
+    pub outcome: RedriveOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedriveOutcome {
+    /// The handler applied the record; these reply event types were (or would be) emitted.
+    Applied { replies: Vec<String> },
+    /// The step had applied the event already (its id is in the inbox).
+    AlreadyApplied,
+    /// It failed again; the attempt was appended to its history (not in a dry run).
+    FailedAgain { error: String },
+}
+
+impl std::fmt::Display for RedriveOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedriveOutcome::Applied { replies } if replies.is_empty() => {
+                write!(f, "applied, no reply")
+            }
+            RedriveOutcome::Applied { replies } => {
+                write!(f, "applied, emits {}", replies.join(", "))
+            }
+            RedriveOutcome::AlreadyApplied => {
+                write!(f, "already applied (duplicate), nothing to do")
+            }
+            RedriveOutcome::FailedAgain { error } => write!(f, "failed again: {error}"),
+        }
+    }
+}
+
+type Letter = (Uuid, String, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Redrive the open dead letters of `step` (all of them, or those in `only`), oldest position
+/// first. Effects are committed and replies published unless `dry_run`.
+pub async fn redrive(
+    step: &dyn Step,
+    settings: &Settings,
+    pool: &PgPool,
+    producer: &FutureProducer,
+    only: &[Uuid],
+    dry_run: bool,
+) -> anyhow::Result<Vec<RedriveReport>> {
+    let identity = identity(step, settings);
+    let letters: Vec<Letter> = sqlx::query_as(
+        "SELECT id, topic, partition, \"offset\", record_key, payload FROM pipeline.dead_letters
+         WHERE consumer = $1 AND redriven_at IS NULL AND (cardinality($2::uuid[]) = 0 OR id = ANY($2))
+         ORDER BY topic, partition, \"offset\"",
+    )
+    .bind(identity.name)
+    .bind(only)
+    .fetch_all(pool)
+    .await
+    .context("reading dead letters")?;
+    let mut reports = Vec::with_capacity(letters.len());
+    for (id, topic, partition, offset, key, payload) in letters {
+        let message = OwnedMessage::new(
+            payload,
+            key,
+            topic,
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        );
+        let batch = [message];
+        let mut tx = pool.begin().await?;
+        sqlx::query("UPDATE pipeline.dead_letters SET redriven_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let outcome = match attempt_batch(step, &identity, &mut tx, &batch, &Default::default())
+            .await
+        {
+            Ok((done, rows)) if done.dead_lettered == 0 => {
+                let outcome = if done.duplicates > 0 {
+                    RedriveOutcome::AlreadyApplied
+                } else {
+                    RedriveOutcome::Applied {
+                        replies: rows.iter().map(|r| r.record.event_type.clone()).collect(),
+                    }
+                };
+                sqlx::query("UPDATE pipeline.dead_letters SET redrive_outcome = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(outcome.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                if dry_run {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                    outbox::publish(pool, producer, &rows).await?;
+                }
+                outcome
+            }
+            // Still undecodable: attempt_batch dead-lettered it again, appending to its history.
+            Ok((_, rows)) => {
+                let error = last_error(&mut tx, id).await?;
+                if dry_run {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                    outbox::publish(pool, producer, &rows).await?;
+                }
+                RedriveOutcome::FailedAgain { error }
+            }
+            Err(BatchError::Record { position, error }) => {
+                tx.rollback().await?;
+                let text = error.to_string();
+                if !dry_run {
+                    let class = if error.is_retryable() {
+                        ErrorClass::Retryable
+                    } else {
+                        ErrorClass::Permanent
+                    };
+                    let attempt = FailedAttempt {
+                        at: Utc::now(),
+                        class,
+                        kind: error.kind().into(),
+                        error: text.clone(),
+                    };
+                    let excluded = std::iter::once((position, vec![attempt])).collect();
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(
+                        "UPDATE pipeline.dead_letters SET redriven_at = now() WHERE id = $1",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let (_, rows) = attempt_batch(step, &identity, &mut tx, &batch, &excluded)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("recording the failed redrive: {e}"))?;
+                    tx.commit().await?;
+                    outbox::publish(pool, producer, &rows).await?;
+                }
+                RedriveOutcome::FailedAgain { error: text }
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!("redriving dead letter {id}")))
+            }
+        };
+        tracing::info!(%id, partition, offset, dry_run, %outcome, "redrive");
+        reports.push(RedriveReport {
+            id,
+            partition,
+            offset,
+            outcome,
+        });
+    }
+    Ok(reports)
+}
+
+async fn last_error(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT error FROM pipeline.dead_letters WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+}

@@ -1,0 +1,178 @@
+//! Dead letters: records a consumer gives up on, kept in `pipeline.dead_letters` and sent to
+//! the consumer's dead-letter topic (`<topic>.dlq.<group>`) through the outbox, in the same
+//! transaction as the rest of the batch. The partition then moves on.
+//!
+//! A dead-lettered record keeps its original key and bytes; its headers carry where it came
+//! from, why it failed and the history of every failed attempt. A record that fails again
+//! after a redrive gets its new attempts appended to that history, never replacing it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::outbox::{self, OutboxRecord, OutboxRow};
+
+/// How a failure is to be handled, decided once at the consumer's boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Cannot succeed by trying again (cannot decode, unknown schema, fails validation,
+    /// business rule violated): dead-lettered on the first attempt.
+    Permanent,
+    /// Might succeed later (provider or database unavailable, timeouts): retried with backoff,
+    /// dead-lettered as `retries_exhausted` once the step's retry budget is spent.
+    Retryable,
+}
+
+/// One failed attempt at a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub at: DateTime<Utc>,
+    pub class: ErrorClass,
+    pub kind: String,
+    pub error: String,
+}
+
+/// Where a record came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordPosition<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record given up on, with every attempt that failed (oldest first, at least one).
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub consumer: &'a str,
+    pub group: &'a str,
+    pub position: RecordPosition<'a>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub history: Vec<FailedAttempt>,
+}
+
+/// The dead-letter topic of `group` reading `topic`.
+pub fn dlq_topic(topic: &str, group: &str) -> String {
+    format!("{topic}.dlq.{group}")
+}
+
+/// The stable id of the dead letter for a record position and group.
+pub fn dead_letter_id(group: &str, position: RecordPosition<'_>) -> Uuid {
+    let name = format!(
+        "{group}/{}/{}/{}",
+        position.topic, position.partition, position.offset
+    );
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+}
+
+/// Record `letter` in `pipeline.dead_letters` and queue it for its dead-letter topic. A record
+/// already dead-lettered and not yet redriven is left as it is (this is a re-delivery of the
+/// same batch); one that failed again after a redrive gets the new attempts appended.
+pub async fn dead_letter(
+    tx: &mut PgConnection,
+    letter: DeadLetter<'_>,
+) -> Result<Option<OutboxRow>, sqlx::Error> {
+    let last = letter
+        .history
+        .last()
+        .cloned()
+        .unwrap_or_else(|| FailedAttempt {
+            at: Utc::now(),
+            class: ErrorClass::Permanent,
+            kind: "unknown".into(),
+            error: "no attempt recorded".into(),
+        });
+    let first_at = letter.history.first().map_or(last.at, |a| a.at);
+    let class = if last.class == ErrorClass::Permanent {
+        "permanent"
+    } else {
+        "retries_exhausted"
+    };
+    let position = letter.position;
+    let id = dead_letter_id(letter.group, position);
+    let dlq = dlq_topic(position.topic, letter.group);
+    tracing::error!(
+        consumer = letter.consumer,
+        topic = position.topic,
+        partition = position.partition,
+        offset = position.offset,
+        class,
+        kind = %last.kind,
+        error = %last.error,
+        dlq = %dlq,
+        "record dead-lettered"
+    );
+    let history = serde_json::to_value(&letter.history).unwrap_or_default();
+    let stored: Option<(i32, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
+        "INSERT INTO pipeline.dead_letters AS d
+             (id, consumer, topic, partition, \"offset\", record_key, payload, dlq_topic, error_class, error_kind,
+              error, attempts, history, first_failed_at, last_failed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (consumer, topic, partition, \"offset\") DO UPDATE SET
+             error_class = EXCLUDED.error_class, error_kind = EXCLUDED.error_kind, error = EXCLUDED.error,
+             attempts = d.attempts + EXCLUDED.attempts, history = d.history || EXCLUDED.history,
+             last_failed_at = EXCLUDED.last_failed_at, dead_lettered_at = now(),
+             redriven_at = NULL, redrive_outcome = NULL
+         WHERE d.redriven_at IS NOT NULL
+         RETURNING attempts, history, first_failed_at",
+    )
+    .bind(id)
+    .bind(letter.consumer)
+    .bind(position.topic)
+    .bind(position.partition)
+    .bind(position.offset)
+    .bind(letter.key)
+    .bind(letter.payload)
+    .bind(&dlq)
+    .bind(class)
+    .bind(&last.kind)
+    .bind(&last.error)
+    .bind(i32::try_from(letter.history.len()).unwrap_or(i32::MAX))
+    .bind(&history)
+    .bind(first_at)
+    .bind(last.at)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((attempts, full_history, first_failed_at)) = stored else {
+        return Ok(None);
+    };
+    let headers = vec![
+        ("dlq.source.topic".to_string(), position.topic.to_string()),
+        (
+            "dlq.source.partition".to_string(),
+            position.partition.to_string(),
+        ),
+        ("dlq.source.offset".to_string(), position.offset.to_string()),
+        ("dlq.group".to_string(), letter.group.to_string()),
+        ("dlq.error.class".to_string(), class.to_string()),
+        ("dlq.error.kind".to_string(), last.kind.clone()),
+        ("dlq.error.message".to_string(), last.error.clone()),
+        ("dlq.attempts".to_string(), attempts.to_string()),
+        (
+            "dlq.first_failure_at".to_string(),
+            first_failed_at.to_rfc3339(),
+        ),
+        ("dlq.last_failure_at".to_string(), last.at.to_rfc3339()),
+        ("dlq.history".to_string(), full_history.to_string()),
+    ];
+    let key = letter.key.map(<[u8]>::to_vec);
+    let order_id = key
+        .as_deref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let record = OutboxRecord {
+        // A new id per dead-lettering of the same record (attempts only grow).
+        event_id: Uuid::new_v5(&id, attempts.to_string().as_bytes()),
+        event_type: "DeadLetter".into(),
+        order_id,
+        topic: dlq,
+        key: Some(key.unwrap_or_default()),
+        payload: letter.payload.map(<[u8]>::to_vec),
+        headers,
+    };
+    Ok(outbox::insert(tx, letter.consumer, vec![record])
+        .await?
+        .pop())
+}

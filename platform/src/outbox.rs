@@ -1,0 +1,214 @@
+//! The transactional outbox: records to produce (reply events, dead letters) are written in the
+//! consumer's batch transaction, published after it commits, then marked as published. Rows a
+//! crash left unpublished are published again by [`relay`], by whichever member runs it.
+//!
+//! The outbox deals in bytes; it never encodes or decodes an event.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// Stable across re-runs of the same work, so a repeat insert is absorbed.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub order_id: String,
+    pub topic: String,
+    /// The record key; `None` means the order id.
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A record as stored, with its row id.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub record: OutboxRecord,
+}
+
+fn headers_json(headers: &[(String, String)]) -> serde_json::Value {
+    serde_json::Value::Array(
+        headers
+            .iter()
+            .map(|(k, v)| serde_json::json!([k, v]))
+            .collect(),
+    )
+}
+
+fn headers_from_json(value: &serde_json::Value) -> Vec<(String, String)> {
+    value
+        .as_array()
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter_map(|pair| {
+                    Some((
+                        pair.get(0)?.as_str()?.to_string(),
+                        pair.get(1)?.as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Insert `records` in one statement; returns the rows that were new (a record whose
+/// `(step, event_id)` is already there is skipped).
+pub async fn insert(
+    tx: &mut PgConnection,
+    step: &str,
+    records: Vec<OutboxRecord>,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = records.iter().map(|r| r.event_id).collect();
+    let types: Vec<&str> = records.iter().map(|r| r.event_type.as_str()).collect();
+    let orders: Vec<&str> = records.iter().map(|r| r.order_id.as_str()).collect();
+    let topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
+    let payloads: Vec<Option<&[u8]>> = records.iter().map(|r| r.payload.as_deref()).collect();
+    let headers: Vec<serde_json::Value> =
+        records.iter().map(|r| headers_json(&r.headers)).collect();
+    let inserted: Vec<(i64, Uuid)> = sqlx::query_as(
+        "INSERT INTO pipeline.outbox (step, event_id, event_type, order_id, topic, record_key, payload, headers)
+         SELECT $1, e.id, e.ty, e.ord, e.topic, e.k, e.p, e.h
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::jsonb[])
+              AS e(id, ty, ord, topic, k, p, h)
+         ON CONFLICT (step, event_id) DO NOTHING
+         RETURNING id, event_id",
+    )
+    .bind(step)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&orders)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&headers)
+    .fetch_all(&mut *tx)
+    .await?;
+    let by_event: std::collections::HashMap<Uuid, i64> =
+        inserted.into_iter().map(|(id, ev)| (ev, id)).collect();
+    Ok(records
+        .into_iter()
+        .filter_map(|record| {
+            by_event
+                .get(&record.event_id)
+                .map(|id| OutboxRow { id: *id, record })
+        })
+        .collect())
+}
+
+/// Send `rows` in order, wait for every acknowledgement, then mark them published. The
+/// idempotent producer keeps their order per partition; an error leaves the rows unpublished
+/// for the relay.
+pub async fn publish(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    rows: &[OutboxRow],
+) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sends = rows.iter().map(|row| {
+        let r = &row.record;
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (key, value) in &r.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let key: &[u8] = r.key.as_deref().unwrap_or(r.order_id.as_bytes());
+        let mut record = FutureRecord::to(&r.topic).key(key).headers(headers);
+        if let Some(payload) = &r.payload {
+            record = record.payload(payload);
+        }
+        // Timeout::Never while queueing: the producer's own message.timeout.ms bounds delivery.
+        producer.send(record, rdkafka::util::Timeout::Never)
+    });
+    let results = futures::future::join_all(sends).await;
+    for (row, result) in rows.iter().zip(results) {
+        if let Err((error, _)) = result {
+            anyhow::bail!(
+                "publishing outbox row {} ({} to {}) failed: {error}",
+                row.id,
+                row.record.event_type,
+                row.record.topic
+            );
+        }
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    sqlx::query("UPDATE pipeline.outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(pool)
+        .await
+        .context("marking outbox rows published")?;
+    Ok(())
+}
+
+type StoredRow = (
+    i64,
+    Uuid,
+    String,
+    String,
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    serde_json::Value,
+);
+
+/// Publish `step`'s rows that stayed unpublished for longer than `older_than` (a member
+/// crashed between its commit and its publish). Returns how many were published.
+pub async fn relay(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    step: &str,
+    older_than: Duration,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let rows: Vec<StoredRow> = sqlx::query_as(
+            "SELECT id, event_id, event_type, order_id, topic, record_key, payload, headers FROM pipeline.outbox
+             WHERE step = $1 AND published_at IS NULL
+               AND created_at < now() - make_interval(secs => $2)
+             ORDER BY id LIMIT 1000",
+        )
+        .bind(step)
+        .bind(older_than.as_secs_f64())
+        .fetch_all(pool)
+        .await
+        .context("reading unpublished outbox rows")?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let rows: Vec<OutboxRow> = rows
+            .into_iter()
+            .map(
+                |(id, event_id, event_type, order_id, topic, key, payload, headers)| OutboxRow {
+                    id,
+                    record: OutboxRecord {
+                        event_id,
+                        event_type,
+                        order_id,
+                        topic,
+                        key,
+                        payload,
+                        headers: headers_from_json(&headers),
+                    },
+                },
+            )
+            .collect();
+        publish(pool, producer, &rows).await?;
+        total += rows.len();
+        tracing::info!(step, count = rows.len(), "relayed unpublished outbox rows");
+    }
+}
