@@ -75,3 +75,25 @@ CREATE TABLE pipeline.consumer_offsets (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, topic, partition)
 );
+
+-- Orders a step has parked: the first event failed with a retryable error and waits for its
+-- next attempt; the order's later events wait behind it, in `seq` order, so none overtakes
+-- it, while other orders of the partition flow on. Rows are consumed records: the partition's
+-- offsets move past them, and a restart finds them here.
+CREATE TABLE pipeline.parked (
+    seq              bigserial   PRIMARY KEY,
+    step             text        NOT NULL,
+    order_id         text        NOT NULL,
+    topic            text        NOT NULL,
+    partition        integer     NOT NULL,
+    "offset"         bigint      NOT NULL,
+    record_key       bytea,
+    payload          bytea       NOT NULL,
+    attempts         integer     NOT NULL DEFAULT 0,
+    history          jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    first_failed_at  timestamptz,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    parked_at        timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (step, topic, partition, "offset")
+);
+CREATE INDEX parked_order ON pipeline.parked (step, order_id, seq);

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod inventory;
+pub mod parking;
 pub mod payment;
 pub mod redrive;
 pub mod runner;

@@ -14,7 +14,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::runner::{attempt_batch, identity, BatchError};
+use crate::runner::{attempt_batch, identity, BatchError, Disposition, Mode};
 use crate::Step;
 
 /// What redriving one dead letter did (or would do, in a dry run).
@@ -93,8 +93,15 @@ pub async fn redrive(
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let outcome = match attempt_batch(step, &identity, &mut tx, &batch, &Default::default())
-            .await
+        let outcome = match attempt_batch(
+            step,
+            &identity,
+            &mut tx,
+            &batch,
+            &Default::default(),
+            Mode::Release,
+        )
+        .await
         {
             Ok((done, rows)) if done.dead_lettered == 0 => {
                 let outcome = if done.duplicates > 0 {
@@ -143,7 +150,9 @@ pub async fn redrive(
                         kind: error.kind().into(),
                         error: text.clone(),
                     };
-                    let excluded = std::iter::once((position, vec![attempt])).collect();
+                    let excluded =
+                        std::iter::once((position, Disposition::DeadLetter(vec![attempt])))
+                            .collect();
                     let mut tx = pool.begin().await?;
                     sqlx::query(
                         "UPDATE pipeline.dead_letters SET redriven_at = now() WHERE id = $1",
@@ -151,9 +160,10 @@ pub async fn redrive(
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                    let (_, rows) = attempt_batch(step, &identity, &mut tx, &batch, &excluded)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("recording the failed redrive: {e}"))?;
+                    let (_, rows) =
+                        attempt_batch(step, &identity, &mut tx, &batch, &excluded, Mode::Release)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("recording the failed redrive: {e}"))?;
                     tx.commit().await?;
                     outbox::publish(pool, producer, &rows).await?;
                 }

@@ -36,6 +36,9 @@ use uuid::Uuid;
 
 use crate::{HandlerError, Step};
 
+/// How often a member looks for parked orders whose next attempt is due.
+const PARKED_POLL: Duration = Duration::from_millis(200);
+
 /// A deliberate failure for crash tests: the runner stops as if the process died there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -58,6 +61,8 @@ pub struct BatchOutcome {
     pub duplicates: usize,
     pub ignored: usize,
     pub dead_lettered: usize,
+    /// Records held because their order is parked (or parked by this batch).
+    pub parked: usize,
     pub replies: usize,
 }
 
@@ -118,6 +123,7 @@ impl StepRunner {
         outbox::relay(&self.pool, &self.producer, name, Duration::ZERO).await?;
         let relay_after = Duration::from_millis(self.settings.consumer.outbox_relay_after_ms);
         let mut last_relay = Instant::now();
+        let mut last_release = Instant::now();
         let max_wait = Duration::from_millis(self.settings.consumer.batch_max_wait_ms);
         let policy = self.settings.consumer.retry_policy(name);
         loop {
@@ -158,6 +164,28 @@ impl StepRunner {
                     &platform::kafka::next_offsets(&batch),
                 );
             }
+            if last_release.elapsed() >= PARKED_POLL {
+                match crate::parking::release_due(
+                    self.step.as_ref(),
+                    &self.identity,
+                    &self.pool,
+                    &self.producer,
+                    policy,
+                )
+                .await
+                {
+                    Ok(0) => {}
+                    Ok(count) => {
+                        tracing::info!(step = name, count, "released held events of parked orders")
+                    }
+                    Err(error) => tracing::warn!(
+                        step = name,
+                        error = format!("{error:#}"),
+                        "releasing parked orders failed; will try again"
+                    ),
+                }
+                last_release = Instant::now();
+            }
             if last_relay.elapsed() >= relay_after {
                 if let Err(error) =
                     outbox::relay(&self.pool, &self.producer, name, relay_after).await
@@ -192,7 +220,7 @@ pub fn identity(step: &dyn Step, settings: &Settings) -> Identity {
     }
 }
 
-fn unbounded_backoff(policy: RetryPolicy) -> ExponentialBuilder {
+pub(crate) fn unbounded_backoff(policy: RetryPolicy) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(policy.delay_min)
         .with_max_delay(policy.delay_max)
@@ -232,10 +260,30 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
-/// Records to dead-letter instead of handling in the next attempt, with their failed attempts.
-type Excluded = HashMap<(i32, i64), Vec<FailedAttempt>>;
+/// What the next attempt does with a record instead of handling it.
+#[derive(Debug, Clone)]
+pub enum Disposition {
+    /// Dead-letter it with these failed attempts.
+    DeadLetter(Vec<FailedAttempt>),
+    /// Park its order, with this first failed attempt; later events of the order wait behind.
+    Park(Vec<FailedAttempt>),
+}
 
-/// Apply `batch` with the retry rules above; returns the outcome and the committed outbox rows.
+/// Records to treat specially in the next attempt, by (partition, offset).
+pub type Excluded = HashMap<(i32, i64), Disposition>;
+
+/// Whether an attempt consumes fresh records (and holds those of parked orders) or releases
+/// one parked record (which is, by definition, of a parked order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Consume,
+    Release,
+}
+
+/// Apply `batch`; returns the outcome and the committed outbox rows. A record whose handler
+/// fails permanently is dead-lettered; one that fails with a retryable error parks its order
+/// (the [`crate::parking`] releaser retries it with backoff). Failures that name no record
+/// are retried here without limit.
 pub async fn apply_with_retry(
     step: &dyn Step,
     identity: &Identity,
@@ -246,80 +294,42 @@ pub async fn apply_with_retry(
 ) -> anyhow::Result<(BatchOutcome, Vec<OutboxRow>)> {
     let name = identity.name;
     let mut excluded: Excluded = HashMap::new();
-    let mut failing: HashMap<
-        (i32, i64),
-        (Instant, Vec<FailedAttempt>, backon::ExponentialBackoff),
-    > = HashMap::new();
     let mut infra_delays = unbounded_backoff(policy).build();
     loop {
-        let mut tx = pool.begin().await.context("starting a batch transaction");
-        let result = match &mut tx {
-            Ok(tx) => attempt_batch(step, identity, tx, batch, &excluded).await,
-            Err(_) => Err(BatchError::Batch(anyhow::anyhow!(
-                "cannot start a transaction"
-            ))),
-        };
-        let error = match (result, tx) {
-            (Ok(done), Ok(tx)) => match tx.commit().await {
-                Ok(()) => return Ok(done),
-                Err(e) => BatchError::from(e),
-            },
-            (Ok(_), Err(e)) | (Err(_), Err(e)) => BatchError::Batch(e),
-            (Err(e), Ok(tx)) => {
-                drop(tx); // rolls back
-                e
+        let error = match pool.begin().await {
+            Err(e) => BatchError::from(e),
+            Ok(mut tx) => {
+                match attempt_batch(step, identity, &mut tx, batch, &excluded, Mode::Consume).await
+                {
+                    Ok(done) => match tx.commit().await {
+                        Ok(()) => return Ok(done),
+                        Err(e) => BatchError::from(e),
+                    },
+                    // Dropping the transaction rolls it back.
+                    Err(e) => e,
+                }
             }
         };
-        let now = Utc::now();
+        let attempt = |error: &HandlerError, class| FailedAttempt {
+            at: Utc::now(),
+            class,
+            kind: error.kind().into(),
+            error: error.to_string(),
+        };
         match error {
             BatchError::Record { position, error } if !error.is_retryable() => {
                 tracing::warn!(step = name, ?position, %error, "permanent failure; dead-lettering the record");
-                let attempt = FailedAttempt {
-                    at: now,
-                    class: ErrorClass::Permanent,
-                    kind: error.kind().into(),
-                    error: error.to_string(),
-                };
-                let mut history = failing
-                    .remove(&position)
-                    .map(|(_, h, _)| h)
-                    .unwrap_or_default();
-                history.push(attempt);
-                excluded.insert(position, history);
+                excluded.insert(
+                    position,
+                    Disposition::DeadLetter(vec![attempt(&error, ErrorClass::Permanent)]),
+                );
             }
             BatchError::Record { position, error } => {
-                let entry = failing.entry(position).or_insert_with(|| {
-                    (
-                        Instant::now(),
-                        Vec::new(),
-                        unbounded_backoff(policy).build(),
-                    )
-                });
-                entry.1.push(FailedAttempt {
-                    at: now,
-                    class: ErrorClass::Retryable,
-                    kind: error.kind().into(),
-                    error: error.to_string(),
-                });
-                let spent = entry.1.len() >= policy.attempts_max as usize
-                    || entry.0.elapsed() >= policy.total;
-                if shutdown.is_cancelled() && !spent {
-                    // Leave the batch uncommitted; whoever owns the partition next starts over.
-                    anyhow::bail!("step {name} stopped while retrying a record ({error})");
-                }
-                if spent {
-                    tracing::warn!(step = name, ?position, attempts = entry.1.len(), %error, "retries exhausted; dead-lettering the record");
-                    let (_, history, _) = failing.remove(&position).unwrap_or((
-                        Instant::now(),
-                        Vec::new(),
-                        unbounded_backoff(policy).build(),
-                    ));
-                    excluded.insert(position, history);
-                } else {
-                    let delay = entry.2.next().unwrap_or(policy.delay_max);
-                    tracing::warn!(step = name, ?position, attempt = entry.1.len(), %error, ?delay, "retryable failure; retrying the batch");
-                    tokio::time::sleep(delay).await;
-                }
+                tracing::warn!(step = name, ?position, %error, "retryable failure; parking the order");
+                excluded.insert(
+                    position,
+                    Disposition::Park(vec![attempt(&error, ErrorClass::Retryable)]),
+                );
             }
             error if error.retryable() => {
                 if shutdown.is_cancelled() {
@@ -347,6 +357,7 @@ pub async fn attempt_batch(
     tx: &mut PgConnection,
     batch: &[OwnedMessage],
     excluded: &Excluded,
+    mode: Mode,
 ) -> Result<(BatchOutcome, Vec<OutboxRow>), BatchError> {
     let name = identity.name;
     let mut outcome = BatchOutcome::default();
@@ -374,14 +385,37 @@ pub async fn attempt_batch(
         }
     }
 
-    // Dead-lettered records stay out of the inbox, so that a redrive can still apply them.
+    // Orders already parked hold every later event of theirs, in log order.
+    let mut parked: HashSet<String> = match mode {
+        Mode::Consume => {
+            crate::parking::parked_orders(
+                tx,
+                name,
+                wanted.iter().map(|(_, e)| e.meta.order_id.as_str()),
+            )
+            .await?
+        }
+        Mode::Release => HashSet::new(),
+    };
+    // Dead-lettered and held records stay out of the inbox, so that they can still be applied.
     let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(wanted.len());
     for (message, event) in &wanted {
-        if let Some(history) = excluded.get(&(message.partition(), message.offset())) {
-            dead_rows.extend(dead_letter(tx, identity, message, history.clone()).await?);
-            outcome.dead_lettered += 1;
-        } else {
-            to_handle.push((message, event));
+        let order_id = &event.meta.order_id;
+        match excluded.get(&(message.partition(), message.offset())) {
+            Some(Disposition::DeadLetter(history)) => {
+                dead_rows.extend(dead_letter(tx, identity, message, history.clone()).await?);
+                outcome.dead_lettered += 1;
+            }
+            Some(Disposition::Park(history)) => {
+                crate::parking::hold(tx, name, order_id, message, history).await?;
+                parked.insert(order_id.clone());
+                outcome.parked += 1;
+            }
+            None if parked.contains(order_id) => {
+                crate::parking::hold(tx, name, order_id, message, &[]).await?;
+                outcome.parked += 1;
+            }
+            None => to_handle.push((message, event)),
         }
     }
     let fresh = record_in_inbox(tx, name, &to_handle).await?;
@@ -439,7 +473,7 @@ pub async fn attempt_batch(
     Ok((outcome, rows))
 }
 
-async fn dead_letter(
+pub(crate) async fn dead_letter(
     tx: &mut PgConnection,
     identity: &Identity,
     message: &OwnedMessage,

@@ -126,7 +126,10 @@ pub fn partition_count(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<usi
     Ok(found.partitions().len())
 }
 
-/// Wait for the first record (or shutdown), then gather more until `max_events` are held or
+/// Longest [`poll_batch`] waits for a first record before returning an empty batch.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+/// Wait for the first record (or shutdown, or an idle tick), then gather more until `max_events` are held or
 /// `max_wait` has passed since the first one. Broker errors surfaced by the client are logged
 /// and polling goes on: librdkafka reconnects by itself.
 pub async fn poll_batch<C>(
@@ -139,8 +142,10 @@ where
     C: rdkafka::consumer::ConsumerContext + 'static,
 {
     let mut batch = Vec::with_capacity(max_events.min(1024));
+    // Wake up now and then while idle, so the caller can do its periodic work.
     let first = tokio::select! {
         _ = shutdown.cancelled() => return batch,
+        _ = tokio::time::sleep(IDLE_TICK) => return batch,
         received = consumer.recv() => received,
     };
     match first {

@@ -2,6 +2,7 @@
 //! retries exhausted with the full history, the dead-letter topic's headers, and redrive.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +16,24 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::support::{order, TestEnv, PARTITIONS};
 
-/// A payment provider that is down for its first `failures` calls (or while `down` is set),
-/// answering like an HTTP 503, then authorizes.
-struct FlakyProvider {
-    failures: u32,
-    calls: AtomicU32,
-    down: AtomicBool,
+/// A payment provider that is down for its first `failures` calls (or while `down` is set,
+/// for every customer or only `only_for`), answering like an HTTP 503, then authorizes.
+pub struct FlakyProvider {
+    pub failures: u32,
+    pub calls: AtomicU32,
+    pub down: AtomicBool,
+    pub only_for: Option<&'static str>,
+}
+
+impl FlakyProvider {
+    pub fn new(failures: u32, down: bool, only_for: Option<&'static str>) -> Arc<Self> {
+        Arc::new(FlakyProvider {
+            failures,
+            calls: AtomicU32::new(0),
+            down: AtomicBool::new(down),
+            only_for,
+        })
+    }
 }
 
 #[async_trait]
@@ -30,7 +43,8 @@ impl PaymentProvider for FlakyProvider {
         request: &AuthorizationRequest,
     ) -> Result<AuthorizationDecision, HandlerError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        if call < self.failures || self.down.load(Ordering::SeqCst) {
+        let affected = self.only_for.is_none_or(|c| c == request.customer_id);
+        if call < self.failures || affected && self.down.load(Ordering::SeqCst) {
             return Err(HandlerError::Provider {
                 provider: "flaky",
                 message: "503 service unavailable".into(),
@@ -47,7 +61,7 @@ impl PaymentProvider for FlakyProvider {
     }
 }
 
-fn start_payment(env: &mut TestEnv, provider: Arc<FlakyProvider>) {
+pub fn start_payment(env: &mut TestEnv, provider: Arc<FlakyProvider>) {
     let runner = StepRunner::new(
         Arc::new(Payment::new(provider)),
         &env.settings,
@@ -169,11 +183,7 @@ async fn a_retryable_failure_is_retried_with_backoff_then_succeeds() {
         Component::Saga,
         Component::Projections,
     ]);
-    let provider = Arc::new(FlakyProvider {
-        failures: 2,
-        calls: AtomicU32::new(0),
-        down: AtomicBool::new(false),
-    });
+    let provider = FlakyProvider::new(2, false, None);
     start_payment(&mut env, provider.clone());
     env.publish(&[order("o-flaky", &[("SKU-A", 1, 100)], "DE")])
         .await;
@@ -209,11 +219,7 @@ async fn exhausted_retries_dead_letter_with_history_and_redrive_finishes_the_ord
         Component::Saga,
         Component::Projections,
     ]);
-    let provider = Arc::new(FlakyProvider {
-        failures: 0,
-        calls: AtomicU32::new(0),
-        down: AtomicBool::new(true),
-    });
+    let provider = FlakyProvider::new(0, true, None);
     start_payment(&mut env, provider.clone());
     env.publish(&[order("o-down", &[("SKU-A", 1, 100)], "DE")])
         .await;

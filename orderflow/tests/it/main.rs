@@ -7,5 +7,6 @@ mod deadletters;
 mod delivery;
 mod faults;
 mod outcomes;
+mod parking;
 mod support;
 mod upstream;

@@ -28,6 +28,11 @@ impl TestEnv {
     /// A new database (migrated), topic and group prefix, with stock for `SKU-A` (10) and
     /// `SKU-B` (5), and nothing running yet.
     pub async fn new() -> TestEnv {
+        Self::with_partitions(PARTITIONS).await
+    }
+
+    /// [`TestEnv::new`] with a log of `partitions` partitions.
+    pub async fn with_partitions(partitions: i32) -> TestEnv {
         platform::telemetry::init_for_tests();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let db_name = format!("orderflow_test_{id}");
@@ -43,7 +48,7 @@ impl TestEnv {
             .unwrap_or_else(|e| {
                 panic!("Postgres is needed at 127.0.0.1:5432 (start it with scripts/dev-up): {e:#}")
             });
-        components::ensure_topics(&settings, PARTITIONS)
+        components::ensure_topics(&settings, partitions)
             .await
             .unwrap_or_else(|e| {
                 panic!(

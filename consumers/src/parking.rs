@@ -1,0 +1,247 @@
+//! Parking: per-order retries that never stall a partition.
+//!
+//! When a handler fails with a retryable error, the runner parks the event's order: the event
+//! is stored in `pipeline.parked` with its failed attempt, and every later event of that order
+//! is stored behind it (in log order) instead of being handled, while other orders of the
+//! partition flow on. [`release_due`] retries an order's first held event with exponential
+//! backoff and jitter; once it succeeds — or exhausts the step's retry budget and is
+//! dead-lettered with its whole history — the held events behind it are applied in order. The
+//! rows are in Postgres, so a parked order survives a restart, and any member of the step
+//! may release it.
+
+use std::collections::HashSet;
+
+use backon::BackoffBuilder;
+use chrono::{DateTime, Utc};
+use platform::config::RetryPolicy;
+use platform::deadletter::{ErrorClass, FailedAttempt};
+use platform::outbox;
+use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::producer::FutureProducer;
+use rdkafka::Message;
+use sqlx::{PgConnection, PgPool};
+
+use crate::runner::{attempt_batch, unbounded_backoff, BatchError, Disposition, Identity, Mode};
+use crate::Step;
+
+/// Which of `orders` are parked for `step`.
+pub async fn parked_orders<'a>(
+    tx: &mut PgConnection,
+    step: &str,
+    orders: impl Iterator<Item = &'a str>,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut orders: Vec<&str> = orders.collect();
+    if orders.is_empty() {
+        return Ok(HashSet::new());
+    }
+    orders.sort_unstable();
+    orders.dedup();
+    let parked: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT order_id FROM pipeline.parked WHERE step = $1 AND order_id = ANY($2)",
+    )
+    .bind(step)
+    .bind(&orders)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(parked.into_iter().collect())
+}
+
+/// Store `message` behind the order's other held events. `history` is non-empty for the event
+/// that failed (it is retried first), empty for events held behind it.
+pub async fn hold(
+    tx: &mut PgConnection,
+    step: &str,
+    order_id: &str,
+    message: &OwnedMessage,
+    history: &[FailedAttempt],
+) -> Result<(), sqlx::Error> {
+    let first_failed_at = history.first().map(|a| a.at);
+    tracing::info!(step, %order_id, partition = message.partition(), offset = message.offset(), "event held: order parked");
+    sqlx::query(
+        "INSERT INTO pipeline.parked (step, order_id, topic, partition, \"offset\", record_key, payload, attempts, history,
+                                      first_failed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (step, topic, partition, \"offset\") DO NOTHING",
+    )
+    .bind(step)
+    .bind(order_id)
+    .bind(message.topic())
+    .bind(message.partition())
+    .bind(message.offset())
+    .bind(message.key())
+    .bind(message.payload().unwrap_or_default())
+    .bind(i32::try_from(history.len()).unwrap_or(i32::MAX))
+    .bind(serde_json::to_value(history).unwrap_or_default())
+    .bind(first_failed_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+type HeldRow = (
+    i64,
+    String,
+    String,
+    i32,
+    i64,
+    Option<Vec<u8>>,
+    Vec<u8>,
+    serde_json::Value,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+);
+
+/// Retry the parked orders whose next attempt is due, each event in order, and publish what
+/// they produced. Returns how many held events were applied or dead-lettered.
+pub async fn release_due(
+    step: &dyn Step,
+    identity: &Identity,
+    pool: &PgPool,
+    producer: &FutureProducer,
+    policy: RetryPolicy,
+) -> anyhow::Result<usize> {
+    let name = identity.name;
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT order_id FROM (SELECT DISTINCT ON (order_id) order_id, next_attempt_at, seq FROM pipeline.parked
+                               WHERE step = $1 ORDER BY order_id, seq) heads
+         WHERE next_attempt_at <= now() ORDER BY seq LIMIT 100",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    let mut released = 0;
+    for order_id in due {
+        // One transaction per held event: a success is kept even if a later one fails.
+        loop {
+            let mut tx = pool.begin().await?;
+            let head: Option<HeldRow> = sqlx::query_as(
+                "SELECT seq, order_id, topic, partition, \"offset\", record_key, payload, history, first_failed_at,
+                        next_attempt_at
+                 FROM pipeline.parked WHERE step = $1 AND order_id = $2 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(name)
+            .bind(&order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((
+                seq,
+                _,
+                topic,
+                partition,
+                offset,
+                key,
+                payload,
+                history,
+                first_failed_at,
+                next_at,
+            )) = head
+            else {
+                break;
+            };
+            if next_at > Utc::now() {
+                break;
+            }
+            let message = OwnedMessage::new(
+                Some(payload),
+                key,
+                topic,
+                Timestamp::NotAvailable,
+                partition,
+                offset,
+                None,
+            );
+            let batch = [message];
+            match attempt_batch(
+                step,
+                identity,
+                &mut tx,
+                &batch,
+                &Default::default(),
+                Mode::Release,
+            )
+            .await
+            {
+                Ok((_, rows)) => {
+                    delete_held(&mut tx, seq).await?;
+                    tx.commit().await?;
+                    outbox::publish(pool, producer, &rows).await?;
+                    released += 1;
+                    tracing::info!(step = name, %order_id, offset, "held event applied");
+                }
+                Err(BatchError::Record { position, error }) => {
+                    tx.rollback().await?;
+                    let mut attempts: Vec<FailedAttempt> =
+                        serde_json::from_value(history).unwrap_or_default();
+                    let class = if error.is_retryable() {
+                        ErrorClass::Retryable
+                    } else {
+                        ErrorClass::Permanent
+                    };
+                    attempts.push(FailedAttempt {
+                        at: Utc::now(),
+                        class,
+                        kind: error.kind().into(),
+                        error: error.to_string(),
+                    });
+                    let first = first_failed_at.unwrap_or_else(Utc::now);
+                    let spent = attempts.len() >= policy.attempts_max as usize
+                        || (Utc::now() - first).to_std().unwrap_or_default() >= policy.total;
+                    let mut tx = pool.begin().await?;
+                    if class == ErrorClass::Permanent || spent {
+                        tracing::warn!(step = name, %order_id, attempts = attempts.len(), %error, "parked event dead-lettered; releasing the rest of the order");
+                        let excluded =
+                            std::iter::once((position, Disposition::DeadLetter(attempts)))
+                                .collect();
+                        let (_, rows) = attempt_batch(
+                            step,
+                            identity,
+                            &mut tx,
+                            &batch,
+                            &excluded,
+                            Mode::Release,
+                        )
+                        .await
+                        .map_err(|e| anyhow::anyhow!("dead-lettering a parked event: {e}"))?;
+                        delete_held(&mut tx, seq).await?;
+                        tx.commit().await?;
+                        outbox::publish(pool, producer, &rows).await?;
+                        released += 1;
+                        continue;
+                    }
+                    let delay = unbounded_backoff(policy)
+                        .build()
+                        .nth(attempts.len() - 1)
+                        .unwrap_or(policy.delay_max);
+                    tracing::warn!(step = name, %order_id, attempt = attempts.len(), %error, ?delay, "parked event failed again");
+                    sqlx::query(
+                        "UPDATE pipeline.parked SET attempts = $2, history = $3, first_failed_at = $4,
+                                next_attempt_at = now() + make_interval(secs => $5)
+                         WHERE seq = $1",
+                    )
+                    .bind(seq)
+                    .bind(i32::try_from(attempts.len()).unwrap_or(i32::MAX))
+                    .bind(serde_json::to_value(&attempts).unwrap_or_default())
+                    .bind(first)
+                    .bind(delay.as_secs_f64())
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    break;
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error)
+                        .context(format!("releasing a parked event of {order_id}")))
+                }
+            }
+        }
+    }
+    Ok(released)
+}
+
+async fn delete_held(tx: &mut PgConnection, seq: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM pipeline.parked WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
