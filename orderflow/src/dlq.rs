@@ -24,6 +24,22 @@ pub enum Request {
     },
 }
 
+type ShowRow = (
+    String,
+    String,
+    i32,
+    i64,
+    String,
+    String,
+    String,
+    i32,
+    serde_json::Value,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
 type ListRow = (
     Uuid,
     String,
@@ -74,7 +90,7 @@ pub async fn run(settings: &Settings, request: Request) -> anyhow::Result<ExitCo
             eprintln!("{} dead letters", rows.len());
         }
         Request::Show { id } => {
-            let row: Option<(String, String, i32, i64, String, String, String, i32, serde_json::Value, Option<Vec<u8>>, Option<Vec<u8>>, Option<DateTime<Utc>>, Option<String>)> =
+            let row: Option<ShowRow> =
                 sqlx::query_as(
                     "SELECT consumer, topic, partition, \"offset\", dlq_topic, error_class, error, attempts, history,
                             record_key, payload, redriven_at, redrive_outcome
