@@ -1,5 +1,6 @@
 //! The inventory step: reserves stock for a new order, all lines or none, and releases the
-//! reservation when a later step fails (payment declined, shipment failed).
+//! reservation when a later step fails (payment declined, shipment failed) or the saga gives
+//! the order up (see [`crate::give_up`]).
 //!
 //! Stock lives in `inventory.stock` (seeded with `orderflow stock set`); each decided order
 //! has one row in `inventory.reservations`. It never calls other services.
@@ -13,9 +14,10 @@ use events::{
 };
 use sqlx::PgConnection;
 
-use crate::{HandlerError, Step};
+use crate::{give_up, HandlerError, Step};
 
 pub const NAME: &str = "inventory";
+const SCHEMA: &str = "inventory";
 
 pub struct Inventory;
 
@@ -29,7 +31,7 @@ impl Step for Inventory {
         matches!(
             event_type,
             EventType::OrderCreated | EventType::PaymentDeclined | EventType::ShipmentFailed
-        )
+        ) || give_up::is_marker(event_type)
     }
 
     async fn handle(
@@ -42,7 +44,13 @@ impl Step for Inventory {
             // The order failed after its stock was reserved: give the stock back.
             EventBody::PaymentDeclined(_) => release(tx, event, "payment_declined").await,
             EventBody::ShipmentFailed(_) => release(tx, event, "shipment_failed").await,
-            _ => Ok(Vec::new()),
+            body => match give_up::reason(body) {
+                Some(reason) => {
+                    give_up::record(tx, SCHEMA, event, reason).await?;
+                    release(tx, event, reason).await
+                }
+                None => Ok(Vec::new()),
+            },
         }
     }
 }
@@ -76,6 +84,7 @@ async fn reserve(
         )));
     }
     let wanted = wanted_per_sku(lines);
+    let abandoned = give_up::abandoned(tx, SCHEMA, order_id).await?;
     let skus: Vec<&str> = wanted.keys().map(String::as_str).collect();
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
@@ -109,7 +118,7 @@ async fn reserve(
             .map(|i| serde_json::json!({ "sku": i.sku, "quantity": i.quantity }))
             .collect(),
     );
-    let status = if shortages.is_empty() {
+    let status = if shortages.is_empty() && abandoned.is_none() {
         "reserved"
     } else {
         "rejected"
@@ -121,6 +130,14 @@ async fn reserve(
         .bind(&items_json)
         .execute(&mut *tx)
         .await?;
+    if let Some(why) = abandoned {
+        // The saga gave the order up before this step got to it (e.g. the OrderCreated was
+        // redriven from the dead-letter topic after a timeout): reserve nothing.
+        return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
+            reason: format!("{}: the order was given up ({why})", give_up::REFUSED),
+            shortages: Vec::new(),
+        })]);
+    }
     if !shortages.is_empty() {
         let skus: Vec<&str> = shortages.iter().map(|s| s.sku.as_str()).collect();
         return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
@@ -158,6 +175,10 @@ async fn release(
     .fetch_optional(&mut *tx)
     .await?;
     let Some((reservation_id, status, items_json)) = row else {
+        if give_up::is_marker(event.event_type()) {
+            // Given up before this step decided anything: nothing is held.
+            return Ok(Vec::new());
+        }
         return Err(HandlerError::Rule(format!(
             "order {order_id} has no reservation to release"
         )));

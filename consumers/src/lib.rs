@@ -6,6 +6,7 @@
 //! batching, the inbox, the outbox, publishing and offset commits. Steps never touch Kafka.
 
 pub mod error;
+pub mod give_up;
 pub mod inventory;
 pub mod parking;
 pub mod payment;

@@ -1,6 +1,6 @@
 //! The payment step: remembers each order's amount from `OrderCreated`, authorizes it with
 //! the payment provider once its stock is reserved, and voids the authorization when shipping
-//! fails. `payment.payments` holds each order's payment; `payment.ledger` every movement.
+//! fails or the saga gives the order up (see [`crate::give_up`]). `payment.payments` holds each order's payment; `payment.ledger` every movement.
 //!
 //! The provider is a trait; [`SimulatedProvider`] declines by two documented rules:
 //! the order total is above `payment.decline_over_minor` (`amount_over_limit`), or the
@@ -13,9 +13,10 @@ use events::{Event, EventBody, EventType, PaymentAuthorized, PaymentDeclined, Pa
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{HandlerError, Step};
+use crate::{give_up, HandlerError, Step};
 
 pub const NAME: &str = "payment";
+const SCHEMA: &str = "payment";
 
 /// What the provider is asked to authorize. `idempotency_key` is stable across re-deliveries,
 /// so a provider that honours it never charges twice.
@@ -122,7 +123,7 @@ impl Step for Payment {
         matches!(
             event_type,
             EventType::OrderCreated | EventType::InventoryReserved | EventType::ShipmentFailed
-        )
+        ) || give_up::is_marker(event_type)
     }
 
     async fn handle(
@@ -149,8 +150,14 @@ impl Step for Payment {
                 Ok(Vec::new())
             }
             EventBody::InventoryReserved(_) => self.authorize(tx, event).await,
-            EventBody::ShipmentFailed(_) => self.void(tx, event).await,
-            _ => Ok(Vec::new()),
+            EventBody::ShipmentFailed(_) => self.void(tx, event, "shipment_failed").await,
+            body => match give_up::reason(body) {
+                Some(reason) => {
+                    give_up::record(tx, SCHEMA, event, reason).await?;
+                    self.void(tx, event, reason).await
+                }
+                None => Ok(Vec::new()),
+            },
         }
     }
 }
@@ -184,6 +191,28 @@ impl Payment {
             )));
         }
         let payment_id = events::reply_event_id(event.meta.event_id, "payment-id");
+        if let Some(why) = give_up::abandoned(tx, SCHEMA, order_id).await? {
+            // Given up before payment was asked: never call the provider.
+            tracing::info!(%order_id, reason = %why, "order was given up; not authorizing");
+            sqlx::query(
+                "INSERT INTO payment.payments (payment_id, order_id, customer_id, amount_minor, currency, status, decline_reason)
+                 VALUES ($1, $2, $3, $4, $5, 'declined', $6)",
+            )
+            .bind(payment_id)
+            .bind(order_id)
+            .bind(&customer_id)
+            .bind(amount_minor)
+            .bind(&currency)
+            .bind(give_up::REFUSED)
+            .execute(&mut *tx)
+            .await?;
+            return Ok(vec![EventBody::PaymentDeclined(PaymentDeclined {
+                customer_id,
+                amount_minor,
+                currency,
+                reason: give_up::REFUSED.to_string(),
+            })]);
+        }
         let request = AuthorizationRequest {
             idempotency_key: payment_id,
             customer_id: customer_id.clone(),
@@ -253,6 +282,7 @@ impl Payment {
         &self,
         tx: &mut PgConnection,
         event: &Event,
+        reason: &str,
     ) -> Result<Vec<EventBody>, HandlerError> {
         let order_id = &event.meta.order_id;
         let row: Option<(Uuid, String, i64, String, Option<String>)> = sqlx::query_as(
@@ -263,6 +293,10 @@ impl Payment {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((payment_id, status, amount_minor, currency, reference)) = row else {
+            if give_up::is_marker(event.event_type()) {
+                // Given up before payment was asked: nothing to void.
+                return Ok(Vec::new());
+            }
             return Err(HandlerError::Rule(format!(
                 "order {order_id} has no payment to void"
             )));
@@ -295,7 +329,7 @@ impl Payment {
             payment_id,
             amount_minor,
             currency,
-            reason: "shipment_failed".into(),
+            reason: reason.to_string(),
         })])
     }
 }

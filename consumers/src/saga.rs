@@ -8,16 +8,36 @@ pub mod machine;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use events::{Event, EventBody, EventType, OrderCancelled, OrderCompleted};
-use sqlx::PgConnection;
+use chrono::{DateTime, Utc};
+use events::{
+    Event, EventBody, EventType, Metadata, OrderCancellationAccepted, OrderCancellationRejected,
+    OrderCancelled, OrderCompleted, SagaStepTimedOut,
+};
+use platform::config::SagaSettings;
+use platform::outbox::{self, OutboxRecord, OutboxRow};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{HandlerError, Step};
-use machine::{decide, Command, SagaState};
+use machine::{decide, time_out, Command, SagaState};
 
 pub const NAME: &str = "saga";
 
-pub struct OrderSaga;
+pub struct OrderSaga {
+    deadlines: SagaSettings,
+}
+
+impl OrderSaga {
+    pub fn new(deadlines: SagaSettings) -> Self {
+        OrderSaga { deadlines }
+    }
+
+    /// When the step awaited in `state` must have answered, counting from `since`.
+    fn deadline(&self, state: &SagaState, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let timeout = self.deadlines.timeout(state.step_with_deadline()?)?;
+        Some(since + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX))
+    }
+}
 
 /// One order's saga row, as loaded and as it will be stored.
 struct Entry {
@@ -25,8 +45,12 @@ struct Entry {
     customer_id: String,
     total_minor: i64,
     currency: String,
+    correlation_id: Option<Uuid>,
+    deadline: Option<DateTime<Utc>>,
+    attempts: i32,
     last_event_type: &'static str,
     last_event_id: Uuid,
+    last_event_at: Option<DateTime<Utc>>,
     changed: bool,
 }
 
@@ -39,9 +63,52 @@ type Row = (
     String,
     i64,
     String,
-    String,
+    Option<Uuid>,
+    Option<DateTime<Utc>>,
+    i32,
     Uuid,
+    Option<DateTime<Utc>>,
 );
+
+const SELECT_ROWS: &str = "SELECT order_id, state, pending, cancel_reason, cancel_detail, customer_id, total_minor,
+        currency, correlation_id, deadline, attempts, last_event_id, last_event_at
+ FROM saga.orders";
+
+fn entry_from_row(row: Row) -> Result<(String, Entry), HandlerError> {
+    let (
+        order_id,
+        state,
+        pending,
+        reason,
+        detail,
+        customer_id,
+        total_minor,
+        currency,
+        correlation_id,
+        deadline,
+        attempts,
+        last_event_id,
+        last_event_at,
+    ) = row;
+    let state = SagaState::from_row(&state, &pending, reason.as_deref(), detail.as_deref())
+        .map_err(|e| HandlerError::Rule(format!("order {order_id}: {e}")))?;
+    Ok((
+        order_id,
+        Entry {
+            state,
+            customer_id,
+            total_minor,
+            currency,
+            correlation_id,
+            deadline,
+            attempts,
+            last_event_type: "",
+            last_event_id,
+            last_event_at,
+            changed: false,
+        },
+    ))
+}
 
 #[async_trait]
 impl Step for OrderSaga {
@@ -50,10 +117,13 @@ impl Step for OrderSaga {
     }
 
     fn wants(&self, event_type: EventType) -> bool {
-        // Everything but its own terminal events.
+        // Everything but its own final answers: its markers (OrderCancellationAccepted,
+        // SagaStepTimedOut) it must see, to know where they landed in the order's history.
         !matches!(
             event_type,
-            EventType::OrderCompleted | EventType::OrderCancelled
+            EventType::OrderCompleted
+                | EventType::OrderCancelled
+                | EventType::OrderCancellationRejected
         )
     }
 
@@ -77,44 +147,19 @@ impl Step for OrderSaga {
         let mut order_ids: Vec<&str> = events.iter().map(|e| e.meta.order_id.as_str()).collect();
         order_ids.sort_unstable();
         order_ids.dedup();
-        // Sorted ids, so that concurrent members lock rows in the same order.
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT order_id, state, pending, cancel_reason, cancel_detail, customer_id, total_minor, currency,
-                    last_event_type, last_event_id
-             FROM saga.orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
-        )
+        // Sorted ids, so that concurrent members (and the deadline check) lock rows in the
+        // same order.
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "{SELECT_ROWS} WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+        ))
         .bind(&order_ids)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| (0, e.into()))?;
         let mut entries: HashMap<String, Entry> = HashMap::with_capacity(order_ids.len());
-        for (
-            order_id,
-            state,
-            pending,
-            reason,
-            detail,
-            customer_id,
-            total_minor,
-            currency,
-            _,
-            last_event_id,
-        ) in rows
-        {
-            let state = SagaState::from_row(&state, &pending, reason.as_deref(), detail.as_deref())
-                .map_err(|e| (0, HandlerError::Rule(format!("order {order_id}: {e}"))))?;
-            entries.insert(
-                order_id,
-                Entry {
-                    state,
-                    customer_id,
-                    total_minor,
-                    currency,
-                    last_event_type: "",
-                    last_event_id,
-                    changed: false,
-                },
-            );
+        for row in rows {
+            let (order_id, entry) = entry_from_row(row).map_err(|e| (0, e))?;
+            entries.insert(order_id, entry);
         }
 
         let mut replies = Vec::with_capacity(events.len());
@@ -128,40 +173,70 @@ impl Step for OrderSaga {
                     continue;
                 }
             };
-            let entry = match (entries.get_mut(order_id), &event.body) {
-                (Some(entry), _) => entry,
-                (None, EventBody::OrderCreated(order)) => {
-                    entries.entry(order_id.clone()).or_insert(Entry {
-                        state: SagaState::AwaitingInventory,
-                        customer_id: order.customer_id.clone(),
-                        total_minor: order.total_minor(),
-                        currency: order.currency.clone(),
-                        last_event_type: "",
-                        last_event_id: event.meta.event_id,
-                        changed: true,
-                    })
+            let mut total_minor = 0;
+            let mut currency = String::new();
+            if let Some(next) = transition.next {
+                let entry = match (entries.get_mut(order_id), &event.body) {
+                    (Some(entry), _) => entry,
+                    (None, EventBody::OrderCreated(order)) => {
+                        entries.entry(order_id.clone()).or_insert(Entry {
+                            state: SagaState::AwaitingInventory,
+                            customer_id: order.customer_id.clone(),
+                            total_minor: order.total_minor(),
+                            currency: order.currency.clone(),
+                            correlation_id: Some(event.meta.correlation_id),
+                            deadline: None,
+                            attempts: 0,
+                            last_event_type: "",
+                            last_event_id: event.meta.event_id,
+                            last_event_at: None,
+                            changed: true,
+                        })
+                    }
+                    // decide() starts a saga only from OrderCreated.
+                    (None, _) => {
+                        replies.push(Vec::new());
+                        continue;
+                    }
+                };
+                // A new wait starts a new deadline, counted from the event that started it.
+                let moved = next.name() != entry.state.name()
+                    || matches!(event.body, EventBody::OrderCreated(_));
+                if moved {
+                    entry.deadline = self.deadline(&next, event.meta.occurred_at);
                 }
-                // decide() starts a saga only from OrderCreated.
-                (None, _) => {
-                    replies.push(Vec::new());
-                    continue;
-                }
-            };
-            entry.state = transition.next;
-            entry.last_event_type = event.event_type().as_str();
-            entry.last_event_id = event.meta.event_id;
-            entry.changed = true;
+                entry.state = next;
+                entry.last_event_type = event.event_type().as_str();
+                entry.last_event_id = event.meta.event_id;
+                entry.last_event_at = Some(event.meta.occurred_at);
+                entry.changed = true;
+                total_minor = entry.total_minor;
+                currency = entry.currency.clone();
+            }
             replies.push(
                 transition
                     .commands
                     .into_iter()
                     .map(|command| match command {
                         Command::Complete => EventBody::OrderCompleted(OrderCompleted {
-                            total_minor: entry.total_minor,
-                            currency: entry.currency.clone(),
+                            total_minor,
+                            currency: currency.clone(),
                         }),
                         Command::Cancel { reason, detail } => {
                             EventBody::OrderCancelled(OrderCancelled { reason, detail })
+                        }
+                        Command::AcceptCancellation {
+                            reason,
+                            requested_by,
+                        } => EventBody::OrderCancellationAccepted(OrderCancellationAccepted {
+                            reason,
+                            requested_by,
+                        }),
+                        Command::RejectCancellation { reason, detail } => {
+                            EventBody::OrderCancellationRejected(OrderCancellationRejected {
+                                reason,
+                                detail,
+                            })
                         }
                     })
                     .collect(),
@@ -171,7 +246,6 @@ impl Step for OrderSaga {
         Ok(replies)
     }
 }
-
 async fn store(tx: &mut PgConnection, entries: &HashMap<String, Entry>) -> Result<(), sqlx::Error> {
     let changed: Vec<(&String, &Entry)> = entries.iter().filter(|(_, e)| e.changed).collect();
     if changed.is_empty() {
@@ -209,18 +283,27 @@ async fn store(tx: &mut PgConnection, entries: &HashMap<String, Entry>) -> Resul
     let currencies: Vec<&str> = changed.iter().map(|(_, e)| e.currency.as_str()).collect();
     let types: Vec<&str> = changed.iter().map(|(_, e)| e.last_event_type).collect();
     let event_ids: Vec<Uuid> = changed.iter().map(|(_, e)| e.last_event_id).collect();
+    let correlations: Vec<Option<Uuid>> = changed.iter().map(|(_, e)| e.correlation_id).collect();
+    let deadlines: Vec<Option<DateTime<Utc>>> = changed.iter().map(|(_, e)| e.deadline).collect();
+    let attempts: Vec<i32> = changed.iter().map(|(_, e)| e.attempts).collect();
+    let event_times: Vec<Option<DateTime<Utc>>> =
+        changed.iter().map(|(_, e)| e.last_event_at).collect();
     sqlx::query(
         "INSERT INTO saga.orders (order_id, state, awaiting, pending, cancel_reason, cancel_detail, customer_id,
-                                  total_minor, currency, last_event_type, last_event_id)
-         SELECT id, st, aw, COALESCE(string_to_array(NULLIF(pe, ''), ','), '{}'), re, de, cu, tot, cur, ty, ev
+                                  total_minor, currency, last_event_type, last_event_id, correlation_id,
+                                  deadline, attempts, last_event_at)
+         SELECT id, st, aw, COALESCE(string_to_array(NULLIF(pe, ''), ','), '{}'), re, de, cu, tot, cur, ty, ev,
+                co, dl, at, lt
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::bigint[], $9::text[], $10::text[], $11::uuid[])
-              AS x(id, st, aw, pe, re, de, cu, tot, cur, ty, ev)
+                     $8::bigint[], $9::text[], $10::text[], $11::uuid[], $12::uuid[], $13::timestamptz[],
+                     $14::int[], $15::timestamptz[])
+              AS x(id, st, aw, pe, re, de, cu, tot, cur, ty, ev, co, dl, at, lt)
          ON CONFLICT (order_id) DO UPDATE SET
              state = EXCLUDED.state, awaiting = EXCLUDED.awaiting,
              pending = EXCLUDED.pending, cancel_reason = EXCLUDED.cancel_reason,
              cancel_detail = EXCLUDED.cancel_detail, last_event_type = EXCLUDED.last_event_type,
-             last_event_id = EXCLUDED.last_event_id, updated_at = now()",
+             last_event_id = EXCLUDED.last_event_id, deadline = EXCLUDED.deadline,
+             attempts = EXCLUDED.attempts, last_event_at = EXCLUDED.last_event_at, updated_at = now()",
     )
     .bind(&ids)
     .bind(&states)
@@ -233,7 +316,157 @@ async fn store(tx: &mut PgConnection, entries: &HashMap<String, Entry>) -> Resul
     .bind(&currencies)
     .bind(&types)
     .bind(&event_ids)
+    .bind(&correlations)
+    .bind(&deadlines)
+    .bind(&attempts)
+    .bind(&event_times)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// What one deadline check did.
+#[derive(Debug, Default, Clone)]
+pub struct Expired {
+    /// Orders given up because a step missed its deadline.
+    pub orders: Vec<String>,
+    /// The `SagaStepTimedOut` records written to the outbox, to publish.
+    pub rows: Vec<OutboxRow>,
+}
+
+/// Give up every order whose awaited step missed its deadline by `now` (at most `limit`
+/// orders): in one transaction, move each to compensating and write its `SagaStepTimedOut`
+/// to the outbox. The caller publishes the returned rows; the runner's relay publishes them
+/// if it does not.
+///
+/// `now` is a parameter so that tests control time. Rows locked by a saga member that is
+/// handling the same orders are skipped and looked at on the next check.
+pub async fn expire_due(
+    pool: &PgPool,
+    topic: &str,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Expired, HandlerError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "{SELECT_ROWS} WHERE deadline <= $1
+           AND state IN ('awaiting_inventory', 'awaiting_payment', 'awaiting_shipment')
+         ORDER BY order_id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut expired = Expired::default();
+    let mut records = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (order_id, mut entry) = entry_from_row(row)?;
+        let (Some(step), Some(deadline)) = (entry.state.step_with_deadline(), entry.deadline)
+        else {
+            continue;
+        };
+        let detail = format!(
+            "{step} did not answer by {}",
+            deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        let Some(next) = time_out(&entry.state, detail) else {
+            continue;
+        };
+        entry.attempts += 1;
+        let event = Event {
+            meta: Metadata {
+                // One id per wait: a repeated check for the same wait writes the same event.
+                event_id: events::reply_event_id(entry.last_event_id, "saga/deadline"),
+                order_id: order_id.clone(),
+                occurred_at: now,
+                correlation_id: entry.correlation_id.unwrap_or(entry.last_event_id),
+                causation_id: entry.last_event_id,
+            },
+            body: EventBody::SagaStepTimedOut(SagaStepTimedOut {
+                step: step.to_string(),
+                deadline,
+                attempts: entry.attempts,
+            }),
+        };
+        let payload = events::encode(&event)
+            .map_err(|e| HandlerError::Rule(format!("encoding SagaStepTimedOut: {e}")))?;
+        tracing::warn!(%order_id, step, %deadline, "saga step missed its deadline; giving the order up");
+        records.push(OutboxRecord {
+            event_id: event.meta.event_id,
+            event_type: EventType::SagaStepTimedOut.as_str().to_string(),
+            order_id: order_id.clone(),
+            topic: topic.to_string(),
+            key: None,
+            payload: Some(payload),
+            headers: vec![
+                ("event_type".into(), EventType::SagaStepTimedOut.as_str().into()),
+                ("event_id".into(), event.meta.event_id.to_string()),
+            ],
+        });
+        sqlx::query(
+            "UPDATE saga.orders SET state = $2, awaiting = $3, pending = $4, cancel_reason = $5,
+                 cancel_detail = $6, deadline = NULL, attempts = $7, updated_at = now()
+             WHERE order_id = $1",
+        )
+        .bind(&order_id)
+        .bind(next.name())
+        .bind(next.awaiting())
+        .bind(next.pending().iter().map(|p| p.as_str()).collect::<Vec<_>>())
+        .bind(next.cancellation().0)
+        .bind(next.cancellation().1)
+        .bind(entry.attempts)
+        .execute(&mut *tx)
+        .await?;
+        expired.orders.push(order_id);
+    }
+    expired.rows = outbox::insert(&mut tx, NAME, records).await?;
+    tx.commit().await?;
+    Ok(expired)
+}
+
+/// The saga component's deadline watch: every `saga.deadline_check_interval_ms`, give up the
+/// orders whose awaited step is late ([`expire_due`] with the wall clock) and publish their
+/// `SagaStepTimedOut`. Errors are logged and retried on the next tick; a crash between commit
+/// and publish leaves the rows to the saga runner's outbox relay.
+pub async fn watch_deadlines(
+    pool: PgPool,
+    settings: platform::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let every = std::time::Duration::from_millis(settings.saga.deadline_check_interval_ms);
+    if every.is_zero() {
+        tracing::info!("saga deadline watch is off (saga.deadline_check_interval_ms = 0)");
+        return Ok(());
+    }
+    let client_id = format!("orderflow-{NAME}-deadlines-{}", std::process::id());
+    let producer = platform::kafka::producer(&settings.kafka, &client_id)?;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let expired = match expire_due(
+            &pool,
+            &settings.kafka.topic,
+            Utc::now(),
+            settings.saga.deadline_check_batch,
+        )
+        .await
+        {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::warn!(%error, "saga deadline check failed; trying again on the next tick");
+                continue;
+            }
+        };
+        if expired.rows.is_empty() {
+            continue;
+        }
+        tracing::info!(orders = expired.orders.len(), "saga gave up orders past their deadline");
+        if let Err(error) = outbox::publish(&pool, &producer, &expired.rows).await {
+            tracing::warn!(error = format!("{error:#}"), "publishing SagaStepTimedOut failed; the outbox relay will retry");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The shipping step: remembers each order's address from `OrderCreated` and schedules a
-//! shipment with the carrier once payment is authorized.
+//! shipment with the carrier once payment is authorized; calls a scheduled shipment off when
+//! the saga gives the order up (see [`crate::give_up`]).
 //!
 //! The carrier is a trait; [`SimulatedCarrier`] fails by one documented rule: it does not
 //! deliver to the countries listed in `shipping.unserved_countries` (default `AQ`), and
@@ -8,13 +9,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use events::{Event, EventBody, EventType, ShipmentFailed, ShipmentScheduled};
+use events::{Event, EventBody, EventType, ShipmentCancelled, ShipmentFailed, ShipmentScheduled};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{HandlerError, Step};
+use crate::{give_up, HandlerError, Step};
 
 pub const NAME: &str = "shipping";
+const SCHEMA: &str = "shipping";
 
 #[derive(Debug, Clone)]
 pub struct ShipmentRequest {
@@ -33,6 +35,8 @@ pub enum CarrierDecision {
 pub trait Carrier: Send + Sync {
     fn name(&self) -> &str;
     async fn schedule(&self, request: &ShipmentRequest) -> Result<CarrierDecision, HandlerError>;
+    /// Call a scheduled shipment off before it leaves. Cancelling twice must be harmless.
+    async fn cancel(&self, shipment_id: Uuid, tracking_number: &str) -> Result<(), HandlerError>;
 }
 
 pub struct SimulatedCarrier {
@@ -69,6 +73,10 @@ impl Carrier for SimulatedCarrier {
             tracking_number: format!("TRK{}", &request.shipment_id.simple().to_string()[..12]),
         })
     }
+
+    async fn cancel(&self, _shipment_id: Uuid, _tracking_number: &str) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
 pub struct Shipping {
@@ -91,7 +99,7 @@ impl Step for Shipping {
         matches!(
             event_type,
             EventType::OrderCreated | EventType::PaymentAuthorized
-        )
+        ) || give_up::is_marker(event_type)
     }
 
     async fn handle(
@@ -117,7 +125,13 @@ impl Step for Shipping {
                 Ok(Vec::new())
             }
             EventBody::PaymentAuthorized(_) => self.schedule(tx, event).await,
-            _ => Ok(Vec::new()),
+            body => match give_up::reason(body) {
+                Some(reason) => {
+                    give_up::record(tx, SCHEMA, event, reason).await?;
+                    self.cancel(tx, event, reason).await
+                }
+                None => Ok(Vec::new()),
+            },
         }
     }
 }
@@ -151,13 +165,32 @@ impl Shipping {
             )));
         }
         let shipment_id = events::reply_event_id(event.meta.event_id, "shipment-id");
+        let carrier = self.carrier.name().to_string();
+        if let Some(why) = give_up::abandoned(tx, SCHEMA, order_id).await? {
+            // Given up before shipping was asked: never book the carrier.
+            tracing::info!(%order_id, reason = %why, "order was given up; not scheduling");
+            sqlx::query(
+                "INSERT INTO shipping.shipments (order_id, shipment_id, carrier, status, failure_reason, country)
+                 VALUES ($1, $2, $3, 'failed', $4, $5)",
+            )
+            .bind(order_id)
+            .bind(shipment_id)
+            .bind(&carrier)
+            .bind(give_up::REFUSED)
+            .bind(&country)
+            .execute(&mut *tx)
+            .await?;
+            return Ok(vec![EventBody::ShipmentFailed(ShipmentFailed {
+                carrier,
+                reason: give_up::REFUSED.to_string(),
+            })]);
+        }
         let request = ShipmentRequest {
             shipment_id,
             order_id: order_id.clone(),
             country: country.clone(),
         };
         let decision = self.carrier.schedule(&request).await?;
-        let carrier = self.carrier.name().to_string();
         let (status, tracking, failure) = match &decision {
             CarrierDecision::Scheduled { tracking_number } => {
                 ("scheduled", Some(tracking_number.clone()), None)
@@ -189,5 +222,45 @@ impl Shipping {
                 EventBody::ShipmentFailed(ShipmentFailed { carrier, reason })
             }
         }])
+    }
+
+    /// Compensation: call off a scheduled shipment. Cancelling twice, or an order with no
+    /// scheduled shipment, emits nothing.
+    async fn cancel(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+        reason: &str,
+    ) -> Result<Vec<EventBody>, HandlerError> {
+        let order_id = &event.meta.order_id;
+        let row: Option<(Uuid, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT shipment_id, carrier, status, tracking_number FROM shipping.shipments
+             WHERE order_id = $1 FOR UPDATE",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((shipment_id, carrier, status, tracking)) = row else {
+            return Ok(Vec::new());
+        };
+        if status != "scheduled" {
+            tracing::info!(%order_id, status, "no scheduled shipment to cancel");
+            return Ok(Vec::new());
+        }
+        self.carrier
+            .cancel(shipment_id, tracking.as_deref().unwrap_or_default())
+            .await?;
+        sqlx::query(
+            "UPDATE shipping.shipments SET status = 'cancelled', failure_reason = $2 WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        Ok(vec![EventBody::ShipmentCancelled(ShipmentCancelled {
+            shipment_id,
+            carrier,
+            reason: reason.to_string(),
+        })])
     }
 }

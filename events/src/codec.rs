@@ -243,7 +243,7 @@ macro_rules! source {
     };
 }
 
-const SOURCES: [(EventType, u32, &str, &str); 11] = [
+const SOURCES: [(EventType, u32, &str, &str); 16] = [
     source!(OrderCreated),
     source!(InventoryReserved),
     source!(InventoryRejected),
@@ -255,6 +255,11 @@ const SOURCES: [(EventType, u32, &str, &str); 11] = [
     source!(ShipmentFailed),
     source!(OrderCompleted),
     source!(OrderCancelled),
+    source!(ShipmentCancelled),
+    source!(OrderCancellationRequested),
+    source!(OrderCancellationAccepted),
+    source!(OrderCancellationRejected),
+    source!(SagaStepTimedOut),
 ];
 
 static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
@@ -382,6 +387,28 @@ fn to_value(event: &Event, version: i32) -> Value {
         EventBody::OrderCancelled(b) => {
             f.push(("reason", string(&b.reason)));
             f.push(("detail", string(&b.detail)));
+        }
+        EventBody::ShipmentCancelled(b) => {
+            f.push(("shipment_id", Value::Uuid(b.shipment_id)));
+            f.push(("carrier", string(&b.carrier)));
+            f.push(("reason", string(&b.reason)));
+        }
+        EventBody::OrderCancellationRequested(b) => {
+            f.push(("reason", string(&b.reason)));
+            f.push(("requested_by", string(&b.requested_by)));
+        }
+        EventBody::OrderCancellationAccepted(b) => {
+            f.push(("reason", string(&b.reason)));
+            f.push(("requested_by", string(&b.requested_by)));
+        }
+        EventBody::OrderCancellationRejected(b) => {
+            f.push(("reason", string(&b.reason)));
+            f.push(("detail", string(&b.detail)));
+        }
+        EventBody::SagaStepTimedOut(b) => {
+            f.push(("step", string(&b.step)));
+            f.push(("deadline", Value::TimestampMicros(b.deadline.timestamp_micros())));
+            f.push(("attempts", Value::Int(b.attempts)));
         }
     }
     record(f)
@@ -562,6 +589,34 @@ fn read_body(event_type: EventType, r: &mut Fields) -> Result<EventBody, String>
         EventType::OrderCancelled => EventBody::OrderCancelled(OrderCancelled {
             reason: r.string("reason")?,
             detail: r.string("detail")?,
+        }),
+        EventType::ShipmentCancelled => EventBody::ShipmentCancelled(ShipmentCancelled {
+            shipment_id: r.uuid("shipment_id")?,
+            carrier: r.string("carrier")?,
+            reason: r.string("reason")?,
+        }),
+        EventType::OrderCancellationRequested => {
+            EventBody::OrderCancellationRequested(OrderCancellationRequested {
+                reason: r.string("reason")?,
+                requested_by: r.string("requested_by")?,
+            })
+        }
+        EventType::OrderCancellationAccepted => {
+            EventBody::OrderCancellationAccepted(OrderCancellationAccepted {
+                reason: r.string("reason")?,
+                requested_by: r.string("requested_by")?,
+            })
+        }
+        EventType::OrderCancellationRejected => {
+            EventBody::OrderCancellationRejected(OrderCancellationRejected {
+                reason: r.string("reason")?,
+                detail: r.string("detail")?,
+            })
+        }
+        EventType::SagaStepTimedOut => EventBody::SagaStepTimedOut(SagaStepTimedOut {
+            step: r.string("step")?,
+            deadline: r.timestamp_micros("deadline")?,
+            attempts: r.int("attempts")?,
         }),
     })
 }

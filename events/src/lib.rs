@@ -10,7 +10,7 @@ mod validate;
 
 pub use codec::{decode, encode, schema_catalog, DecodeError, EncodeError, SchemaInfo};
 pub use model::*;
-pub use validate::{is_known_currency, validate, validate_order, ValidationError};
+pub use validate::{is_known_currency, validate, validate_order, ValidationError, SAGA_STEPS};
 
 /// The deterministic id of the event that `step` emits in reaction to the event `cause`.
 ///

@@ -64,10 +64,15 @@ pub enum EventType {
     ShipmentFailed,
     OrderCompleted,
     OrderCancelled,
+    ShipmentCancelled,
+    OrderCancellationRequested,
+    OrderCancellationAccepted,
+    OrderCancellationRejected,
+    SagaStepTimedOut,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 16] = [
         EventType::OrderCreated,
         EventType::InventoryReserved,
         EventType::InventoryRejected,
@@ -79,6 +84,11 @@ impl EventType {
         EventType::ShipmentFailed,
         EventType::OrderCompleted,
         EventType::OrderCancelled,
+        EventType::ShipmentCancelled,
+        EventType::OrderCancellationRequested,
+        EventType::OrderCancellationAccepted,
+        EventType::OrderCancellationRejected,
+        EventType::SagaStepTimedOut,
     ];
 
     /// The name used in schemas (`orderflow.events.<name>`), headers and read models.
@@ -95,6 +105,11 @@ impl EventType {
             EventType::ShipmentFailed => "ShipmentFailed",
             EventType::OrderCompleted => "OrderCompleted",
             EventType::OrderCancelled => "OrderCancelled",
+            EventType::ShipmentCancelled => "ShipmentCancelled",
+            EventType::OrderCancellationRequested => "OrderCancellationRequested",
+            EventType::OrderCancellationAccepted => "OrderCancellationAccepted",
+            EventType::OrderCancellationRejected => "OrderCancellationRejected",
+            EventType::SagaStepTimedOut => "SagaStepTimedOut",
         }
     }
 
@@ -124,6 +139,11 @@ pub enum EventBody {
     ShipmentFailed(ShipmentFailed),
     OrderCompleted(OrderCompleted),
     OrderCancelled(OrderCancelled),
+    ShipmentCancelled(ShipmentCancelled),
+    OrderCancellationRequested(OrderCancellationRequested),
+    OrderCancellationAccepted(OrderCancellationAccepted),
+    OrderCancellationRejected(OrderCancellationRejected),
+    SagaStepTimedOut(SagaStepTimedOut),
 }
 
 impl EventBody {
@@ -140,6 +160,11 @@ impl EventBody {
             EventBody::ShipmentFailed(_) => EventType::ShipmentFailed,
             EventBody::OrderCompleted(_) => EventType::OrderCompleted,
             EventBody::OrderCancelled(_) => EventType::OrderCancelled,
+            EventBody::ShipmentCancelled(_) => EventType::ShipmentCancelled,
+            EventBody::OrderCancellationRequested(_) => EventType::OrderCancellationRequested,
+            EventBody::OrderCancellationAccepted(_) => EventType::OrderCancellationAccepted,
+            EventBody::OrderCancellationRejected(_) => EventType::OrderCancellationRejected,
+            EventBody::SagaStepTimedOut(_) => EventType::SagaStepTimedOut,
         }
     }
 }
@@ -269,4 +294,46 @@ pub struct OrderCancelled {
     pub reason: String,
     /// Human-readable detail for operators.
     pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipmentCancelled {
+    pub shipment_id: uuid::Uuid,
+    pub carrier: String,
+    /// A stable code, e.g. `order_cancelled`, `step_timed_out`.
+    pub reason: String,
+}
+
+/// Someone asked to cancel the order; the saga decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCancellationRequested {
+    /// A stable code from the requester, e.g. `customer_request`.
+    pub reason: String,
+    /// A customer id, an operator or a service name.
+    pub requested_by: String,
+}
+
+/// The saga accepted a cancellation: every step undoes what it holds and refuses further work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCancellationAccepted {
+    pub reason: String,
+    pub requested_by: String,
+}
+
+/// The saga refused a cancellation request; the order goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCancellationRejected {
+    /// `already_shipped`, `already_cancelled`, `already_cancelling` or `unknown_order`.
+    pub reason: String,
+    pub detail: String,
+}
+
+/// A step missed its deadline: the saga gives the order up, like an accepted cancellation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaStepTimedOut {
+    /// `inventory`, `payment` or `shipping`.
+    pub step: String,
+    pub deadline: DateTime<Utc>,
+    /// Deadlines the order has missed, this one included.
+    pub attempts: i32,
 }

@@ -56,7 +56,16 @@ pub enum ValidationError {
     /// A money amount of a payment or completion event is negative.
     #[error("{field} must be >= 0, got {amount}")]
     NegativeAmount { field: &'static str, amount: i64 },
+    /// A `SagaStepTimedOut` naming a step the saga does not wait for.
+    #[error("step {step:?} is not one of inventory, payment, shipping")]
+    UnknownStep { step: String },
+    /// A `SagaStepTimedOut` whose attempt count is below 1.
+    #[error("attempts must be >= 1, got {attempts}")]
+    NonPositiveAttempts { attempts: i32 },
 }
+
+/// The steps the saga waits for, as named in `SagaStepTimedOut.step`.
+pub const SAGA_STEPS: [&str; 3] = ["inventory", "payment", "shipping"];
 
 /// Check every domain rule that applies to `event`: the metadata's `order_id` is not blank,
 /// then the rules of its body's type. `OrderCreated` gets the full order rules
@@ -133,9 +142,29 @@ fn validate_body(body: &EventBody) -> Result<(), ValidationError> {
             require_amount("total_minor", e.total_minor)?;
             require_currency(&e.currency)
         }
+        EventBody::OrderCancellationRequested(e) => {
+            require("reason", &e.reason)?;
+            require("requested_by", &e.requested_by)
+        }
+        EventBody::OrderCancellationAccepted(e) => require("reason", &e.reason),
+        EventBody::OrderCancellationRejected(e) => require("reason", &e.reason),
+        EventBody::SagaStepTimedOut(e) => {
+            if !SAGA_STEPS.contains(&e.step.as_str()) {
+                return Err(ValidationError::UnknownStep {
+                    step: e.step.clone(),
+                });
+            }
+            if e.attempts < 1 {
+                return Err(ValidationError::NonPositiveAttempts {
+                    attempts: e.attempts,
+                });
+            }
+            Ok(())
+        }
         // Free-text reasons, carriers and tracking numbers carry no rule the codec can check.
         EventBody::ShipmentScheduled(_)
         | EventBody::ShipmentFailed(_)
+        | EventBody::ShipmentCancelled(_)
         | EventBody::OrderCancelled(_) => Ok(()),
     }
 }

@@ -58,7 +58,7 @@ pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<
             settings.shipping.carrier.clone(),
             settings.shipping.unserved_countries.clone(),
         )))),
-        Component::Saga => Arc::new(OrderSaga),
+        Component::Saga => Arc::new(OrderSaga::new(settings.saga.clone())),
         Component::Projections => return None,
     })
 }
@@ -95,6 +95,14 @@ pub fn start_with(
             Some(step) => {
                 let runner = StepRunner::new(step, settings, pool.clone(), options.clone())
                     .with_context(|| format!("starting {}", component.name()))?;
+                if component == Component::Saga {
+                    let (pool, settings, token) = (pool.clone(), settings.clone(), token.clone());
+                    set.spawn(async move {
+                        consumers::saga::watch_deadlines(pool, settings, token)
+                            .await
+                            .map(|()| component)
+                    });
+                }
                 set.spawn(async move { runner.run(token).await.map(|()| component) });
             }
             None => {

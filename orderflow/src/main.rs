@@ -44,6 +44,18 @@ enum Command {
         /// A file of JSON lines; stdin when omitted or "-".
         file: Option<PathBuf>,
     },
+    /// Ask to cancel an order. The saga accepts while the order has not shipped and answers on
+    /// the log (OrderCancellationAccepted or OrderCancellationRejected); see the order's
+    /// timeline in analytics.order_events.
+    Cancel {
+        order_id: String,
+        /// A stable reason code for analysts.
+        #[arg(long, default_value = "customer_request")]
+        reason: String,
+        /// Who asks: a customer id, an operator, a service.
+        #[arg(long, default_value = "operator")]
+        requested_by: String,
+    },
     /// Run pipeline components until SIGINT/SIGTERM (all of them unless --only is given).
     Run {
         /// Run only these components (repeatable); more processes join the same groups.
@@ -183,6 +195,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Publish { file } => return publish(&settings, file).await,
+        Command::Cancel {
+            order_id,
+            reason,
+            requested_by,
+        } => {
+            let event =
+                producers::cancellation_request(&order_id, &reason, &requested_by, chrono::Utc::now())
+                    .map_err(|e| anyhow::anyhow!("invalid cancellation request: {e}"))?;
+            let publisher = producers::Publisher::new(&settings.kafka, "orderflow-cancel")?;
+            if let Some((_, error)) = publisher.publish(std::slice::from_ref(&event)).await.pop() {
+                anyhow::bail!("publishing the cancellation request of {order_id}: {error}");
+            }
+            publisher.flush_all(Duration::from_secs(30))?;
+            eprintln!(
+                "cancellation of {order_id} requested (event {}); the saga answers on {}",
+                event.meta.event_id, settings.kafka.topic
+            );
+        }
         Command::Run { only } => {
             let chosen = if only.is_empty() {
                 Component::ALL.to_vec()

@@ -17,6 +17,7 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
     pub payment: PaymentSettings,
     pub shipping: ShippingSettings,
+    pub saga: SagaSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -152,6 +153,34 @@ pub struct ShippingSettings {
     pub unserved_countries: Vec<String>,
 }
 
+/// Deadlines of the order saga. A step that has not answered `<step>_timeout_ms` after the
+/// event that asked it (by that event's time) makes the saga give the order up
+/// (`SagaStepTimedOut`, then compensation).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SagaSettings {
+    pub inventory_timeout_ms: u64,
+    pub payment_timeout_ms: u64,
+    pub shipping_timeout_ms: u64,
+    /// How often the saga component looks for missed deadlines; 0 turns the check off.
+    pub deadline_check_interval_ms: u64,
+    /// Most orders timed out per check (one transaction).
+    pub deadline_check_batch: i64,
+}
+
+impl SagaSettings {
+    /// The timeout of `step` (`inventory`, `payment` or `shipping`).
+    pub fn timeout(&self, step: &str) -> Option<std::time::Duration> {
+        let ms = match step {
+            "inventory" => self.inventory_timeout_ms,
+            "payment" => self.payment_timeout_ms,
+            "shipping" => self.shipping_timeout_ms,
+            _ => return None,
+        };
+        Some(std::time::Duration::from_millis(ms))
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -185,6 +214,13 @@ impl Default for Settings {
             shipping: ShippingSettings {
                 carrier: "simulated-post".into(),
                 unserved_countries: vec!["AQ".into()],
+            },
+            saga: SagaSettings {
+                inventory_timeout_ms: 300_000,
+                payment_timeout_ms: 300_000,
+                shipping_timeout_ms: 600_000,
+                deadline_check_interval_ms: 1_000,
+                deadline_check_batch: 500,
             },
         }
     }

@@ -10,7 +10,10 @@
 //! same file twice appends records that every consumer recognises as the same event.
 
 use chrono::{DateTime, Utc};
-use events::{Address, Event, EventBody, Metadata, OrderCreated, OrderLine, ValidationError};
+use events::{
+    Address, Event, EventBody, Metadata, OrderCancellationRequested, OrderCreated, OrderLine,
+    ValidationError,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -67,6 +70,36 @@ impl OrderInput {
             body: EventBody::OrderCreated(order),
         })
     }
+}
+
+/// A request to cancel `order_id`, as `orderflow cancel` publishes it. The saga accepts it
+/// only while the order has not shipped, and answers on the log either way
+/// (`OrderCancellationAccepted` or `OrderCancellationRejected`). Every request is a new event:
+/// asking twice is two requests, and the second is rejected as `already_cancelling`.
+pub fn cancellation_request(
+    order_id: &str,
+    reason: &str,
+    requested_by: &str,
+    now: DateTime<Utc>,
+) -> Result<Event, ValidationError> {
+    let event = Event {
+        meta: Metadata {
+            event_id: Uuid::new_v4(),
+            order_id: order_id.to_string(),
+            occurred_at: now,
+            correlation_id: order_created_id(order_id),
+            causation_id: order_created_id(order_id),
+        },
+        body: EventBody::OrderCancellationRequested(OrderCancellationRequested {
+            reason: reason.to_string(),
+            requested_by: requested_by.to_string(),
+        }),
+    };
+    if order_id.trim().is_empty() {
+        return Err(ValidationError::MissingField { field: "order_id" });
+    }
+    events::validate(&event)?;
+    Ok(event)
 }
 
 /// Parse and validate one line.

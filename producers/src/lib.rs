@@ -7,5 +7,5 @@
 pub mod input;
 pub mod publisher;
 
-pub use input::{parse_line, LineError, OrderInput};
+pub use input::{cancellation_request, parse_line, LineError, OrderInput};
 pub use publisher::{PublishReport, Publisher};

@@ -19,11 +19,19 @@ pub fn status_after(body: &EventBody) -> Option<&'static str> {
         EventBody::ShipmentScheduled(_) => "shipment_scheduled",
         EventBody::InventoryRejected(_)
         | EventBody::PaymentDeclined(_)
-        | EventBody::ShipmentFailed(_) => "cancelling",
+        | EventBody::ShipmentFailed(_)
+        | EventBody::OrderCancellationAccepted(_)
+        | EventBody::SagaStepTimedOut(_) => "cancelling",
         EventBody::OrderCompleted(_) => "completed",
         EventBody::OrderCancelled(_) => "cancelled",
         // Compensations confirm a cancellation in progress; the status stays.
-        EventBody::InventoryReleased(_) | EventBody::PaymentVoided(_) => return None,
+        EventBody::InventoryReleased(_)
+        | EventBody::PaymentVoided(_)
+        | EventBody::ShipmentCancelled(_) => return None,
+        // A request changes nothing until the saga accepts it; a refusal changes nothing.
+        EventBody::OrderCancellationRequested(_) | EventBody::OrderCancellationRejected(_) => {
+            return None
+        }
     })
 }
 
@@ -194,6 +202,19 @@ pub fn detail(body: &EventBody) -> serde_json::Value {
             json!({ "total_minor": c.total_minor, "currency": c.currency })
         }
         EventBody::OrderCancelled(c) => json!({ "reason": c.reason, "detail": c.detail }),
+        EventBody::ShipmentCancelled(s) => {
+            json!({ "shipment_id": s.shipment_id, "carrier": s.carrier, "reason": s.reason })
+        }
+        EventBody::OrderCancellationRequested(r) => {
+            json!({ "reason": r.reason, "requested_by": r.requested_by })
+        }
+        EventBody::OrderCancellationAccepted(a) => {
+            json!({ "reason": a.reason, "requested_by": a.requested_by })
+        }
+        EventBody::OrderCancellationRejected(r) => json!({ "reason": r.reason, "detail": r.detail }),
+        EventBody::SagaStepTimedOut(t) => {
+            json!({ "step": t.step, "deadline": t.deadline, "attempts": t.attempts })
+        }
     }
 }
 

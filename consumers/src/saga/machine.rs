@@ -2,36 +2,69 @@
 //! every path is a row in a table-driven test.
 //!
 //! Happy path: awaiting inventory → awaiting payment → awaiting shipment → completed.
+//!
 //! A failure after stock was reserved first waits for its compensations (stock released,
 //! payment voided), which the inventory and payment steps perform on seeing the failure;
 //! the order is cancelled once all of them are confirmed.
+//!
+//! The saga can also *give an order up*: when a cancellation request is accepted or a step
+//! misses its deadline. It then appends one marker event (`OrderCancellationAccepted` or
+//! `SagaStepTimedOut`); every step undoes what it holds for the order when it reaches the
+//! marker and refuses (with a decline-style reply) work it is asked for after it. Since all
+//! events of an order are on one partition, the saga and every step see the marker at the
+//! same place in the order's history, so the saga can tell exactly which replies and
+//! compensations are still to come: a step request that precedes the marker will be answered
+//! (and its success undone), one that follows it will be refused.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use events::EventBody;
 
-/// A compensation the saga waits for before it cancels an order.
+/// Something the saga waits for before it cancels an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Compensation {
+pub enum Pending {
+    /// The saga's own marker (`OrderCancellationAccepted` / `SagaStepTimedOut`) is not yet
+    /// back from the log: events before it are answered by the steps as usual.
+    Marker,
+    /// The inventory step's answer to `OrderCreated`.
+    InventoryReply,
+    /// The payment step's answer to `InventoryReserved`.
+    PaymentReply,
+    /// The shipping step's answer to `PaymentAuthorized`.
+    ShippingReply,
+    /// `InventoryReleased`.
     ReleaseInventory,
+    /// `PaymentVoided`.
     VoidPayment,
+    /// `ShipmentCancelled`.
+    CancelShipment,
 }
 
-impl Compensation {
+impl Pending {
     pub fn as_str(self) -> &'static str {
         match self {
-            Compensation::ReleaseInventory => "release_inventory",
-            Compensation::VoidPayment => "void_payment",
+            Pending::Marker => "marker",
+            Pending::InventoryReply => "inventory_reply",
+            Pending::PaymentReply => "payment_reply",
+            Pending::ShippingReply => "shipping_reply",
+            Pending::ReleaseInventory => "release_inventory",
+            Pending::VoidPayment => "void_payment",
+            Pending::CancelShipment => "cancel_shipment",
         }
     }
 
-    fn parse(text: &str) -> Option<Compensation> {
-        match text {
-            "release_inventory" => Some(Compensation::ReleaseInventory),
-            "void_payment" => Some(Compensation::VoidPayment),
-            _ => None,
-        }
+    fn parse(text: &str) -> Option<Pending> {
+        Some(match text {
+            "marker" => Pending::Marker,
+            "inventory_reply" => Pending::InventoryReply,
+            "payment_reply" => Pending::PaymentReply,
+            "shipping_reply" => Pending::ShippingReply,
+            "release_inventory" => Pending::ReleaseInventory,
+            "void_payment" => Pending::VoidPayment,
+            "cancel_shipment" => Pending::CancelShipment,
+            _ => return None,
+        })
     }
 }
 
@@ -41,7 +74,7 @@ pub enum SagaState {
     AwaitingPayment,
     AwaitingShipment,
     Compensating {
-        pending: BTreeSet<Compensation>,
+        pending: BTreeSet<Pending>,
         reason: String,
         detail: String,
     },
@@ -56,12 +89,27 @@ pub enum SagaState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Complete,
-    Cancel { reason: String, detail: String },
+    Cancel {
+        reason: String,
+        detail: String,
+    },
+    /// Emit `OrderCancellationAccepted`, the marker of a customer cancellation.
+    AcceptCancellation {
+        reason: String,
+        requested_by: String,
+    },
+    /// Emit `OrderCancellationRejected`.
+    RejectCancellation {
+        reason: String,
+        detail: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    pub next: SagaState,
+    /// `None` only for a cancellation request of an order the saga never saw: it is refused
+    /// and no state is kept.
+    pub next: Option<SagaState>,
     pub commands: Vec<Command>,
 }
 
@@ -101,6 +149,10 @@ impl fmt::Display for Ignored {
     }
 }
 
+/// The cancellation reason codes the saga writes on `OrderCancelled` when it gives an order up.
+pub const REASON_CANCELLATION_REQUESTED: &str = "cancellation_requested";
+pub const REASON_STEP_TIMED_OUT: &str = "step_timed_out";
+
 impl SagaState {
     pub fn name(&self) -> &'static str {
         match self {
@@ -124,7 +176,17 @@ impl SagaState {
         }
     }
 
-    pub fn pending(&self) -> Vec<Compensation> {
+    /// The step a deadline applies to: the awaited step of the three forward states.
+    pub fn step_with_deadline(&self) -> Option<&'static str> {
+        match self {
+            SagaState::AwaitingInventory
+            | SagaState::AwaitingPayment
+            | SagaState::AwaitingShipment => self.awaiting(),
+            _ => None,
+        }
+    }
+
+    pub fn pending(&self) -> Vec<Pending> {
         match self {
             SagaState::Compensating { pending, .. } => pending.iter().copied().collect(),
             _ => Vec::new(),
@@ -162,8 +224,8 @@ impl SagaState {
                 pending: pending
                     .iter()
                     .map(|p| {
-                        Compensation::parse(p)
-                            .ok_or_else(|| format!("unknown compensation {p:?} in saga state"))
+                        Pending::parse(p)
+                            .ok_or_else(|| format!("unknown pending item {p:?} in saga state"))
                     })
                     .collect::<Result<_, _>>()?,
                 reason: reason(),
@@ -180,17 +242,17 @@ impl SagaState {
 
 fn go(next: SagaState) -> Result<Transition, Ignored> {
     Ok(Transition {
-        next,
+        next: Some(next),
         commands: Vec::new(),
     })
 }
 
 fn cancel(reason: &str, detail: String) -> Result<Transition, Ignored> {
     Ok(Transition {
-        next: SagaState::Cancelled {
+        next: Some(SagaState::Cancelled {
             reason: reason.to_string(),
             detail: detail.clone(),
-        },
+        }),
         commands: vec![Command::Cancel {
             reason: reason.to_string(),
             detail,
@@ -198,14 +260,33 @@ fn cancel(reason: &str, detail: String) -> Result<Transition, Ignored> {
     })
 }
 
-fn compensate(
-    pending: &[Compensation],
-    reason: &str,
-    detail: String,
-) -> Result<Transition, Ignored> {
+fn compensate(pending: &[Pending], reason: &str, detail: String) -> Result<Transition, Ignored> {
     go(SagaState::Compensating {
         pending: pending.iter().copied().collect(),
         reason: reason.to_string(),
+        detail,
+    })
+}
+
+/// What giving the order up in `state` leaves to wait for, marker included; `None` once the
+/// order is past the point where it can be given up (shipped, failing or ended).
+pub fn give_up(state: &SagaState) -> Option<BTreeSet<Pending>> {
+    use Pending::*;
+    let pending: &[Pending] = match state {
+        SagaState::AwaitingInventory => &[Marker, InventoryReply],
+        SagaState::AwaitingPayment => &[Marker, ReleaseInventory, PaymentReply],
+        SagaState::AwaitingShipment => &[Marker, ReleaseInventory, VoidPayment, ShippingReply],
+        _ => return None,
+    };
+    Some(pending.iter().copied().collect())
+}
+
+/// The saga's state after a step missed its deadline in `state`, or `None` if `state` has no
+/// deadline. The caller emits `SagaStepTimedOut` as the marker.
+pub fn time_out(state: &SagaState, detail: String) -> Option<SagaState> {
+    Some(SagaState::Compensating {
+        pending: give_up(state)?,
+        reason: REASON_STEP_TIMED_OUT.to_string(),
         detail,
     })
 }
@@ -217,11 +298,21 @@ pub fn decide(state: Option<&SagaState>, event: &EventBody) -> Result<Transition
     let Some(state) = state else {
         return match event {
             EventBody::OrderCreated(_) => go(SagaState::AwaitingInventory),
+            EventBody::OrderCancellationRequested(_) => Ok(Transition {
+                next: None,
+                commands: vec![Command::RejectCancellation {
+                    reason: "unknown_order".to_string(),
+                    detail: "no order with this id was created".to_string(),
+                }],
+            }),
             _ => Err(Ignored::Unknown { event: event_name }),
         };
     };
     if let EventBody::OrderCreated(_) = event {
         return Err(Ignored::DuplicateOrder);
+    }
+    if let EventBody::OrderCancellationRequested(request) = event {
+        return Ok(request_cancellation(state, request));
     }
     if state.is_finished() {
         return Err(Ignored::Finished {
@@ -229,6 +320,10 @@ pub fn decide(state: Option<&SagaState>, event: &EventBody) -> Result<Transition
             event: event_name,
         });
     }
+    let unexpected = || Ignored::Unexpected {
+        state: state.name(),
+        event: event_name,
+    };
     match (state, event) {
         (SagaState::AwaitingInventory, EventBody::InventoryReserved(_)) => {
             go(SagaState::AwaitingPayment)
@@ -240,16 +335,16 @@ pub fn decide(state: Option<&SagaState>, event: &EventBody) -> Result<Transition
             go(SagaState::AwaitingShipment)
         }
         (SagaState::AwaitingPayment, EventBody::PaymentDeclined(d)) => compensate(
-            &[Compensation::ReleaseInventory],
+            &[Pending::ReleaseInventory],
             "payment_declined",
             format!("payment declined: {}", d.reason),
         ),
         (SagaState::AwaitingShipment, EventBody::ShipmentScheduled(_)) => Ok(Transition {
-            next: SagaState::Completed,
+            next: Some(SagaState::Completed),
             commands: vec![Command::Complete],
         }),
         (SagaState::AwaitingShipment, EventBody::ShipmentFailed(f)) => compensate(
-            &[Compensation::ReleaseInventory, Compensation::VoidPayment],
+            &[Pending::ReleaseInventory, Pending::VoidPayment],
             "shipment_failed",
             format!("shipment failed: {}", f.reason),
         ),
@@ -259,20 +354,45 @@ pub fn decide(state: Option<&SagaState>, event: &EventBody) -> Result<Transition
                 reason,
                 detail,
             },
-            EventBody::InventoryReleased(_) | EventBody::PaymentVoided(_),
+            _,
         ) => {
-            let done = match event {
-                EventBody::InventoryReleased(_) => Compensation::ReleaseInventory,
-                _ => Compensation::VoidPayment,
-            };
-            if !pending.contains(&done) {
-                return Err(Ignored::Unexpected {
-                    state: state.name(),
-                    event: event_name,
-                });
-            }
             let mut left = pending.clone();
-            left.remove(&done);
+            // Before the marker, a step's success asks the next step, which will answer;
+            // after it, the next step refuses without being counted on.
+            let marker_ahead = pending.contains(&Pending::Marker);
+            let (done, then): (Pending, &[Pending]) = match event {
+                EventBody::OrderCancellationAccepted(_) | EventBody::SagaStepTimedOut(_) => {
+                    (Pending::Marker, &[])
+                }
+                EventBody::InventoryReserved(_) if marker_ahead => (
+                    Pending::InventoryReply,
+                    &[Pending::ReleaseInventory, Pending::PaymentReply],
+                ),
+                EventBody::InventoryReserved(_) => {
+                    (Pending::InventoryReply, &[Pending::ReleaseInventory])
+                }
+                EventBody::InventoryRejected(_) => (Pending::InventoryReply, &[]),
+                EventBody::PaymentAuthorized(_) if marker_ahead => (
+                    Pending::PaymentReply,
+                    &[Pending::VoidPayment, Pending::ShippingReply],
+                ),
+                EventBody::PaymentAuthorized(_) => (Pending::PaymentReply, &[Pending::VoidPayment]),
+                // A decline or a failed shipment makes the earlier steps undo their work,
+                // which the saga already waits for.
+                EventBody::PaymentDeclined(_) => (Pending::PaymentReply, &[]),
+                EventBody::ShipmentScheduled(_) => {
+                    (Pending::ShippingReply, &[Pending::CancelShipment])
+                }
+                EventBody::ShipmentFailed(_) => (Pending::ShippingReply, &[]),
+                EventBody::InventoryReleased(_) => (Pending::ReleaseInventory, &[]),
+                EventBody::PaymentVoided(_) => (Pending::VoidPayment, &[]),
+                EventBody::ShipmentCancelled(_) => (Pending::CancelShipment, &[]),
+                _ => return Err(unexpected()),
+            };
+            if !left.remove(&done) {
+                return Err(unexpected());
+            }
+            left.extend(then.iter().copied());
             if left.is_empty() {
                 cancel(reason, detail.clone())
             } else {
@@ -283,10 +403,48 @@ pub fn decide(state: Option<&SagaState>, event: &EventBody) -> Result<Transition
                 })
             }
         }
-        _ => Err(Ignored::Unexpected {
-            state: state.name(),
-            event: event_name,
-        }),
+        _ => Err(unexpected()),
+    }
+}
+
+/// Accept a cancellation request while the order has not shipped; refuse it otherwise.
+fn request_cancellation(
+    state: &SagaState,
+    request: &events::OrderCancellationRequested,
+) -> Transition {
+    let reject = |reason: &str, detail: &str| Transition {
+        next: Some(state.clone()),
+        commands: vec![Command::RejectCancellation {
+            reason: reason.to_string(),
+            detail: detail.to_string(),
+        }],
+    };
+    match (give_up(state), state) {
+        (Some(pending), _) => Transition {
+            next: Some(SagaState::Compensating {
+                pending,
+                reason: REASON_CANCELLATION_REQUESTED.to_string(),
+                detail: format!(
+                    "cancellation requested by {}: {}",
+                    request.requested_by, request.reason
+                ),
+            }),
+            commands: vec![Command::AcceptCancellation {
+                reason: request.reason.clone(),
+                requested_by: request.requested_by.clone(),
+            }],
+        },
+        (None, SagaState::Completed) => reject(
+            "already_shipped",
+            "the order was completed: its shipment is scheduled",
+        ),
+        (None, SagaState::Cancelled { .. }) => {
+            reject("already_cancelled", "the order is already cancelled")
+        }
+        (None, _) => reject(
+            "already_cancelling",
+            "the order is already being cancelled",
+        ),
     }
 }
 
@@ -372,7 +530,33 @@ mod tests {
             reason: "x".into(),
         })
     }
-    fn compensating(pending: &[Compensation], reason: &str, detail: &str) -> SagaState {
+    fn shipment_cancelled() -> EventBody {
+        EventBody::ShipmentCancelled(ShipmentCancelled {
+            shipment_id: Uuid::nil(),
+            carrier: "c".into(),
+            reason: "order_cancelled".into(),
+        })
+    }
+    fn request() -> EventBody {
+        EventBody::OrderCancellationRequested(OrderCancellationRequested {
+            reason: "customer_request".into(),
+            requested_by: "c1".into(),
+        })
+    }
+    fn accepted() -> EventBody {
+        EventBody::OrderCancellationAccepted(OrderCancellationAccepted {
+            reason: "customer_request".into(),
+            requested_by: "c1".into(),
+        })
+    }
+    fn timed_out(step: &str) -> EventBody {
+        EventBody::SagaStepTimedOut(SagaStepTimedOut {
+            step: step.into(),
+            deadline: chrono::DateTime::UNIX_EPOCH,
+            attempts: 1,
+        })
+    }
+    fn compensating(pending: &[Pending], reason: &str, detail: &str) -> SagaState {
         SagaState::Compensating {
             pending: pending.iter().copied().collect(),
             reason: reason.into(),
@@ -394,7 +578,7 @@ mod tests {
 
     #[test]
     fn transitions() {
-        use Compensation::*;
+        use Pending::*;
         use SagaState::*;
         let decline_detail = "payment declined: amount_over_limit";
         let ship_detail = "shipment failed: destination_not_served";
@@ -476,7 +660,7 @@ mod tests {
         for (i, (given, when, then_state, then_commands)) in table.into_iter().enumerate() {
             let got =
                 decide(given.as_ref(), &when).unwrap_or_else(|e| panic!("row {i}: ignored: {e}"));
-            assert_eq!(got.next, then_state, "row {i}");
+            assert_eq!(got.next, Some(then_state), "row {i}");
             assert_eq!(got.commands, then_commands, "row {i}");
         }
     }
@@ -527,7 +711,7 @@ mod tests {
             ),
             (
                 Some(compensating(
-                    &[Compensation::ReleaseInventory],
+                    &[Pending::ReleaseInventory],
                     "payment_declined",
                     "",
                 )),
@@ -550,7 +734,7 @@ mod tests {
             SagaState::AwaitingPayment,
             SagaState::AwaitingShipment,
             compensating(
-                &[Compensation::ReleaseInventory, Compensation::VoidPayment],
+                &[Pending::ReleaseInventory, Pending::VoidPayment],
                 "shipment_failed",
                 "d",
             ),
@@ -570,5 +754,268 @@ mod tests {
             );
         }
         assert!(SagaState::from_row("bogus", &[], None, None).is_err());
+    }
+
+    const REQUEST_DETAIL: &str = "cancellation requested by c1: customer_request";
+
+    #[test]
+    fn cancellation_requests() {
+        use Pending::*;
+        use SagaState::*;
+        let accept = vec![Command::AcceptCancellation {
+            reason: "customer_request".into(),
+            requested_by: "c1".into(),
+        }];
+        let reject = |reason: &str, detail: &str| {
+            vec![Command::RejectCancellation {
+                reason: reason.into(),
+                detail: detail.into(),
+            }]
+        };
+        let cancelling = |pending: &[Pending]| {
+            Some(compensating(
+                pending,
+                REASON_CANCELLATION_REQUESTED,
+                REQUEST_DETAIL,
+            ))
+        };
+        // given state, when a request arrives, then next state and commands
+        let table: Vec<(Option<SagaState>, Option<SagaState>, Vec<Command>)> = vec![
+            (
+                Some(AwaitingInventory),
+                cancelling(&[Marker, InventoryReply]),
+                accept.clone(),
+            ),
+            (
+                Some(AwaitingPayment),
+                cancelling(&[Marker, ReleaseInventory, PaymentReply]),
+                accept.clone(),
+            ),
+            (
+                Some(AwaitingShipment),
+                cancelling(&[Marker, ReleaseInventory, VoidPayment, ShippingReply]),
+                accept,
+            ),
+            (
+                Some(Completed),
+                Some(Completed),
+                reject(
+                    "already_shipped",
+                    "the order was completed: its shipment is scheduled",
+                ),
+            ),
+            (
+                Some(cancelled("out_of_stock", "")),
+                Some(cancelled("out_of_stock", "")),
+                reject("already_cancelled", "the order is already cancelled"),
+            ),
+            (
+                Some(compensating(&[ReleaseInventory], "payment_declined", "")),
+                Some(compensating(&[ReleaseInventory], "payment_declined", "")),
+                reject("already_cancelling", "the order is already being cancelled"),
+            ),
+            (
+                None,
+                None,
+                reject("unknown_order", "no order with this id was created"),
+            ),
+        ];
+        for (i, (given, then_state, then_commands)) in table.into_iter().enumerate() {
+            let got = decide(given.as_ref(), &request())
+                .unwrap_or_else(|e| panic!("row {i}: ignored: {e}"));
+            assert_eq!(got.next, then_state, "row {i}");
+            assert_eq!(got.commands, then_commands, "row {i}");
+        }
+    }
+
+    /// One input of a scenario: an event read from the log, or a missed deadline.
+    enum Input {
+        Log(EventBody),
+        Deadline,
+    }
+
+    /// Run a scenario from nothing; returns the final state and every command, in order.
+    fn run(inputs: Vec<Input>) -> (Option<SagaState>, Vec<Command>) {
+        let mut state = None;
+        let mut commands = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            match input {
+                Input::Log(event) => {
+                    let transition = decide(state.as_ref(), &event)
+                        .unwrap_or_else(|e| panic!("input {i}: ignored: {e}"));
+                    state = transition.next;
+                    commands.extend(transition.commands);
+                }
+                Input::Deadline => {
+                    let current = state.as_ref().expect("a deadline needs an order");
+                    state = Some(
+                        time_out(current, "late".into())
+                            .unwrap_or_else(|| panic!("input {i}: no deadline in {current:?}")),
+                    );
+                }
+            }
+        }
+        (state, commands)
+    }
+
+    /// Giving an order up waits for exactly the replies and compensations that the marker's
+    /// place in the log implies, whichever side of the marker each reply lands on.
+    #[test]
+    fn giving_up_waits_for_what_the_marker_implies() {
+        use Input::*;
+        let requested = || cancelled(REASON_CANCELLATION_REQUESTED, REQUEST_DETAIL);
+        let timed = || cancelled(REASON_STEP_TIMED_OUT, "late");
+        let table: Vec<(&str, Vec<Input>, SagaState)> = vec![
+            (
+                "cancelled before inventory answered, stock reserved before the marker: \
+                 payment and shipping answer too, and both are undone",
+                vec![
+                    Log(created()),
+                    Log(request()),
+                    Log(reserved()),
+                    Log(authorized()),
+                    Log(accepted()),
+                    Log(scheduled()),
+                    Log(released()),
+                    Log(voided()),
+                    Log(shipment_cancelled()),
+                ],
+                requested(),
+            ),
+            (
+                "cancelled before inventory answered, stock reserved after the marker: \
+                 payment refuses, only the release is awaited",
+                vec![
+                    Log(created()),
+                    Log(request()),
+                    Log(accepted()),
+                    Log(reserved()),
+                    Log(released()),
+                ],
+                requested(),
+            ),
+            (
+                "cancelled before inventory answered, inventory rejects",
+                vec![
+                    Log(created()),
+                    Log(request()),
+                    Log(accepted()),
+                    Log(rejected()),
+                ],
+                requested(),
+            ),
+            (
+                "cancelled while awaiting payment, payment declines before the marker",
+                vec![
+                    Log(created()),
+                    Log(reserved()),
+                    Log(request()),
+                    Log(declined()),
+                    Log(accepted()),
+                    Log(released()),
+                ],
+                requested(),
+            ),
+            (
+                "payment timed out, then authorised late: the authorisation is voided",
+                vec![
+                    Log(created()),
+                    Log(reserved()),
+                    Deadline,
+                    Log(timed_out("payment")),
+                    Log(authorized()),
+                    Log(released()),
+                    Log(voided()),
+                ],
+                timed(),
+            ),
+            (
+                "shipping timed out, then scheduled late: the shipment is cancelled",
+                vec![
+                    Log(created()),
+                    Log(reserved()),
+                    Log(authorized()),
+                    Deadline,
+                    Log(scheduled()),
+                    Log(timed_out("shipping")),
+                    Log(shipment_cancelled()),
+                    Log(voided()),
+                    Log(released()),
+                ],
+                timed(),
+            ),
+            (
+                "inventory timed out and never answers before the marker; it rejects after",
+                vec![
+                    Log(created()),
+                    Deadline,
+                    Log(timed_out("inventory")),
+                    Log(rejected()),
+                ],
+                timed(),
+            ),
+        ];
+        for (name, inputs, want) in table {
+            let (state, commands) = run(inputs);
+            assert_eq!(state, Some(want.clone()), "{name}");
+            let cancels: Vec<&Command> = commands
+                .iter()
+                .filter(|c| matches!(c, Command::Cancel { .. }))
+                .collect();
+            assert_eq!(cancels.len(), 1, "{name}: exactly one OrderCancelled");
+        }
+    }
+
+    /// The order is not cancelled while anything the marker implies is outstanding.
+    #[test]
+    fn giving_up_does_not_end_early() {
+        use Input::*;
+        let (state, _) = run(vec![
+            Log(created()),
+            Log(request()),
+            Log(reserved()),
+            Log(accepted()),
+            Log(released()),
+        ]);
+        // Stock was reserved before the marker, so payment was asked and will answer.
+        assert_eq!(
+            state,
+            Some(compensating(
+                &[Pending::PaymentReply],
+                REASON_CANCELLATION_REQUESTED,
+                REQUEST_DETAIL
+            ))
+        );
+        let (state, _) = run(vec![
+            Log(created()),
+            Log(reserved()),
+            Deadline,
+            Log(timed_out("payment")),
+            Log(authorized()),
+            Log(released()),
+        ]);
+        assert_eq!(
+            state,
+            Some(compensating(
+                &[Pending::VoidPayment],
+                REASON_STEP_TIMED_OUT,
+                "late"
+            ))
+        );
+    }
+
+    #[test]
+    fn only_forward_states_time_out() {
+        use SagaState::*;
+        for state in [AwaitingInventory, AwaitingPayment, AwaitingShipment] {
+            assert!(time_out(&state, String::new()).is_some(), "{state:?}");
+        }
+        for state in [
+            Completed,
+            cancelled("x", ""),
+            compensating(&[Pending::VoidPayment], "x", ""),
+        ] {
+            assert_eq!(time_out(&state, String::new()), None, "{state:?}");
+        }
     }
 }

@@ -158,6 +158,11 @@ fn fingerprints_match_another_implementation_and_stay_frozen() {
         ("ShipmentFailed.v1.avsc", "1f26c345f881fd84"),
         ("OrderCompleted.v1.avsc", "fc7f26e803d80123"),
         ("OrderCancelled.v1.avsc", "161ebd79d3dbd587"),
+        ("ShipmentCancelled.v1.avsc", "8d4496ba3ba69fbc"),
+        ("OrderCancellationRequested.v1.avsc", "273cbf69be12d800"),
+        ("OrderCancellationAccepted.v1.avsc", "1e17dd3adebb42ec"),
+        ("OrderCancellationRejected.v1.avsc", "3ee2a775b828f41e"),
+        ("SagaStepTimedOut.v1.avsc", "ed2ab31491042b06"),
     ];
     assert_eq!(expected.len(), schema_catalog().len());
     for (file, fp) in expected {

@@ -166,6 +166,43 @@ pub fn all() -> Vec<Event> {
                 detail: "card issuer said no".to_owned(),
             }),
         ),
+        follow_up(
+            11,
+            EventBody::ShipmentCancelled(ShipmentCancelled {
+                shipment_id: uuid(13),
+                carrier: "DHL".to_owned(),
+                reason: "order_cancelled".to_owned(),
+            }),
+        ),
+        follow_up(
+            12,
+            EventBody::OrderCancellationRequested(OrderCancellationRequested {
+                reason: "customer_request".to_owned(),
+                requested_by: "cust-7".to_owned(),
+            }),
+        ),
+        follow_up(
+            13,
+            EventBody::OrderCancellationAccepted(OrderCancellationAccepted {
+                reason: "customer_request".to_owned(),
+                requested_by: "cust-7".to_owned(),
+            }),
+        ),
+        follow_up(
+            14,
+            EventBody::OrderCancellationRejected(OrderCancellationRejected {
+                reason: "already_shipped".to_owned(),
+                detail: "the shipment was scheduled at 2024-05-31T16:08:37Z".to_owned(),
+            }),
+        ),
+        follow_up(
+            15,
+            EventBody::SagaStepTimedOut(SagaStepTimedOut {
+                step: "payment".to_owned(),
+                deadline: at(1_717_171_999_654_321),
+                attempts: 1,
+            }),
+        ),
     ]
 }
 
