@@ -1,11 +1,15 @@
 //! `orderflow demo`: publish N generated orders with a realistic mix of outcomes, wait until
 //! every one is terminal in the read model, and summarise from the read models.
 //!
+//! Orders go out at once, or at a bounded rate (`--rate`, orders per second) so that the
+//! pipeline is measured, and faults are injected, under a steady flow rather than one burst.
+//!
 //! The mix (deterministic for a seed): about 80 % succeed; about 7 % ask for a sku with no
 //! stock (`out_of_stock`), 7 % exceed the payment limit (`payment_declined`) and 6 % ship to a
 //! country the simulated carrier does not serve (`shipment_failed`).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -28,6 +32,8 @@ pub struct DemoOptions {
     pub orders: usize,
     pub timeout: Duration,
     pub seed: u64,
+    /// Orders per second to publish; `None` publishes them all at once.
+    pub rate_per_sec: Option<NonZeroU32>,
 }
 
 /// What the demo read back from the read models.
@@ -140,13 +146,24 @@ pub async fn run(
 
     let started = Instant::now();
     let publisher = Publisher::new(&settings.kafka, "orderflow-demo")?;
-    let failures = publisher.publish(&events).await;
-    if let Some((index, reason)) = failures.first() {
-        anyhow::bail!(
-            "{} of {} demo orders could not be published; first: order {index}: {reason}",
-            failures.len(),
-            events.len()
-        );
+    match options.rate_per_sec {
+        None => publish_all(&publisher, &events, 0).await?,
+        Some(rate) => {
+            eprintln!(
+                "publishing {} orders as {run_id}-* at {rate} orders/s",
+                events.len()
+            );
+            let mut published = 0;
+            while published < events.len() {
+                let due = due_by(rate, started.elapsed()).min(events.len());
+                if due > published {
+                    publish_all(&publisher, &events[published..due], published).await?;
+                    published = due;
+                } else {
+                    tokio::time::sleep(PACING_TICK).await;
+                }
+            }
+        }
     }
     eprintln!(
         "published {} orders as {run_id}-* in {:.1?}",
@@ -195,6 +212,38 @@ pub async fn run(
         options.orders as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
     );
     Ok(summary)
+}
+
+/// How often a paced demo checks whether more orders are due.
+const PACING_TICK: Duration = Duration::from_millis(20);
+
+/// How many orders a run paced at `rate` orders/s should have published `elapsed` after it
+/// began. The first order is due at once.
+pub fn due_by(rate: NonZeroU32, elapsed: Duration) -> usize {
+    let due = elapsed.as_secs_f64() * f64::from(rate.get());
+    // Truncation is intended: an order is due once its whole interval has begun.
+    usize::try_from(due as u64)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1)
+}
+
+/// Publish `events`, failing on the first that the broker did not accept; `first_index` is
+/// the position of `events[0]` in the run, for the error message.
+async fn publish_all(
+    publisher: &Publisher,
+    events: &[Event],
+    first_index: usize,
+) -> anyhow::Result<()> {
+    let failures = publisher.publish(events).await;
+    if let Some((index, reason)) = failures.first() {
+        anyhow::bail!(
+            "{} of {} demo orders could not be published; first: order {}: {reason}",
+            failures.len(),
+            events.len(),
+            first_index + index
+        );
+    }
+    Ok(())
 }
 
 /// Completed and cancelled-by-reason counts of one run's orders, from `analytics.orders`.
@@ -262,6 +311,24 @@ async fn describe_stuck(pool: &PgPool, run_id: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paced_run_publishes_at_its_rate() {
+        let rate = NonZeroU32::new(200).expect("200 is not zero");
+        let cases = [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(4), 1),
+            (Duration::from_millis(5), 2),
+            (Duration::from_millis(999), 200),
+            (Duration::from_secs(1), 201),
+            (Duration::from_secs(50), 10_001),
+        ];
+        for (elapsed, want) in cases {
+            assert_eq!(due_by(rate, elapsed), want, "after {elapsed:?}");
+        }
+        let slow = NonZeroU32::new(1).expect("1 is not zero");
+        assert_eq!(due_by(slow, Duration::from_millis(1_500)), 2);
+    }
 
     #[test]
     fn the_mix_is_realistic_and_every_order_valid() {

@@ -2,6 +2,7 @@
 //! pipeline. Parsing and dispatch only; the work happens in the library crates.
 
 use std::io::BufRead;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -91,6 +92,9 @@ enum Command {
         /// Do not start the components in this process; use ones already running.
         #[arg(long)]
         external: bool,
+        /// Publish at most this many orders per second (default: all at once).
+        #[arg(long)]
+        rate: Option<NonZeroU32>,
     },
 }
 
@@ -256,6 +260,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout_secs,
             seed,
             external,
+            rate,
         } => {
             let pool = components::prepare_database(&settings, true).await?;
             components::ensure_topics(&settings, settings.kafka.partitions).await?;
@@ -274,6 +279,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 orders,
                 timeout: Duration::from_secs(timeout_secs),
                 seed,
+                rate_per_sec: rate,
             };
             let result = tokio::select! {
                 result = demo::run(&settings, &pool, &options) => result.map(|_| ()),
