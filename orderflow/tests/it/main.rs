@@ -6,6 +6,7 @@ mod cli;
 mod deadletters;
 mod delivery;
 mod faults;
+mod giveup;
 mod outcomes;
 mod parking;
 mod support;
