@@ -70,7 +70,8 @@ type Row = (
     Option<DateTime<Utc>>,
 );
 
-const SELECT_ROWS: &str = "SELECT order_id, state, pending, cancel_reason, cancel_detail, customer_id, total_minor,
+const SELECT_ROWS: &str =
+    "SELECT order_id, state, pending, cancel_reason, cancel_detail, customer_id, total_minor,
         currency, correlation_id, deadline, attempts, last_event_id, last_event_at
  FROM saga.orders";
 
@@ -399,7 +400,10 @@ pub async fn expire_due(
             key: None,
             payload: Some(payload),
             headers: vec![
-                ("event_type".into(), EventType::SagaStepTimedOut.as_str().into()),
+                (
+                    "event_type".into(),
+                    EventType::SagaStepTimedOut.as_str().into(),
+                ),
                 ("event_id".into(), event.meta.event_id.to_string()),
             ],
         });
@@ -411,7 +415,12 @@ pub async fn expire_due(
         .bind(&order_id)
         .bind(next.name())
         .bind(next.awaiting())
-        .bind(next.pending().iter().map(|p| p.as_str()).collect::<Vec<_>>())
+        .bind(
+            next.pending()
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(next.cancellation().0)
         .bind(next.cancellation().1)
         .bind(entry.attempts)
@@ -464,9 +473,15 @@ pub async fn watch_deadlines(
         if expired.rows.is_empty() {
             continue;
         }
-        tracing::info!(orders = expired.orders.len(), "saga gave up orders past their deadline");
+        tracing::info!(
+            orders = expired.orders.len(),
+            "saga gave up orders past their deadline"
+        );
         if let Err(error) = outbox::publish(&pool, &producer, &expired.rows).await {
-            tracing::warn!(error = format!("{error:#}"), "publishing SagaStepTimedOut failed; the outbox relay will retry");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "publishing SagaStepTimedOut failed; the outbox relay will retry"
+            );
         }
     }
 }

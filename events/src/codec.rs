@@ -407,7 +407,10 @@ fn to_value(event: &Event, version: i32) -> Value {
         }
         EventBody::SagaStepTimedOut(b) => {
             f.push(("step", string(&b.step)));
-            f.push(("deadline", Value::TimestampMicros(b.deadline.timestamp_micros())));
+            f.push((
+                "deadline",
+                Value::TimestampMicros(b.deadline.timestamp_micros()),
+            ));
             f.push(("attempts", Value::Int(b.attempts)));
         }
     }

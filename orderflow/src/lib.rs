@@ -5,3 +5,4 @@
 pub mod components;
 pub mod demo;
 pub mod dlq;
+pub mod replay;

@@ -78,6 +78,31 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Rebuild the read models from the log into a new generation, verify it against the live
+    /// one at the same log position and switch analysts to it in one transaction; exit code 2
+    /// when verification finds differences (nothing switched). With --until, build the read
+    /// models as of a moment into a separate schema instead, leaving the live ones alone.
+    Replay {
+        /// An RFC 3339 time (the prefix of each partition whose events occurred by then) or
+        /// positions PARTITION:NEXT_OFFSET,... for every partition (as in analytics.watermarks).
+        #[arg(long, value_parser = projections::rebuild::parse_until)]
+        until: Option<projections::rebuild::Until>,
+        /// Switch even if verification finds differences (after an intended change of the
+        /// read models); the differences are still printed.
+        #[arg(long, conflicts_with = "until")]
+        force_switch: bool,
+        /// Also time a plain COPY of as many rows as the log has events, for comparison.
+        #[arg(long)]
+        compare_copy: bool,
+        /// Records per read batch and per catch-up transaction.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+    },
+    /// List read-model generations or drop one that is not live.
+    Generations {
+        #[command(subcommand)]
+        action: GenerationAction,
+    },
     /// Publish N generated orders, wait until all are terminal, and print a summary.
     Demo {
         /// How many orders to publish.
@@ -96,6 +121,14 @@ enum Command {
         #[arg(long)]
         rate: Option<NonZeroU32>,
     },
+}
+
+#[derive(Subcommand)]
+enum GenerationAction {
+    /// Every generation, newest first: schema, purpose, state, when, until.
+    List,
+    /// Drop a generation's schema (a retired, failed or point-in-time one).
+    Drop { generation: i32 },
 }
 
 #[derive(Subcommand)]
@@ -204,9 +237,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             requested_by,
         } => {
-            let event =
-                producers::cancellation_request(&order_id, &reason, &requested_by, chrono::Utc::now())
-                    .map_err(|e| anyhow::anyhow!("invalid cancellation request: {e}"))?;
+            let event = producers::cancellation_request(
+                &order_id,
+                &reason,
+                &requested_by,
+                chrono::Utc::now(),
+            )
+            .map_err(|e| anyhow::anyhow!("invalid cancellation request: {e}"))?;
             let publisher = producers::Publisher::new(&settings.kafka, "orderflow-cancel")?;
             if let Some((_, error)) = publisher.publish(std::slice::from_ref(&event)).await.pop() {
                 anyhow::bail!("publishing the cancellation request of {order_id}: {error}");
@@ -251,6 +288,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .execute(&pool)
             .await?;
             eprintln!("customer {customer_id} is blocked");
+        }
+        Command::Replay {
+            until,
+            force_switch,
+            compare_copy,
+            batch,
+        } => {
+            let pool = components::prepare_database(&settings, false).await?;
+            let options = projections::rebuild::Options {
+                until,
+                force_switch,
+                compare_copy,
+                batch: batch as usize,
+                ..Default::default()
+            };
+            return orderflow::replay::run(&settings, &pool, &options).await;
+        }
+        Command::Generations { action } => {
+            let pool = components::prepare_database(&settings, false).await?;
+            match action {
+                GenerationAction::List => orderflow::replay::list(&pool).await?,
+                GenerationAction::Drop { generation } => {
+                    let dropped = projections::generations::drop(&pool, generation).await?;
+                    eprintln!(
+                        "dropped generation {generation} (schema {})",
+                        dropped.schema_name
+                    );
+                }
+            }
         }
         Command::Dlq { action } => {
             return orderflow::dlq::run(&settings, action_to_request(action)).await;

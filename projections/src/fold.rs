@@ -1,16 +1,34 @@
-//! The pure part of the projection: how events change an `analytics.orders` row, and what an
-//! `analytics.order_events` row says about each event. No I/O.
+//! The pure part of the projection: how new events change the read models. No I/O.
+//!
+//! [`Fold`] holds the state of the orders it knows (loaded from the target generation for an
+//! incremental batch, or empty for a rebuild) and accumulates what the events change: full rows
+//! for `orders` and `saga_step_durations`, new `order_lines`, and additive deltas for the
+//! aggregate models. Folding a whole log from empty and folding it batch by batch onto stored
+//! rows give the same tables; `orderflow replay` verifies exactly that.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use events::{Event, EventBody};
 use serde_json::json;
+use uuid::Uuid;
 
 /// Statuses after which no event changes an order's status.
 pub const TERMINAL: [&str; 2] = ["completed", "cancelled"];
 
-/// The `analytics.orders.status` an event moves an order to, if any.
+/// The read models, in the order their tables are written and verified.
+pub const MODELS: [&str; 8] = [
+    "orders",
+    "order_lines",
+    "order_events",
+    "customer_summary",
+    "daily_sales",
+    "sku_daily_sales",
+    "cancellations_daily",
+    "saga_step_durations",
+];
+
+/// The `orders.status` an event moves an order to, if any.
 pub fn status_after(body: &EventBody) -> Option<&'static str> {
     Some(match body {
         EventBody::OrderCreated(_) => "pending",
@@ -35,136 +53,432 @@ pub fn status_after(body: &EventBody) -> Option<&'static str> {
     })
 }
 
-/// A full `analytics.orders` row, for orders created within the batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An `orders` row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OrderRow {
     pub order_id: String,
     pub customer_id: String,
     pub status: String,
-    pub total_minor: i64,
     pub currency: String,
+    pub total_minor: i64,
     pub line_count: i32,
+    pub units: i64,
+    pub ship_country: String,
     pub created_at: DateTime<Utc>,
+    pub reserved_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub shipment_scheduled_at: Option<DateTime<Utc>>,
+    pub carrier: Option<String>,
     pub completed_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    pub event_count: i32,
     pub last_event_type: String,
     pub last_event_at: DateTime<Utc>,
 }
 
-/// Changes to an order created in an earlier batch. `None` leaves a column as it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderPatch {
-    pub status: Option<String>,
-    pub completed_at: Option<DateTime<Utc>>,
-    pub cancelled_at: Option<DateTime<Utc>>,
-    pub cancel_reason: Option<String>,
-    pub last_event_type: String,
-    pub last_event_at: DateTime<Utc>,
-}
-
-/// The effect of a batch of new events on `analytics.orders`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Folded {
-    pub created: BTreeMap<String, OrderRow>,
-    pub patches: BTreeMap<String, OrderPatch>,
-}
-
-fn next_status(current: Option<&str>, body: &EventBody) -> Option<String> {
-    if current.is_some_and(|s| TERMINAL.contains(&s)) {
-        return current.map(str::to_string);
+impl OrderRow {
+    fn is_terminal(&self) -> bool {
+        self.completed_at.is_some() || self.cancelled_at.is_some()
     }
-    status_after(body)
-        .map(str::to_string)
-        .or_else(|| current.map(str::to_string))
+
+    /// Neither finished nor being given up: a reply may still start the next step.
+    fn is_progressing(&self) -> bool {
+        !TERMINAL.contains(&self.status.as_str()) && self.status != "cancelling"
+    }
 }
 
-/// Fold events (new ones only, in log order) into new rows and patches.
-pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Folded {
-    let mut out = Folded::default();
-    for event in events {
+/// An `order_lines` row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LineRow {
+    pub order_id: String,
+    pub line_no: i32,
+    pub sku: String,
+    pub quantity: i32,
+    pub unit_price_minor: i64,
+    pub line_total_minor: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A `saga_step_durations` row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StepRow {
+    pub order_id: String,
+    pub step: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+}
+
+/// An `order_events` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub event_id: Uuid,
+    pub order_id: String,
+    pub event_type: &'static str,
+    pub schema_version: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub detail: serde_json::Value,
+}
+
+/// Where a record sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPosition<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The timeline row of `event` found at `position`.
+pub fn timeline_row(event: &Event, position: &LogPosition<'_>) -> EventRow {
+    EventRow {
+        event_id: event.meta.event_id,
+        order_id: event.meta.order_id.clone(),
+        event_type: event.event_type().as_str(),
+        schema_version: i32::try_from(event.event_type().current_version()).unwrap_or(i32::MAX),
+        occurred_at: event.meta.occurred_at,
+        correlation_id: event.meta.correlation_id,
+        causation_id: event.meta.causation_id,
+        topic: position.topic.to_string(),
+        partition: position.partition,
+        offset: position.offset,
+        detail: detail(&event.body),
+    }
+}
+
+/// Added to a `customer_summary` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerDelta {
+    pub orders_placed: i64,
+    pub orders_completed: i64,
+    pub orders_cancelled: i64,
+    pub payment_declines: i64,
+    pub revenue_minor: i64,
+    pub first_order_at: Option<DateTime<Utc>>,
+    pub last_order_at: Option<DateTime<Utc>>,
+}
+
+/// Added to a `daily_sales` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DailyDelta {
+    pub orders_placed: i64,
+    pub orders_completed: i64,
+    pub orders_cancelled: i64,
+    pub revenue_minor: i64,
+}
+
+/// Added to a `sku_daily_sales` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkuDelta {
+    pub units_ordered: i64,
+    pub units_sold: i64,
+    pub revenue_minor: i64,
+}
+
+/// Added to a `cancellations_daily` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CancellationDelta {
+    pub orders_cancelled: i64,
+    pub value_minor: i64,
+}
+
+/// What a fold changes, ready to be written.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    /// Full rows of every order an event touched.
+    pub orders: Vec<OrderRow>,
+    /// Lines of orders created by these events.
+    pub lines: Vec<LineRow>,
+    /// Full rows of every step row an event touched.
+    pub steps: Vec<StepRow>,
+    /// Keyed by (customer_id, currency).
+    pub customers: BTreeMap<(String, String), CustomerDelta>,
+    /// Keyed by (day, currency).
+    pub daily: BTreeMap<(NaiveDate, String), DailyDelta>,
+    /// Keyed by (day, sku, currency).
+    pub sku_daily: BTreeMap<(NaiveDate, String, String), SkuDelta>,
+    /// Keyed by (day, reason, currency).
+    pub cancellations: BTreeMap<(NaiveDate, String, String), CancellationDelta>,
+}
+
+/// Folds new events onto the state of the orders they belong to.
+#[derive(Debug, Default)]
+pub struct Fold {
+    orders: HashMap<String, OrderRow>,
+    lines: HashMap<String, Vec<LineRow>>,
+    steps: HashMap<(String, &'static str), StepRow>,
+    touched_orders: HashSet<String>,
+    touched_steps: HashSet<(String, &'static str)>,
+    new_lines: Vec<LineRow>,
+    customers: BTreeMap<(String, String), CustomerDelta>,
+    daily: BTreeMap<(NaiveDate, String), DailyDelta>,
+    sku_daily: BTreeMap<(NaiveDate, String, String), SkuDelta>,
+    cancellations: BTreeMap<(NaiveDate, String, String), CancellationDelta>,
+}
+
+/// The saga steps timed in `saga_step_durations`, in the order an order goes through them.
+const STEPS: [&str; 3] = ["inventory", "payment", "shipping"];
+
+fn step_name(name: &str) -> Option<&'static str> {
+    STEPS.iter().copied().find(|s| *s == name)
+}
+
+impl Fold {
+    /// A fold that knows nothing yet: for rebuilding from the start of the log.
+    pub fn new() -> Fold {
+        Fold::default()
+    }
+
+    /// A fold that continues from stored rows: every order the new events belong to (with its
+    /// lines and step rows). Orders not given are unknown to it.
+    pub fn resume(orders: Vec<OrderRow>, lines: Vec<LineRow>, steps: Vec<StepRow>) -> Fold {
+        let mut fold = Fold::new();
+        for order in orders {
+            fold.orders.insert(order.order_id.clone(), order);
+        }
+        for line in lines {
+            fold.lines
+                .entry(line.order_id.clone())
+                .or_default()
+                .push(line);
+        }
+        for step in steps {
+            if let Some(name) = step_name(&step.step) {
+                fold.steps.insert((step.order_id.clone(), name), step);
+            }
+        }
+        fold
+    }
+
+    /// Fold one event that no earlier fold of this target has seen.
+    pub fn apply(&mut self, event: &Event) {
         let order_id = &event.meta.order_id;
         let at = event.meta.occurred_at;
-        let type_name = event.event_type().as_str().to_string();
-        if let EventBody::OrderCreated(order) = &event.body {
-            if out.created.contains_key(order_id) || out.patches.contains_key(order_id) {
-                // A second OrderCreated for one order id: the first one stands.
-                continue;
+        if let EventBody::OrderCreated(created) = &event.body {
+            if !self.orders.contains_key(order_id) {
+                self.create(order_id, created, at, event.event_type().as_str());
             }
-            out.created.insert(
-                order_id.clone(),
-                OrderRow {
-                    order_id: order_id.clone(),
-                    customer_id: order.customer_id.clone(),
-                    status: "pending".into(),
-                    total_minor: order.total_minor(),
-                    currency: order.currency.clone(),
-                    line_count: i32::try_from(order.lines.len()).unwrap_or(i32::MAX),
-                    created_at: at,
-                    completed_at: None,
-                    cancelled_at: None,
-                    cancel_reason: None,
-                    last_event_type: type_name,
-                    last_event_at: at,
-                },
-            );
-            continue;
+            // A second OrderCreated for one order id: the first one stands.
+            return;
         }
-        if let Some(row) = out.created.get_mut(order_id) {
-            row.status =
-                next_status(Some(&row.status), &event.body).unwrap_or_else(|| row.status.clone());
-            apply_times(
-                &event.body,
-                at,
-                &mut row.completed_at,
-                &mut row.cancelled_at,
-                &mut row.cancel_reason,
-            );
-            row.last_event_type = type_name;
-            row.last_event_at = at;
-            continue;
+        let Some(mut order) = self.orders.remove(order_id) else {
+            // No OrderCreated for this id (e.g. a cancellation request for an unknown order):
+            // only the timeline shows it.
+            return;
+        };
+        self.touched_orders.insert(order_id.clone());
+        let progressing = order.is_progressing();
+        let was_terminal = order.is_terminal();
+        match &event.body {
+            EventBody::InventoryReserved(_) => {
+                order.reserved_at.get_or_insert(at);
+                self.end_step(order_id, "inventory", at, "reserved");
+                if progressing {
+                    self.start_step(order_id, "payment", at);
+                }
+            }
+            EventBody::InventoryRejected(_) => self.end_step(order_id, "inventory", at, "rejected"),
+            EventBody::PaymentAuthorized(_) => {
+                order.paid_at.get_or_insert(at);
+                self.end_step(order_id, "payment", at, "authorized");
+                if progressing {
+                    self.start_step(order_id, "shipping", at);
+                }
+            }
+            EventBody::PaymentDeclined(_) => {
+                self.end_step(order_id, "payment", at, "declined");
+                self.customer(&order).payment_declines += 1;
+            }
+            EventBody::ShipmentScheduled(s) => {
+                order.shipment_scheduled_at.get_or_insert(at);
+                order.carrier.get_or_insert_with(|| s.carrier.clone());
+                self.end_step(order_id, "shipping", at, "scheduled");
+            }
+            EventBody::ShipmentFailed(_) => self.end_step(order_id, "shipping", at, "failed"),
+            EventBody::SagaStepTimedOut(t) => {
+                if let Some(step) = step_name(&t.step) {
+                    self.end_step(order_id, step, at, "timed_out");
+                }
+            }
+            EventBody::OrderCompleted(done) if !was_terminal => {
+                order.completed_at = Some(at);
+                let day = at.date_naive();
+                let customer = self.customer(&order);
+                customer.orders_completed += 1;
+                customer.revenue_minor += done.total_minor;
+                let daily = self.daily.entry((day, done.currency.clone())).or_default();
+                daily.orders_completed += 1;
+                daily.revenue_minor += done.total_minor;
+                for line in self.lines.get(order_id).into_iter().flatten() {
+                    let sku = self
+                        .sku_daily
+                        .entry((day, line.sku.clone(), line.currency.clone()))
+                        .or_default();
+                    sku.units_sold += i64::from(line.quantity);
+                    sku.revenue_minor += line.line_total_minor;
+                }
+            }
+            EventBody::OrderCancelled(cancelled) if !was_terminal => {
+                order.cancelled_at = Some(at);
+                order.cancel_reason = Some(cancelled.reason.clone());
+                let day = at.date_naive();
+                self.customer(&order).orders_cancelled += 1;
+                self.daily
+                    .entry((day, order.currency.clone()))
+                    .or_default()
+                    .orders_cancelled += 1;
+                let reason = self
+                    .cancellations
+                    .entry((day, cancelled.reason.clone(), order.currency.clone()))
+                    .or_default();
+                reason.orders_cancelled += 1;
+                reason.value_minor += order.total_minor;
+            }
+            _ => {}
         }
-        let patch = out
-            .patches
-            .entry(order_id.clone())
-            .or_insert_with(|| OrderPatch {
-                status: None,
-                completed_at: None,
-                cancelled_at: None,
-                cancel_reason: None,
-                last_event_type: type_name.clone(),
-                last_event_at: at,
-            });
-        patch.status = next_status(patch.status.as_deref(), &event.body);
-        apply_times(
-            &event.body,
-            at,
-            &mut patch.completed_at,
-            &mut patch.cancelled_at,
-            &mut patch.cancel_reason,
-        );
-        patch.last_event_type = type_name;
-        patch.last_event_at = at;
+        if let Some(status) = status_after(&event.body) {
+            // Finished orders keep their status; an order being given up only moves to an end
+            // (a late success reply does not make it look as if it were progressing).
+            if progressing || (!was_terminal && TERMINAL.contains(&status)) {
+                order.status = status.to_string();
+            }
+        }
+        order.event_count = order.event_count.saturating_add(1);
+        order.last_event_type = event.event_type().as_str().to_string();
+        order.last_event_at = at;
+        self.orders.insert(order_id.clone(), order);
     }
-    out
-}
 
-fn apply_times(
-    body: &EventBody,
-    at: DateTime<Utc>,
-    completed_at: &mut Option<DateTime<Utc>>,
-    cancelled_at: &mut Option<DateTime<Utc>>,
-    cancel_reason: &mut Option<String>,
-) {
-    match body {
-        EventBody::OrderCompleted(_) if completed_at.is_none() && cancelled_at.is_none() => {
-            *completed_at = Some(at)
+    fn create(
+        &mut self,
+        order_id: &str,
+        created: &events::OrderCreated,
+        at: DateTime<Utc>,
+        type_name: &str,
+    ) {
+        let order = OrderRow {
+            order_id: order_id.to_string(),
+            customer_id: created.customer_id.clone(),
+            status: "pending".into(),
+            currency: created.currency.clone(),
+            total_minor: created.total_minor(),
+            line_count: i32::try_from(created.lines.len()).unwrap_or(i32::MAX),
+            units: created.lines.iter().map(|l| i64::from(l.quantity)).sum(),
+            ship_country: created.shipping_address.country.clone(),
+            created_at: at,
+            reserved_at: None,
+            paid_at: None,
+            shipment_scheduled_at: None,
+            carrier: None,
+            completed_at: None,
+            cancelled_at: None,
+            cancel_reason: None,
+            event_count: 1,
+            last_event_type: type_name.to_string(),
+            last_event_at: at,
+        };
+        let day = at.date_naive();
+        let lines: Vec<LineRow> = created
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| LineRow {
+                order_id: order_id.to_string(),
+                line_no: i32::try_from(i + 1).unwrap_or(i32::MAX),
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price_minor: line.unit_price_minor,
+                line_total_minor: i64::from(line.quantity).saturating_mul(line.unit_price_minor),
+                currency: created.currency.clone(),
+                created_at: at,
+            })
+            .collect();
+        for line in &lines {
+            self.sku_daily
+                .entry((day, line.sku.clone(), line.currency.clone()))
+                .or_default()
+                .units_ordered += i64::from(line.quantity);
         }
-        EventBody::OrderCancelled(c) if completed_at.is_none() && cancelled_at.is_none() => {
-            *cancelled_at = Some(at);
-            *cancel_reason = Some(c.reason.clone());
+        let customer = self.customer(&order);
+        customer.orders_placed += 1;
+        customer.first_order_at = Some(customer.first_order_at.map_or(at, |t| t.min(at)));
+        customer.last_order_at = Some(customer.last_order_at.map_or(at, |t| t.max(at)));
+        self.daily
+            .entry((day, order.currency.clone()))
+            .or_default()
+            .orders_placed += 1;
+        self.new_lines.extend(lines.iter().cloned());
+        self.lines.insert(order_id.to_string(), lines);
+        self.start_step(order_id, "inventory", at);
+        self.touched_orders.insert(order_id.to_string());
+        self.orders.insert(order_id.to_string(), order);
+    }
+
+    fn customer(&mut self, order: &OrderRow) -> &mut CustomerDelta {
+        self.customers
+            .entry((order.customer_id.clone(), order.currency.clone()))
+            .or_default()
+    }
+
+    fn start_step(&mut self, order_id: &str, step: &'static str, at: DateTime<Utc>) {
+        let key = (order_id.to_string(), step);
+        if self.steps.contains_key(&key) {
+            return;
         }
-        _ => {}
+        self.steps.insert(
+            key.clone(),
+            StepRow {
+                order_id: order_id.to_string(),
+                step: step.to_string(),
+                started_at: at,
+                ended_at: None,
+                outcome: None,
+            },
+        );
+        self.touched_steps.insert(key);
+    }
+
+    /// Close a step's row with its first outcome; a later reply (after a timeout) changes nothing.
+    fn end_step(&mut self, order_id: &str, step: &'static str, at: DateTime<Utc>, outcome: &str) {
+        let key = (order_id.to_string(), step);
+        if let Some(row) = self.steps.get_mut(&key) {
+            if row.ended_at.is_none() {
+                row.ended_at = Some(at);
+                row.outcome = Some(outcome.to_string());
+                self.touched_steps.insert(key);
+            }
+        }
+    }
+
+    /// Everything the folded events changed.
+    pub fn into_changes(mut self) -> Changes {
+        let mut orders: Vec<OrderRow> = self
+            .touched_orders
+            .iter()
+            .filter_map(|id| self.orders.remove(id))
+            .collect();
+        orders.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+        let mut steps: Vec<StepRow> = self
+            .touched_steps
+            .iter()
+            .filter_map(|key| self.steps.remove(key))
+            .collect();
+        steps.sort_by(|a, b| (&a.order_id, &a.step).cmp(&(&b.order_id, &b.step)));
+        Changes {
+            orders,
+            lines: self.new_lines,
+            steps,
+            customers: self.customers,
+            daily: self.daily,
+            sku_daily: self.sku_daily,
+            cancellations: self.cancellations,
+        }
     }
 }
 
@@ -211,7 +525,9 @@ pub fn detail(body: &EventBody) -> serde_json::Value {
         EventBody::OrderCancellationAccepted(a) => {
             json!({ "reason": a.reason, "requested_by": a.requested_by })
         }
-        EventBody::OrderCancellationRejected(r) => json!({ "reason": r.reason, "detail": r.detail }),
+        EventBody::OrderCancellationRejected(r) => {
+            json!({ "reason": r.reason, "detail": r.detail })
+        }
         EventBody::SagaStepTimedOut(t) => {
             json!({ "step": t.step, "deadline": t.deadline, "attempts": t.attempts })
         }
@@ -223,20 +539,19 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use events::*;
-    use uuid::Uuid;
 
-    fn at(second: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, second)
+    fn at(hour: u32, second: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, hour, 0, second)
             .single()
             .expect("valid time")
     }
 
-    fn event(order: &str, second: u32, body: EventBody) -> Event {
+    fn event(order: &str, when: DateTime<Utc>, body: EventBody) -> Event {
         Event {
             meta: Metadata {
                 event_id: Uuid::new_v4(),
                 order_id: order.into(),
-                occurred_at: at(second),
+                occurred_at: when,
                 correlation_id: Uuid::nil(),
                 causation_id: Uuid::nil(),
             },
@@ -244,9 +559,9 @@ mod tests {
         }
     }
 
-    fn created() -> EventBody {
+    fn created(customer: &str) -> EventBody {
         EventBody::OrderCreated(OrderCreated {
-            customer_id: "c".into(),
+            customer_id: customer.into(),
             lines: vec![
                 OrderLine {
                     sku: "A".into(),
@@ -271,6 +586,47 @@ mod tests {
         })
     }
 
+    fn reserved() -> EventBody {
+        EventBody::InventoryReserved(InventoryReserved {
+            reservation_id: Uuid::nil(),
+            items: vec![],
+        })
+    }
+
+    fn authorized() -> EventBody {
+        EventBody::PaymentAuthorized(PaymentAuthorized {
+            payment_id: Uuid::nil(),
+            customer_id: "c".into(),
+            amount_minor: 1300,
+            currency: "EUR".into(),
+            provider_reference: "r".into(),
+        })
+    }
+
+    fn declined() -> EventBody {
+        EventBody::PaymentDeclined(PaymentDeclined {
+            customer_id: "c".into(),
+            amount_minor: 1300,
+            currency: "EUR".into(),
+            reason: "insufficient_funds".into(),
+        })
+    }
+
+    fn scheduled() -> EventBody {
+        EventBody::ShipmentScheduled(ShipmentScheduled {
+            shipment_id: Uuid::nil(),
+            carrier: "dhl".into(),
+            tracking_number: "t".into(),
+        })
+    }
+
+    fn completed() -> EventBody {
+        EventBody::OrderCompleted(OrderCompleted {
+            total_minor: 1300,
+            currency: "EUR".into(),
+        })
+    }
+
     fn cancelled(reason: &str) -> EventBody {
         EventBody::OrderCancelled(OrderCancelled {
             reason: reason.into(),
@@ -278,93 +634,226 @@ mod tests {
         })
     }
 
-    #[test]
-    fn an_order_created_and_finished_in_one_batch_is_one_full_row() {
-        let events = [
-            event("o1", 0, created()),
-            event(
-                "o1",
-                1,
-                EventBody::InventoryReserved(InventoryReserved {
-                    reservation_id: Uuid::nil(),
-                    items: vec![],
-                }),
-            ),
-            event(
-                "o1",
-                2,
-                EventBody::OrderCompleted(OrderCompleted {
-                    total_minor: 1300,
-                    currency: "EUR".into(),
-                }),
-            ),
-        ];
-        let folded = fold(&events);
-        assert!(folded.patches.is_empty());
-        let row = &folded.created["o1"];
-        assert_eq!(row.status, "completed");
-        assert_eq!(row.total_minor, 1300);
-        assert_eq!(row.line_count, 2);
-        assert_eq!(row.created_at, at(0));
-        assert_eq!(row.completed_at, Some(at(2)));
-        assert_eq!(row.last_event_type, "OrderCompleted");
+    fn timed_out(step: &str) -> EventBody {
+        EventBody::SagaStepTimedOut(SagaStepTimedOut {
+            step: step.into(),
+            deadline: at(0, 0),
+            attempts: 1,
+        })
+    }
+
+    fn fold_all(events: &[Event]) -> Changes {
+        let mut fold = Fold::new();
+        for event in events {
+            fold.apply(event);
+        }
+        fold.into_changes()
+    }
+
+    fn day() -> NaiveDate {
+        at(0, 0).date_naive()
     }
 
     #[test]
-    fn later_events_of_an_older_order_become_a_patch() {
+    fn a_completed_order_fills_every_model() {
+        let changes = fold_all(&[
+            event("o1", at(0, 0), created("c1")),
+            event("o1", at(0, 1), reserved()),
+            event("o1", at(0, 3), authorized()),
+            event("o1", at(0, 6), scheduled()),
+            event("o1", at(0, 7), completed()),
+        ]);
+        let order = &changes.orders[0];
+        assert_eq!(
+            (
+                order.status.as_str(),
+                order.total_minor,
+                order.units,
+                order.event_count
+            ),
+            ("completed", 1300, 3, 5)
+        );
+        assert_eq!(
+            (
+                order.reserved_at,
+                order.paid_at,
+                order.shipment_scheduled_at,
+                order.completed_at
+            ),
+            (
+                Some(at(0, 1)),
+                Some(at(0, 3)),
+                Some(at(0, 6)),
+                Some(at(0, 7))
+            )
+        );
+        assert_eq!(order.carrier.as_deref(), Some("dhl"));
+        assert_eq!(changes.lines.len(), 2);
+        assert_eq!(changes.lines[0].line_total_minor, 300);
+        let steps: Vec<(&str, Option<i64>, Option<&str>)> = changes
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    s.step.as_str(),
+                    s.ended_at.map(|e| (e - s.started_at).num_seconds()),
+                    s.outcome.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("inventory", Some(1), Some("reserved")),
+                ("payment", Some(2), Some("authorized")),
+                ("shipping", Some(3), Some("scheduled")),
+            ]
+        );
+        let customer = &changes.customers[&("c1".to_string(), "EUR".to_string())];
+        assert_eq!(
+            (
+                customer.orders_placed,
+                customer.orders_completed,
+                customer.revenue_minor
+            ),
+            (1, 1, 1300)
+        );
+        let daily = &changes.daily[&(day(), "EUR".to_string())];
+        assert_eq!(
+            (
+                daily.orders_placed,
+                daily.orders_completed,
+                daily.orders_cancelled,
+                daily.revenue_minor
+            ),
+            (1, 1, 0, 1300)
+        );
+        let sku_a = &changes.sku_daily[&(day(), "A".to_string(), "EUR".to_string())];
+        assert_eq!(
+            (sku_a.units_ordered, sku_a.units_sold, sku_a.revenue_minor),
+            (2, 2, 300)
+        );
+        assert!(changes.cancellations.is_empty());
+    }
+
+    #[test]
+    fn a_declined_order_counts_as_a_decline_and_a_cancellation() {
+        let changes = fold_all(&[
+            event("o2", at(0, 0), created("c2")),
+            event("o2", at(0, 1), reserved()),
+            event("o2", at(0, 2), declined()),
+            event("o2", at(0, 4), cancelled("payment_declined")),
+        ]);
+        let order = &changes.orders[0];
+        assert_eq!(order.status, "cancelled");
+        assert_eq!(order.cancel_reason.as_deref(), Some("payment_declined"));
+        let customer = &changes.customers[&("c2".to_string(), "EUR".to_string())];
+        assert_eq!(
+            (
+                customer.payment_declines,
+                customer.orders_cancelled,
+                customer.revenue_minor
+            ),
+            (1, 1, 0)
+        );
+        let reason =
+            &changes.cancellations[&(day(), "payment_declined".to_string(), "EUR".to_string())];
+        assert_eq!((reason.orders_cancelled, reason.value_minor), (1, 1300));
+        assert_eq!(changes.steps.len(), 2, "no shipping step after a decline");
+        let sku_a = &changes.sku_daily[&(day(), "A".to_string(), "EUR".to_string())];
+        assert_eq!((sku_a.units_ordered, sku_a.units_sold), (2, 0));
+    }
+
+    #[test]
+    fn a_reply_after_a_timeout_neither_ends_the_step_again_nor_starts_the_next() {
+        let changes = fold_all(&[
+            event("o3", at(0, 0), created("c3")),
+            event("o3", at(0, 1), reserved()),
+            event("o3", at(0, 30), timed_out("payment")),
+            event("o3", at(0, 31), authorized()),
+        ]);
+        let payment = changes
+            .steps
+            .iter()
+            .find(|s| s.step == "payment")
+            .expect("payment row");
+        assert_eq!(payment.outcome.as_deref(), Some("timed_out"));
+        assert_eq!(payment.ended_at, Some(at(0, 30)));
+        assert!(changes.steps.iter().all(|s| s.step != "shipping"));
+        assert_eq!(changes.orders[0].status, "cancelling");
+    }
+
+    #[test]
+    fn terminal_orders_keep_their_first_outcome() {
+        let changes = fold_all(&[
+            event("o4", at(0, 0), created("c4")),
+            event("o4", at(0, 1), cancelled("out_of_stock")),
+            event("o4", at(0, 2), completed()),
+            event("o4", at(0, 3), created("someone else")),
+        ]);
+        let order = &changes.orders[0];
+        assert_eq!(
+            (order.status.as_str(), order.completed_at),
+            ("cancelled", None)
+        );
+        assert_eq!(order.customer_id, "c4");
+        assert_eq!(
+            order.event_count, 3,
+            "a second OrderCreated is not the order's event"
+        );
+        assert_eq!(
+            changes.daily[&(day(), "EUR".to_string())].orders_completed,
+            0
+        );
+    }
+
+    #[test]
+    fn events_of_unknown_orders_change_no_model() {
+        let changes = fold_all(&[event("ghost", at(0, 0), completed())]);
+        assert_eq!(changes, Changes::default());
+    }
+
+    #[test]
+    fn folding_in_batches_onto_stored_rows_equals_folding_at_once() {
         let events = [
-            event(
-                "o2",
-                5,
-                EventBody::ShipmentFailed(ShipmentFailed {
-                    carrier: "c".into(),
-                    reason: "r".into(),
-                }),
-            ),
-            event(
-                "o2",
-                6,
-                EventBody::InventoryReleased(InventoryReleased {
-                    reservation_id: Uuid::nil(),
-                    items: vec![],
-                    reason: "r".into(),
-                }),
-            ),
-            event("o2", 7, cancelled("shipment_failed")),
-            // A late event after the end changes nothing but the last-event columns.
-            event(
-                "o2",
-                8,
-                EventBody::PaymentVoided(PaymentVoided {
-                    payment_id: Uuid::nil(),
-                    amount_minor: 1,
-                    currency: "EUR".into(),
-                    reason: "r".into(),
-                }),
-            ),
+            event("o5", at(0, 0), created("c5")),
+            event("o5", at(0, 1), reserved()),
+            event("o5", at(0, 2), authorized()),
+            event("o5", at(23, 59), scheduled()),
+            event("o5", at(23, 59), completed()),
         ];
-        let folded = fold(&events);
-        let patch = &folded.patches["o2"];
-        assert_eq!(patch.status.as_deref(), Some("cancelled"));
-        assert_eq!(patch.cancelled_at, Some(at(7)));
-        assert_eq!(patch.cancel_reason.as_deref(), Some("shipment_failed"));
-        assert_eq!(patch.completed_at, None);
-        assert_eq!(patch.last_event_type, "PaymentVoided");
-        assert_eq!(patch.last_event_at, at(8));
+        let whole = fold_all(&events);
+        let first = fold_all(&events[..2]);
+        let mut second = Fold::resume(
+            first.orders.clone(),
+            first.lines.clone(),
+            first.steps.clone(),
+        );
+        for event in &events[2..] {
+            second.apply(event);
+        }
+        let second = second.into_changes();
+        assert_eq!(second.orders, whole.orders);
+        let mut steps = first.steps.clone();
+        steps.retain(|s| !second.steps.iter().any(|t| t.step == s.step));
+        steps.extend(second.steps.clone());
+        steps.sort_by(|a, b| a.step.cmp(&b.step));
+        assert_eq!(steps, whole.steps);
+        let revenue = |c: &Changes| c.daily.values().map(|d| d.revenue_minor).sum::<i64>();
+        assert_eq!(revenue(&first) + revenue(&second), revenue(&whole));
     }
 
     #[test]
     fn statuses_per_event_type() {
         let table = [
-            (created(), Some("pending")),
+            (created("c"), Some("pending")),
+            (reserved(), Some("stock_reserved")),
+            (authorized(), Some("paid")),
+            (scheduled(), Some("shipment_scheduled")),
+            (declined(), Some("cancelling")),
+            (timed_out("payment"), Some("cancelling")),
+            (completed(), Some("completed")),
             (cancelled("x"), Some("cancelled")),
-            (
-                EventBody::InventoryRejected(InventoryRejected {
-                    reason: "r".into(),
-                    shortages: vec![],
-                }),
-                Some("cancelling"),
-            ),
             (
                 EventBody::InventoryReleased(InventoryReleased {
                     reservation_id: Uuid::nil(),
@@ -377,16 +866,5 @@ mod tests {
         for (body, want) in table {
             assert_eq!(status_after(&body), want, "{:?}", body.event_type());
         }
-    }
-
-    #[test]
-    fn a_second_order_created_does_not_reset_the_row() {
-        let events = [
-            event("o3", 0, created()),
-            event("o3", 1, cancelled("out_of_stock")),
-            event("o3", 2, created()),
-        ];
-        let folded = fold(&events);
-        assert_eq!(folded.created["o3"].status, "cancelled");
     }
 }

@@ -1,14 +1,21 @@
-//! Projections: fold the order log into the analysts' read models in the `analytics` schema
-//! (`orders`, `order_events`).
+//! Projections: fold the order log into the analysts' read models.
 //!
-//! The projector is a consumer group whose offsets live in `pipeline.consumer_offsets`, written
-//! in the same transaction as the rows; on partition assignment it seeks to them
-//! ([`offsets::DbOffsets`]). Kafka-side commits are only a hint for tools. Projections never
-//! produce to Kafka and never write step state.
+//! The models of one fold live in a generation schema (`analytics_g<N>`, see [`generations`]);
+//! analysts read them through views in `analytics`. The projector is a consumer group that
+//! writes the live generation; its offsets are that generation's `positions`, written in the
+//! same transaction as the rows, and on partition assignment it seeks to them
+//! ([`offsets::DbOffsets`]). Kafka-side commits are only a hint for tools. [`rebuild`] folds
+//! the log into a new generation, verifies it and switches. Projections never produce to
+//! Kafka and never write step state.
 
 pub mod fold;
+pub mod generations;
+pub mod log;
 pub mod offsets;
 pub mod projector;
+pub mod rebuild;
+pub mod store;
+pub mod verify;
 
 pub use projector::Projector;
 

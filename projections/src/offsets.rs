@@ -1,14 +1,17 @@
-//! Offsets kept in Postgres: read on partition assignment, written with the rows.
+//! Offsets kept in Postgres (the live generation's `positions`, written with the rows), read on
+//! partition assignment.
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
-/// Consumer context that starts each newly assigned partition at the offset stored in
-/// Postgres, or at the beginning when none is stored.
+use crate::store;
+
+/// Consumer context that starts each newly assigned partition at the live generation's stored
+/// position, or at the beginning when none is stored.
 ///
 /// The consumer uses eager rebalancing (see `platform::kafka::consumer_config`), so an
 /// assignment is always a whole new set.
@@ -27,24 +30,27 @@ impl DbOffsets {
         }
     }
 
-    /// Look up stored offsets for `tpl`. Runs inside librdkafka's rebalance callback, which is
-    /// synchronous; the lookup is one indexed query.
-    fn stored(&self, tpl: &TopicPartitionList) -> Result<Vec<(String, i32, i64)>, sqlx::Error> {
-        let topics: Vec<String> = tpl
+    /// Look up the live generation's stored positions for `tpl`. Runs inside librdkafka's
+    /// rebalance callback, which is synchronous; the lookup is two small queries.
+    fn stored(&self, tpl: &TopicPartitionList) -> anyhow::Result<Vec<(String, i32, i64)>> {
+        let wanted: Vec<(String, i32)> = tpl
             .elements()
             .iter()
-            .map(|e| e.topic().to_string())
+            .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let query = sqlx::query_as::<_, (String, i32, i64)>(
-            "SELECT o.topic, o.partition, o.next_offset FROM pipeline.consumer_offsets o
-             JOIN UNNEST($2::text[], $3::int[]) AS a(topic, partition) USING (topic, partition)
-             WHERE o.consumer = $1",
-        )
-        .bind(&self.consumer)
-        .bind(&topics)
-        .bind(&partitions)
-        .fetch_all(&self.pool);
+        let pool = self.pool.clone();
+        let query = async move {
+            let mut conn = pool.acquire().await?;
+            let live = crate::generations::live(&mut conn, false).await?;
+            let stored = store::positions(&mut conn, &live.target()?, false).await?;
+            Ok::<_, anyhow::Error>(
+                stored
+                    .into_iter()
+                    .filter(|p| wanted.contains(&(p.topic.clone(), p.partition)))
+                    .map(|p| (p.topic, p.partition, p.next_offset))
+                    .collect(),
+            )
+        };
         if tokio::runtime::Handle::try_current().is_ok() {
             // On a runtime worker (the usual case: the callback runs inside `recv`), tell the
             // runtime this thread blocks. Requires the multi-threaded runtime.
@@ -79,7 +85,7 @@ impl DbOffsets {
                 // Fall back to the group's committed offsets, which never run ahead of the
                 // stored ones (they are committed after the rows). Re-applied events are
                 // absorbed by the event-id key of `order_events`.
-                tracing::error!(consumer = %self.consumer, %error, "cannot read stored offsets; starting from committed offsets");
+                tracing::error!(consumer = %self.consumer, error = %format!("{error:#}"), "cannot read stored offsets; starting from committed offsets");
             }
         }
         consumer.assign(tpl)
@@ -107,32 +113,4 @@ impl ConsumerContext for DbOffsets {
             tracing::error!(consumer = %self.consumer, %error, "applying the assignment failed");
         }
     }
-}
-
-/// Record the next offsets to read, never moving one backwards.
-pub async fn store(
-    tx: &mut PgConnection,
-    consumer: &str,
-    offsets: &[(String, i32, i64)],
-) -> Result<(), sqlx::Error> {
-    if offsets.is_empty() {
-        return Ok(());
-    }
-    let topics: Vec<&str> = offsets.iter().map(|(t, _, _)| t.as_str()).collect();
-    let partitions: Vec<i32> = offsets.iter().map(|(_, p, _)| *p).collect();
-    let next: Vec<i64> = offsets.iter().map(|(_, _, o)| *o).collect();
-    sqlx::query(
-        "INSERT INTO pipeline.consumer_offsets (consumer, topic, partition, next_offset)
-         SELECT $1, t, p, o FROM UNNEST($2::text[], $3::int[], $4::bigint[]) AS x(t, p, o)
-         ON CONFLICT (consumer, topic, partition)
-         DO UPDATE SET next_offset = GREATEST(pipeline.consumer_offsets.next_offset, EXCLUDED.next_offset),
-                       updated_at = now()",
-    )
-    .bind(consumer)
-    .bind(&topics)
-    .bind(&partitions)
-    .bind(&next)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

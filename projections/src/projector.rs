@@ -1,7 +1,7 @@
 //! The projector: a consumer group member that applies bounded batches of the log to the read
 //! models, one Postgres transaction per batch holding the rows and the next offsets.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,8 +19,10 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::fold::{self, Folded};
-use crate::offsets::{self, DbOffsets};
+use crate::fold::{self, EventRow, Fold, LogPosition};
+use crate::generations;
+use crate::offsets::DbOffsets;
+use crate::store::{self, Advance, Target};
 use crate::NAME;
 
 /// What one batch did.
@@ -127,18 +129,49 @@ fn is_retryable(error: &anyhow::Error) -> bool {
         .is_some_and(platform::db::is_retryable)
 }
 
-/// Apply one batch: timeline rows, order rows, offsets, in one transaction. Events already in
-/// `order_events` (a re-delivery) change nothing.
+/// Apply one batch to the live generation: the live row is share-locked for the transaction,
+/// so a switch (which locks it exclusively) never interleaves with a batch.
 pub async fn apply_batch(
     pool: &PgPool,
     group: &str,
     batch: &[OwnedMessage],
 ) -> anyhow::Result<(ProjectionOutcome, Vec<OutboxRow>)> {
+    let mut tx = pool.begin().await?;
+    let live = generations::live(&mut tx, true).await?;
+    let result = apply_records(&mut tx, &live.target()?, batch, Some(group)).await?;
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Apply records to `target` inside the caller's transaction: timeline rows, every read model,
+/// positions. Records before the target's stored position and events already in its timeline
+/// change nothing. Undecodable records are dead-lettered when `dead_letter_group` is given
+/// (the live projector) and only counted otherwise (a rebuild: the live one already set them
+/// aside); either way the position moves past them.
+pub async fn apply_records(
+    tx: &mut PgConnection,
+    target: &Target,
+    batch: &[OwnedMessage],
+    dead_letter_group: Option<&str>,
+) -> anyhow::Result<(ProjectionOutcome, Vec<OutboxRow>)> {
     let mut outcome = ProjectionOutcome::default();
     let mut dead = Vec::new();
-    let mut tx = pool.begin().await?;
-    let mut decoded: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(batch.len());
-    for message in batch {
+    let stored: HashMap<(String, i32), i64> = store::positions(tx, target, false)
+        .await?
+        .into_iter()
+        .map(|p| ((p.topic, p.partition), p.next_offset))
+        .collect();
+    let pending: Vec<&OwnedMessage> = batch
+        .iter()
+        .filter(|m| {
+            stored
+                .get(&(m.topic().to_string(), m.partition()))
+                .is_none_or(|next| m.offset() >= *next)
+        })
+        .collect();
+    outcome.duplicates += batch.len() - pending.len();
+    let mut decoded: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(pending.len());
+    for message in pending.iter().copied() {
         let result = match message.payload() {
             None => Err("record has no value".to_string()),
             Some(payload) => events::decode(payload).map_err(|e| e.to_string()),
@@ -146,8 +179,12 @@ pub async fn apply_batch(
         match result {
             Ok(event) => decoded.push((message, event)),
             Err(reason) => {
-                // Undecodable records are the only failure a projection dead-letters: everything
-                // that decodes can be folded.
+                outcome.rejected += 1;
+                let Some(group) = dead_letter_group else {
+                    continue;
+                };
+                // Undecodable records are the only failure a projection dead-letters:
+                // everything that decodes can be folded.
                 let position = RecordPosition {
                     topic: message.topic(),
                     partition: message.partition(),
@@ -167,143 +204,70 @@ pub async fn apply_batch(
                     payload: message.payload(),
                     history,
                 };
-                dead.extend(deadletter::dead_letter(&mut tx, letter).await?);
-                outcome.rejected += 1;
+                dead.extend(deadletter::dead_letter(&mut *tx, letter).await?);
             }
         }
     }
-    let fresh = insert_timeline(&mut tx, &decoded).await?;
-    let mut seen: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-    let new_events: Vec<&Event> = decoded
+    let rows: Vec<EventRow> = decoded
         .iter()
-        .map(|(_, event)| event)
-        .filter(|event| fresh.contains(&event.meta.event_id) && seen.insert(event.meta.event_id))
+        .map(|(message, event)| {
+            fold::timeline_row(
+                event,
+                &LogPosition {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+            )
+        })
+        .collect();
+    let fresh = store::insert_events(tx, target, &rows).await?;
+    let mut seen: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
+    let new_events: Vec<&(&OwnedMessage, Event)> = decoded
+        .iter()
+        .filter(|(_, event)| {
+            fresh.contains(&event.meta.event_id) && seen.insert(event.meta.event_id)
+        })
         .collect();
     outcome.applied = new_events.len();
-    outcome.duplicates = decoded.len() - new_events.len();
-    let folded = fold::fold(new_events.iter().copied());
-    write_orders(&mut tx, &folded).await?;
-    offsets::store(&mut tx, NAME, &platform::kafka::next_offsets(batch)).await?;
-    tx.commit().await?;
+    outcome.duplicates += decoded.len() - new_events.len();
+    let mut order_ids: Vec<&str> = new_events
+        .iter()
+        .map(|(_, event)| event.meta.order_id.as_str())
+        .collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    let (orders, lines, steps) = store::load(tx, target, &order_ids).await?;
+    let mut folding = Fold::resume(orders, lines, steps);
+    for (_, event) in &new_events {
+        folding.apply(event);
+    }
+    store::write(tx, target, &folding.into_changes()).await?;
+    store::advance(tx, target, &advances(&pending, &new_events)).await?;
     Ok((outcome, dead))
 }
 
-/// Insert the timeline rows; returns the ids that were new.
-async fn insert_timeline(
-    tx: &mut PgConnection,
-    decoded: &[(&OwnedMessage, Event)],
-) -> Result<HashSet<Uuid>, sqlx::Error> {
-    if decoded.is_empty() {
-        return Ok(HashSet::new());
+/// Per partition of `records`: the next offset, the latest event time and how many new events
+/// were applied.
+fn advances(records: &[&OwnedMessage], applied: &[&(&OwnedMessage, Event)]) -> Vec<Advance> {
+    let mut per_partition: BTreeMap<(&str, i32), Advance> = BTreeMap::new();
+    for message in records {
+        let entry = per_partition
+            .entry((message.topic(), message.partition()))
+            .or_insert_with(|| Advance {
+                topic: message.topic().to_string(),
+                partition: message.partition(),
+                next_offset: 0,
+                last_event_at: None,
+                events_applied: 0,
+            });
+        entry.next_offset = entry.next_offset.max(message.offset() + 1);
     }
-    let n = decoded.len();
-    let (mut ids, mut orders, mut types, mut versions, mut times) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut correlations, mut causations, mut topics, mut partitions, mut offsets, mut details) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (message, event) in decoded {
-        ids.push(event.meta.event_id);
-        orders.push(event.meta.order_id.as_str());
-        types.push(event.event_type().as_str());
-        versions.push(i32::try_from(event.event_type().current_version()).unwrap_or(i32::MAX));
-        times.push(event.meta.occurred_at);
-        correlations.push(event.meta.correlation_id);
-        causations.push(event.meta.causation_id);
-        topics.push(message.topic());
-        partitions.push(message.partition());
-        offsets.push(message.offset());
-        details.push(fold::detail(&event.body));
+    for (message, event) in applied {
+        if let Some(entry) = per_partition.get_mut(&(message.topic(), message.partition())) {
+            entry.events_applied += 1;
+            entry.last_event_at = entry.last_event_at.max(Some(event.meta.occurred_at));
+        }
     }
-    let fresh: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO analytics.order_events
-           (event_id, order_id, event_type, schema_version, occurred_at, correlation_id, causation_id,
-            topic, partition, \"offset\", detail)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::uuid[],
-                              $7::uuid[], $8::text[], $9::int[], $10::bigint[], $11::jsonb[])
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
-    )
-    .bind(&ids)
-    .bind(&orders)
-    .bind(&types)
-    .bind(&versions)
-    .bind(&times)
-    .bind(&correlations)
-    .bind(&causations)
-    .bind(&topics)
-    .bind(&partitions)
-    .bind(&offsets)
-    .bind(&details)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(fresh.into_iter().collect())
-}
-
-async fn write_orders(tx: &mut PgConnection, folded: &Folded) -> Result<(), sqlx::Error> {
-    if !folded.created.is_empty() {
-        let rows: Vec<&fold::OrderRow> = folded.created.values().collect();
-        let col =
-            |f: fn(&fold::OrderRow) -> String| rows.iter().map(|r| f(r)).collect::<Vec<String>>();
-        // An order id already present (a second OrderCreated with a new event id) keeps its row.
-        sqlx::query(
-            "INSERT INTO analytics.orders (order_id, customer_id, status, total_minor, currency, line_count, created_at,
-                                           completed_at, cancelled_at, cancel_reason, last_event_type, last_event_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[],
-                                  $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[],
-                                  $12::timestamptz[])
-             ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(col(|r| r.order_id.clone()))
-        .bind(col(|r| r.customer_id.clone()))
-        .bind(col(|r| r.status.clone()))
-        .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
-        .bind(col(|r| r.currency.clone()))
-        .bind(rows.iter().map(|r| r.line_count).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.completed_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.cancelled_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.cancel_reason.clone()).collect::<Vec<_>>())
-        .bind(col(|r| r.last_event_type.clone()))
-        .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !folded.patches.is_empty() {
-        let ids: Vec<&str> = folded.patches.keys().map(String::as_str).collect();
-        let patches: Vec<&fold::OrderPatch> = folded.patches.values().collect();
-        // Terminal statuses and first completion / cancellation times never change.
-        sqlx::query(
-            "UPDATE analytics.orders AS o SET
-                 status = CASE WHEN o.status IN ('completed', 'cancelled') THEN o.status ELSE COALESCE(p.status, o.status) END,
-                 completed_at = CASE WHEN o.completed_at IS NULL AND o.cancelled_at IS NULL THEN p.completed_at ELSE o.completed_at END,
-                 cancelled_at = CASE WHEN o.completed_at IS NULL AND o.cancelled_at IS NULL THEN p.cancelled_at ELSE o.cancelled_at END,
-                 cancel_reason = CASE WHEN o.completed_at IS NULL AND o.cancelled_at IS NULL THEN p.cancel_reason ELSE o.cancel_reason END,
-                 last_event_type = p.last_event_type,
-                 last_event_at = p.last_event_at
-             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[])
-                  AS p(order_id, status, completed_at, cancelled_at, cancel_reason, last_event_type, last_event_at)
-             WHERE o.order_id = p.order_id",
-        )
-        .bind(&ids)
-        .bind(patches.iter().map(|p| p.status.clone()).collect::<Vec<_>>())
-        .bind(patches.iter().map(|p| p.completed_at).collect::<Vec<_>>())
-        .bind(patches.iter().map(|p| p.cancelled_at).collect::<Vec<_>>())
-        .bind(patches.iter().map(|p| p.cancel_reason.clone()).collect::<Vec<_>>())
-        .bind(patches.iter().map(|p| p.last_event_type.clone()).collect::<Vec<_>>())
-        .bind(patches.iter().map(|p| p.last_event_at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
+    per_partition.into_values().collect()
 }

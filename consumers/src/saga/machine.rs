@@ -441,10 +441,7 @@ fn request_cancellation(
         (None, SagaState::Cancelled { .. }) => {
             reject("already_cancelled", "the order is already cancelled")
         }
-        (None, _) => reject(
-            "already_cancelling",
-            "the order is already being cancelled",
-        ),
+        (None, _) => reject("already_cancelling", "the order is already being cancelled"),
     }
 }
 

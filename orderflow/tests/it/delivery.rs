@@ -83,12 +83,12 @@ async fn duplicates_and_rewinds_apply_nothing_twice() {
 
     let inbox_before = env.count("SELECT count(*) FROM pipeline.inbox").await;
     let log_end = env
-        .count("SELECT sum(next_offset)::bigint FROM pipeline.consumer_offsets")
+        .count("SELECT sum(next_offset)::bigint FROM analytics_g1.positions")
         .await;
     for component in ["inventory", "payment", "shipping", "saga"] {
         rewind_group(&env, &env.settings.group_id(component));
     }
-    sqlx::query("UPDATE pipeline.consumer_offsets SET next_offset = 0")
+    sqlx::query("UPDATE analytics_g1.positions SET next_offset = 0")
         .execute(&env.pool)
         .await
         .expect("rewind projection");
@@ -98,7 +98,7 @@ async fn duplicates_and_rewinds_apply_nothing_twice() {
         .count("SELECT count(*) FROM analytics.order_events")
         .await;
     env.wait_count(
-        "SELECT sum(next_offset)::bigint FROM pipeline.consumer_offsets",
+        "SELECT sum(next_offset)::bigint FROM analytics_g1.positions",
         log_end,
     )
     .await;
@@ -162,14 +162,14 @@ async fn the_projection_starts_at_its_stored_offsets_not_the_groups() {
     env.stop().await;
 
     // Wipe the read models and their stored offsets; the group's Kafka offsets stay at the end.
-    sqlx::query("TRUNCATE analytics.orders, analytics.order_events")
-        .execute(&env.pool)
-        .await
-        .expect("truncate");
-    sqlx::query("DELETE FROM pipeline.consumer_offsets")
-        .execute(&env.pool)
-        .await
-        .expect("delete offsets");
+    sqlx::query(
+        "TRUNCATE analytics_g1.orders, analytics_g1.order_lines, analytics_g1.order_events,
+                  analytics_g1.customer_summary, analytics_g1.daily_sales, analytics_g1.sku_daily_sales,
+                  analytics_g1.cancellations_daily, analytics_g1.saga_step_durations, analytics_g1.positions",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("truncate");
     env.start(&[Component::Projections]);
     env.wait_count(
         "SELECT count(*) FROM analytics.orders WHERE status = 'completed'",

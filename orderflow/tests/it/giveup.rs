@@ -57,7 +57,10 @@ async fn a_late_payment_after_a_timeout_is_voided_never_shipped() {
     assert!(expire(&env, Utc::now()).await.is_empty());
     let later = Utc::now() + Duration::hours(1);
     assert_eq!(expire(&env, later).await, vec!["o-late".to_string()]);
-    assert!(expire(&env, later).await.is_empty(), "a wait times out once");
+    assert!(
+        expire(&env, later).await.is_empty(),
+        "a wait times out once"
+    );
     assert_eq!(
         env.count("SELECT attempts::bigint FROM saga.orders WHERE order_id = 'o-late'")
             .await,
@@ -99,7 +102,10 @@ async fn a_late_payment_after_a_timeout_is_voided_never_shipped() {
     ] {
         assert!(timeline.iter().any(|t| t == want), "{want} in {timeline:?}");
     }
-    assert!(!timeline.iter().any(|t| t == "OrderCompleted"), "{timeline:?}");
+    assert!(
+        !timeline.iter().any(|t| t == "OrderCompleted"),
+        "{timeline:?}"
+    );
     env.finish().await;
 }
 

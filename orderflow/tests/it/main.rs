@@ -2,6 +2,7 @@
 //! (127.0.0.1:5432): start them with `scripts/dev-up`. Each test gets its own database,
 //! topic and consumer groups.
 
+mod analytics;
 mod cli;
 mod deadletters;
 mod delivery;

@@ -1,0 +1,664 @@
+//! Blue/green rebuilds and point-in-time builds of the read models (`orderflow replay`).
+//!
+//! A rebuild folds the log into a new generation while the live one keeps serving:
+//!
+//! 1. **Bulk**: read the log up to the live generation's positions, fold it in memory from
+//!    empty, and load every table with `COPY`.
+//! 2. **Catch up**: apply what the live projector applied meanwhile, batch by batch, with the
+//!    projector's own code ([`apply_records`]), until little is left.
+//! 3. **Switch**: lock `analytics_meta.live` (projector batches wait; analysts' reads do not),
+//!    apply the rest up to the live positions, compare every table of both generations, and
+//!    only if they are equal move the views and the projector to the new generation, all in
+//!    that one transaction. The previous generation is kept until `orderflow generations drop`.
+//!
+//! A point-in-time build (`--until`) runs the bulk step only, into `analytics_pit_<N>`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use events::Event;
+use platform::Settings;
+use rdkafka::Message;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::fold::{self, EventRow, Fold, LogPosition};
+use crate::generations::{self, Generation, Purpose};
+use crate::log::{LogSlice, Range};
+use crate::projector::apply_records;
+use crate::store::{self, Advance, Target};
+use crate::verify::{self, Verification};
+
+/// Where a point-in-time build stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Until {
+    /// Per partition, the longest prefix of events that occurred at or before this time.
+    Time(DateTime<Utc>),
+    /// Per partition, every record before this offset (as in `analytics.watermarks.next_offset`).
+    Positions(BTreeMap<i32, i64>),
+}
+
+impl FromStr for Until {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+            return Ok(Until::Time(time.with_timezone(&Utc)));
+        }
+        let mut positions = BTreeMap::new();
+        for part in text.split(',') {
+            let parsed = part.split_once(':').and_then(|(p, o)| {
+                Some((p.trim().parse::<i32>().ok()?, o.trim().parse::<i64>().ok()?))
+            });
+            match parsed {
+                Some((partition, offset)) if partition >= 0 && offset >= 0 => {
+                    if positions.insert(partition, offset).is_some() {
+                        return Err(format!("partition {partition} is given twice in {text:?}"));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{text:?} is neither an RFC 3339 time (2026-11-23T18:00:00Z) nor positions \
+                         PARTITION:NEXT_OFFSET,... (0:1200,1:1185,...)"
+                    ))
+                }
+            }
+        }
+        Ok(Until::Positions(positions))
+    }
+}
+
+impl fmt::Display for Until {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Until::Time(t) => write!(f, "{}", t.to_rfc3339()),
+            Until::Positions(p) => {
+                let parts: Vec<String> = p.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+                write!(f, "{}", parts.join(","))
+            }
+        }
+    }
+}
+
+/// How to run a replay.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Build a point-in-time generation instead of replacing the live one.
+    pub until: Option<Until>,
+    /// Switch even when verification finds differences (after an intended change of the fold).
+    pub force_switch: bool,
+    /// Also time a plain `COPY` of the same number of timeline rows, for comparison.
+    pub compare_copy: bool,
+    /// Records per read batch and per catch-up transaction.
+    pub batch: usize,
+    /// How long a read may wait for a record before the log counts as ended.
+    pub stall: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            until: None,
+            force_switch: false,
+            compare_copy: false,
+            batch: 20_000,
+            stall: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Progress of a phase, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub phase: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// How a replay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new generation is live.
+    Switched { forced: bool },
+    /// Verification found differences; the live generation stays, the new one is `failed`.
+    Refused,
+    /// A point-in-time generation is ready to query.
+    PointInTime,
+}
+
+/// What a replay did and how long each part took.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub generation: Generation,
+    pub previous: Generation,
+    pub outcome: Outcome,
+    pub events_read: u64,
+    pub events_applied: u64,
+    pub undecodable: u64,
+    pub rows_loaded: u64,
+    pub read_and_fold: Duration,
+    pub load: Duration,
+    pub catch_up_events: u64,
+    pub catch_up: Duration,
+    pub verify: Duration,
+    pub total: Duration,
+    /// Rows and time of the plain `COPY` baseline, when asked for.
+    pub copy_baseline: Option<(u64, Duration)>,
+    pub verification: Option<Verification>,
+    pub positions: Vec<store::Position>,
+}
+
+impl Report {
+    /// Events read per second of the bulk phase (read, fold and load).
+    pub fn bulk_rate(&self) -> f64 {
+        rate(self.events_read, self.read_and_fold + self.load)
+    }
+}
+
+fn rate(events: u64, took: Duration) -> f64 {
+    events as f64 / took.as_secs_f64().max(1e-9)
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "generation {} ({}) from the log; live was {} ({})",
+            self.generation.generation,
+            self.generation.schema_name,
+            self.previous.generation,
+            self.previous.schema_name
+        )?;
+        writeln!(
+            f,
+            "bulk: {} records read ({} events applied, {} duplicates, {} undecodable) in {:.2} s, \
+             {} rows loaded with COPY in {:.2} s: {:.0} events/s",
+            self.events_read,
+            self.events_applied,
+            self.events_read - self.events_applied - self.undecodable,
+            self.undecodable,
+            self.read_and_fold.as_secs_f64(),
+            self.rows_loaded,
+            self.load.as_secs_f64(),
+            self.bulk_rate()
+        )?;
+        if let Some((rows, took)) = self.copy_baseline {
+            writeln!(
+                f,
+                "baseline: plain COPY of {rows} timeline rows into an unindexed table in {:.2} s: {:.0} rows/s",
+                took.as_secs_f64(),
+                rate(rows, took)
+            )?;
+        }
+        if self.outcome != Outcome::PointInTime {
+            writeln!(
+                f,
+                "catch-up: {} records in {:.2} s; verification {:.2} s",
+                self.catch_up_events,
+                self.catch_up.as_secs_f64(),
+                self.verify.as_secs_f64()
+            )?;
+        }
+        if let Some(verification) = &self.verification {
+            write!(f, "{verification}")?;
+        }
+        let positions: Vec<String> = self
+            .positions
+            .iter()
+            .map(|p| format!("{}:{}", p.partition, p.next_offset))
+            .collect();
+        writeln!(f, "positions: {}", positions.join(","))?;
+        write!(f, "total {:.2} s: ", self.total.as_secs_f64())?;
+        match &self.outcome {
+            Outcome::Switched { forced: false } => writeln!(
+                f,
+                "verified equal; analysts now read {} (previous kept: orderflow generations drop {})",
+                self.generation.schema_name, self.previous.generation
+            ),
+            Outcome::Switched { forced: true } => writeln!(
+                f,
+                "DIFFERENT but switched (--force-switch); analysts now read {} (previous kept: \
+                 orderflow generations drop {})",
+                self.generation.schema_name, self.previous.generation
+            ),
+            Outcome::Refused => writeln!(
+                f,
+                "DIFFERENT: not switched; {} stays live, {} is kept as failed for inspection",
+                self.previous.schema_name, self.generation.schema_name
+            ),
+            Outcome::PointInTime => writeln!(
+                f,
+                "point-in-time read models ready in schema {} (until {})",
+                self.generation.schema_name,
+                self.generation.until_spec.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+}
+
+/// Build a new generation from the log; see the module documentation.
+pub async fn replay(
+    settings: &Settings,
+    pool: &PgPool,
+    options: &Options,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let topic = settings.kafka.topic.as_str();
+    let mut conn = pool.acquire().await?;
+    let previous = generations::live(&mut conn, false).await?;
+    let live_target = previous.target()?;
+    let live_positions = partition_offsets(
+        topic,
+        &store::positions(&mut conn, &live_target, false).await?,
+    );
+    drop(conn);
+
+    let (purpose, stop, time_limit) = match &options.until {
+        None => (Purpose::Live, live_positions.clone(), None),
+        Some(Until::Time(t)) => (Purpose::PointInTime, live_positions.clone(), Some(*t)),
+        Some(Until::Positions(given)) => {
+            let partitions = platform::kafka::partition_count(&settings.kafka, topic)?;
+            let missing: Vec<i32> = (0..i32::try_from(partitions)?)
+                .filter(|p| !given.contains_key(p))
+                .collect();
+            anyhow::ensure!(
+                missing.is_empty(),
+                "--until names no position for partition(s) {missing:?} of {topic}; give every \
+                 partition (see analytics.watermarks)"
+            );
+            (Purpose::PointInTime, given.clone(), None)
+        }
+    };
+    let until_spec = options.until.as_ref().map(ToString::to_string);
+    let note = format!("replay of {topic}; live was {}", previous.schema_name);
+    let generation = generations::create(pool, purpose, until_spec.as_deref(), &note).await?;
+    let target = generation.target()?;
+    let result = build(
+        settings,
+        pool,
+        options,
+        progress,
+        &previous,
+        &generation,
+        &target,
+        &stop,
+        time_limit,
+        started,
+    )
+    .await;
+    if let Err(error) = &result {
+        let _ =
+            generations::set_state(pool, generation.generation, "failed", &format!("{error:#}"))
+                .await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    settings: &Settings,
+    pool: &PgPool,
+    options: &Options,
+    progress: &(dyn Fn(Progress) + Sync),
+    previous: &Generation,
+    generation: &Generation,
+    target: &Target,
+    stop: &BTreeMap<i32, i64>,
+    time_limit: Option<DateTime<Utc>>,
+    started: Instant,
+) -> anyhow::Result<Report> {
+    let topic = settings.kafka.topic.as_str();
+    let ranges: BTreeMap<i32, Range> = stop
+        .iter()
+        .map(|(p, s)| (*p, Range { start: 0, stop: *s }))
+        .collect();
+    let bulk = read_and_fold(settings, options, progress, &ranges, time_limit).await?;
+    let read_and_fold = started.elapsed();
+
+    let load_started = Instant::now();
+    let mut tx = pool.begin().await?;
+    // A crash loses the rebuild, never live data: no need to wait for the WAL flush.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    let changes = bulk.fold.into_changes();
+    let mut rows_loaded = store::copy_all(&mut tx, target, &changes, &bulk.events).await?;
+    let advances: Vec<Advance> = bulk
+        .next
+        .iter()
+        .map(|(partition, next)| Advance {
+            topic: topic.to_string(),
+            partition: *partition,
+            next_offset: *next,
+            last_event_at: bulk.last_event_at.get(partition).copied(),
+            events_applied: bulk.applied.get(partition).copied().unwrap_or(0),
+        })
+        .collect();
+    store::advance(&mut tx, target, &advances).await?;
+    tx.commit().await?;
+    rows_loaded += advances.len() as u64;
+    sqlx::query(&format!(
+        "ANALYZE \"{}\".orders, \"{0}\".order_events",
+        target.schema()
+    ))
+    .execute(pool)
+    .await?;
+    let load = load_started.elapsed();
+
+    let copy_baseline = if options.compare_copy {
+        Some(copy_baseline(pool, target, &bulk.events).await?)
+    } else {
+        None
+    };
+    let events_applied = bulk.events.len() as u64;
+    drop(bulk.events);
+
+    let mut report = Report {
+        generation: generation.clone(),
+        previous: previous.clone(),
+        outcome: Outcome::PointInTime,
+        events_read: bulk.read,
+        events_applied,
+        undecodable: bulk.undecodable,
+        rows_loaded,
+        read_and_fold,
+        load,
+        catch_up_events: 0,
+        catch_up: Duration::ZERO,
+        verify: Duration::ZERO,
+        total: Duration::ZERO,
+        copy_baseline,
+        verification: None,
+        positions: Vec::new(),
+    };
+    if generation.purpose == "point_in_time" {
+        generations::set_state(
+            pool,
+            generation.generation,
+            "ready",
+            &generation.note.clone().unwrap_or_default(),
+        )
+        .await?;
+        report.positions = positions_of(pool, target).await?;
+        report.total = started.elapsed();
+        return Ok(report);
+    }
+
+    // Catch up without holding anything, so the locked part is short.
+    let catch_up_started = Instant::now();
+    let live_target = previous.target()?;
+    for _ in 0..CATCH_UP_ROUNDS {
+        let mut conn = pool.acquire().await?;
+        let behind = lag(&mut conn, &live_target, target, topic).await?;
+        drop(conn);
+        if behind.values().map(|r| r.stop - r.start).sum::<i64>() <= LOCKED_CATCH_UP_MAX {
+            break;
+        }
+        report.catch_up_events +=
+            catch_up(settings, options, pool, None, target, &behind, progress).await?;
+    }
+
+    let mut tx = pool.begin().await?;
+    let locked = generations::lock_live(&mut tx).await?;
+    anyhow::ensure!(
+        locked.generation == previous.generation,
+        "generation {} became live while this replay ran; nothing switched",
+        locked.generation
+    );
+    let behind = lag(&mut tx, &live_target, target, topic).await?;
+    report.catch_up_events += catch_up(
+        settings,
+        options,
+        pool,
+        Some(&mut tx),
+        target,
+        &behind,
+        progress,
+    )
+    .await?;
+    report.catch_up = catch_up_started.elapsed();
+
+    let verify_started = Instant::now();
+    progress(Progress {
+        phase: "verifying",
+        done: 0,
+        total: 1,
+    });
+    let verification = verify::compare(&mut tx, &live_target, target).await?;
+    report.verify = verify_started.elapsed();
+    let equal = verification.matches();
+    report.verification = Some(verification);
+    if equal || options.force_switch {
+        generations::switch(&mut tx, generation).await?;
+        tx.commit().await?;
+        report.outcome = Outcome::Switched { forced: !equal };
+    } else {
+        tx.rollback().await?;
+        generations::set_state(
+            pool,
+            generation.generation,
+            "failed",
+            "verification found differences with the live generation; not switched",
+        )
+        .await?;
+        report.outcome = Outcome::Refused;
+    }
+    report.positions = positions_of(pool, target).await?;
+    report.total = started.elapsed();
+    Ok(report)
+}
+
+/// Catch-up rounds without the lock before the final, locked one.
+const CATCH_UP_ROUNDS: usize = 5;
+/// At most this many records are left for the locked catch-up (unless the rounds run out).
+const LOCKED_CATCH_UP_MAX: i64 = 5_000;
+
+/// What the bulk phase folded.
+struct Bulk {
+    fold: Fold,
+    events: Vec<EventRow>,
+    read: u64,
+    undecodable: u64,
+    next: BTreeMap<i32, i64>,
+    last_event_at: BTreeMap<i32, DateTime<Utc>>,
+    applied: BTreeMap<i32, i64>,
+}
+
+async fn read_and_fold(
+    settings: &Settings,
+    options: &Options,
+    progress: &(dyn Fn(Progress) + Sync),
+    ranges: &BTreeMap<i32, Range>,
+    time_limit: Option<DateTime<Utc>>,
+) -> anyhow::Result<Bulk> {
+    let topic = settings.kafka.topic.as_str();
+    let mut slice = LogSlice::open(&settings.kafka, topic, ranges, options.stall)?;
+    let total = u64::try_from(slice.remaining()).unwrap_or(0);
+    let mut bulk = Bulk {
+        fold: Fold::new(),
+        events: Vec::new(),
+        read: 0,
+        undecodable: 0,
+        // Partitions read to the end stop at their stop offset.
+        next: ranges.iter().map(|(p, r)| (*p, r.stop)).collect(),
+        last_event_at: BTreeMap::new(),
+        applied: BTreeMap::new(),
+    };
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut stopped: HashSet<i32> = HashSet::new();
+    while let Some(batch) = slice.next_batch(options.batch).await? {
+        for message in &batch {
+            let partition = message.partition();
+            if stopped.contains(&partition) {
+                continue;
+            }
+            let decoded: Option<Event> = message.payload().and_then(|p| events::decode(p).ok());
+            if let (Some(limit), Some(event)) = (time_limit, &decoded) {
+                if event.meta.occurred_at > limit {
+                    // The prefix of this partition up to `limit` ends here.
+                    stopped.insert(partition);
+                    slice.stop_partition(partition);
+                    bulk.next.insert(partition, message.offset());
+                    continue;
+                }
+            }
+            bulk.read += 1;
+            let Some(event) = decoded else {
+                bulk.undecodable += 1;
+                continue;
+            };
+            if !seen.insert(event.meta.event_id) {
+                continue;
+            }
+            bulk.fold.apply(&event);
+            *bulk.applied.entry(partition).or_default() += 1;
+            let last = bulk
+                .last_event_at
+                .entry(partition)
+                .or_insert(event.meta.occurred_at);
+            *last = (*last).max(event.meta.occurred_at);
+            bulk.events.push(fold::timeline_row(
+                &event,
+                &LogPosition {
+                    topic: message.topic(),
+                    partition,
+                    offset: message.offset(),
+                },
+            ));
+        }
+        progress(Progress {
+            phase: "reading the log",
+            done: bulk.read,
+            total,
+        });
+    }
+    Ok(bulk)
+}
+
+/// Per partition, how far `target` is behind `live`.
+async fn lag(
+    conn: &mut PgConnection,
+    live: &Target,
+    target: &Target,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, Range>> {
+    let live = partition_offsets(topic, &store::positions(&mut *conn, live, false).await?);
+    let ours = partition_offsets(topic, &store::positions(&mut *conn, target, false).await?);
+    Ok(live
+        .into_iter()
+        .filter_map(|(partition, stop)| {
+            let start = ours.get(&partition).copied().unwrap_or(0);
+            (start < stop).then_some((partition, Range { start, stop }))
+        })
+        .collect())
+}
+
+/// Apply `ranges` of the log to `target` with the projector's incremental code, one
+/// transaction per batch, or all inside `locked` when given.
+async fn catch_up(
+    settings: &Settings,
+    options: &Options,
+    pool: &PgPool,
+    mut locked: Option<&mut PgConnection>,
+    target: &Target,
+    ranges: &BTreeMap<i32, Range>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> anyhow::Result<u64> {
+    if ranges.is_empty() {
+        return Ok(0);
+    }
+    let mut slice = LogSlice::open(
+        &settings.kafka,
+        &settings.kafka.topic,
+        ranges,
+        options.stall,
+    )?;
+    let total = u64::try_from(slice.remaining()).unwrap_or(0);
+    let mut done = 0u64;
+    while let Some(batch) = slice.next_batch(options.batch).await? {
+        match locked.as_deref_mut() {
+            Some(conn) => {
+                apply_records(conn, target, &batch, None).await?;
+            }
+            None => {
+                let mut tx = pool.begin().await?;
+                apply_records(&mut tx, target, &batch, None).await?;
+                tx.commit().await?;
+            }
+        }
+        done += batch.len() as u64;
+        progress(Progress {
+            phase: "catching up",
+            done,
+            total,
+        });
+    }
+    Ok(done)
+}
+
+/// `COPY` the timeline rows once more into a temporary table without indexes: what Postgres
+/// ingests when nothing is folded or indexed.
+async fn copy_baseline(
+    pool: &PgPool,
+    target: &Target,
+    events: &[EventRow],
+) -> anyhow::Result<(u64, Duration)> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "CREATE TEMPORARY TABLE copy_baseline (LIKE \"{}\".order_events) ON COMMIT DROP",
+        target.schema()
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let started = Instant::now();
+    let rows = store::copy_events(&mut tx, "pg_temp.copy_baseline", events).await?;
+    let took = started.elapsed();
+    tx.rollback().await?;
+    Ok((rows, took))
+}
+
+async fn positions_of(pool: &PgPool, target: &Target) -> anyhow::Result<Vec<store::Position>> {
+    let mut conn = pool.acquire().await?;
+    Ok(store::positions(&mut conn, target, false).await?)
+}
+
+fn partition_offsets(topic: &str, positions: &[store::Position]) -> BTreeMap<i32, i64> {
+    positions
+        .iter()
+        .filter(|p| p.topic == topic)
+        .map(|p| (p.partition, p.next_offset))
+        .collect()
+}
+
+/// Parse `--until` for the command line.
+pub fn parse_until(text: &str) -> Result<Until, String> {
+    text.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_takes_a_time_or_every_partition_position() {
+        assert_eq!(
+            "2026-11-23T18:00:00Z".parse::<Until>(),
+            Ok(Until::Time(
+                DateTime::parse_from_rfc3339("2026-11-23T18:00:00Z")
+                    .unwrap()
+                    .with_timezone(&Utc)
+            ))
+        );
+        assert_eq!(
+            "0:12, 1:0".parse::<Until>(),
+            Ok(Until::Positions(BTreeMap::from([(0, 12), (1, 0)])))
+        );
+        for bad in ["yesterday", "0:12,0:13", "0:-1", "0", ""] {
+            assert!(bad.parse::<Until>().is_err(), "{bad:?} should not parse");
+        }
+    }
+}
