@@ -4,6 +4,7 @@
 //! This is the only crate that knows the wire format. Other crates hand it typed [`Event`]s
 //! and bytes; they never build Avro values themselves.
 
+pub mod archive;
 mod codec;
 mod model;
 mod validate;

@@ -24,6 +24,9 @@ pub enum Component {
     Shipping,
     Saga,
     Projections,
+    /// Copies the log into the archive (`archive.dir`); not among [`Component::ALL`]: `orderflow
+    /// run` adds it when `archive.dir` is set.
+    Archiver,
 }
 
 impl Component {
@@ -42,6 +45,7 @@ impl Component {
             Component::Shipping => consumers::shipping::NAME,
             Component::Saga => consumers::saga::NAME,
             Component::Projections => projections::NAME,
+            Component::Archiver => "archiver",
         }
     }
 }
@@ -59,7 +63,7 @@ pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<
             settings.shipping.unserved_countries.clone(),
         )))),
         Component::Saga => Arc::new(OrderSaga::new(settings.saga.clone())),
-        Component::Projections => return None,
+        Component::Projections | Component::Archiver => return None,
     })
 }
 
@@ -104,6 +108,17 @@ pub fn start_with(
                     });
                 }
                 set.spawn(async move { runner.run(token).await.map(|()| component) });
+            }
+            None if component == Component::Archiver => {
+                let archiver = projections::archive::Archiver::open(settings)
+                    .context("starting the archiver")?;
+                let settings = settings.clone();
+                set.spawn(async move {
+                    archiver
+                        .run(&settings, false, token)
+                        .await
+                        .map(|_| component)
+                });
             }
             None => {
                 let projector = Projector::new(settings, pool.clone())

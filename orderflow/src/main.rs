@@ -97,6 +97,20 @@ enum Command {
         /// Records per read batch and per catch-up transaction.
         #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
         batch: u32,
+        /// Read the log from this archive directory (orderflow archive) instead of the broker,
+        /// as far as it goes; the rest comes from the broker.
+        #[arg(long, value_name = "DIR")]
+        from_archive: Option<PathBuf>,
+    },
+    /// Copy the log into the archive directory (archive.dir, or --dir) up to its current end,
+    /// then exit; with --check, verify the archive against its manifest instead.
+    Archive {
+        /// The archive directory [default: archive.dir].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Verify every file (ranges, record counts, checksums); exit 1 on any problem.
+        #[arg(long)]
+        check: bool,
     },
     /// List read-model generations or drop one that is not live.
     Generations {
@@ -256,7 +270,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { only } => {
             let chosen = if only.is_empty() {
-                Component::ALL.to_vec()
+                let mut all = Component::ALL.to_vec();
+                if !settings.archive.dir.is_empty() {
+                    all.push(Component::Archiver);
+                }
+                all
             } else {
                 only
             };
@@ -294,6 +312,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             force_switch,
             compare_copy,
             batch,
+            from_archive,
         } => {
             let pool = components::prepare_database(&settings, false).await?;
             let options = projections::rebuild::Options {
@@ -301,9 +320,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 force_switch,
                 compare_copy,
                 batch: batch as usize,
+                archive: from_archive,
                 ..Default::default()
             };
             return orderflow::replay::run(&settings, &pool, &options).await;
+        }
+        Command::Archive { dir, check } => {
+            let mut settings = settings.clone();
+            if let Some(dir) = dir {
+                settings.archive.dir = dir.display().to_string();
+            }
+            return archive(&settings, check).await;
         }
         Command::Generations { action } => {
             let pool = components::prepare_database(&settings, false).await?;
@@ -358,6 +385,46 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             result?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn archive(settings: &Settings, check: bool) -> anyhow::Result<ExitCode> {
+    use projections::archive::{self, Archiver, Manifest};
+    if check {
+        anyhow::ensure!(
+            !settings.archive.dir.is_empty(),
+            "give the archive with --dir or archive.dir"
+        );
+        let dir = PathBuf::from(&settings.archive.dir);
+        let manifest = Manifest::load(&dir, &settings.kafka.topic)?;
+        let found = archive::check(&dir, &manifest)?;
+        for problem in &found.problems {
+            eprintln!("{}: {problem}", dir.display());
+        }
+        eprintln!(
+            "{}: {} files, {} records, {} problems",
+            dir.display(),
+            found.files,
+            found.records,
+            found.problems.len()
+        );
+        return Ok(if found.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let archiver = Archiver::open(settings)?;
+    let shutdown = platform::shutdown::on_signals();
+    let started = std::time::Instant::now();
+    let run = archiver.run(settings, true, shutdown).await?;
+    eprintln!(
+        "archived {} records into {} files in {:.2} s ({})",
+        run.records,
+        run.files,
+        started.elapsed().as_secs_f64(),
+        settings.archive.dir
+    );
     Ok(ExitCode::SUCCESS)
 }
 

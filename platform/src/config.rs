@@ -18,6 +18,7 @@ pub struct Settings {
     pub payment: PaymentSettings,
     pub shipping: ShippingSettings,
     pub saga: SagaSettings,
+    pub archive: ArchiveSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,6 +182,22 @@ impl SagaSettings {
     }
 }
 
+/// The log archiver (`orderflow run` starts it when `dir` is set; `orderflow archive` runs it
+/// once). Files are Avro object container files per partition and time window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSettings {
+    /// Directory of the archive (created if missing); empty turns the archiver component off.
+    pub dir: String,
+    /// A file never holds records of two windows of this length (by record timestamp).
+    pub window_secs: u64,
+    /// Most records per file.
+    pub segment_max_records: usize,
+    /// Records held longer than this are written out even if their file is not full: the
+    /// archive's lag behind the log (its RPO) stays below about this much.
+    pub flush_interval_ms: u64,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -221,6 +238,12 @@ impl Default for Settings {
                 shipping_timeout_ms: 600_000,
                 deadline_check_interval_ms: 1_000,
                 deadline_check_batch: 500,
+            },
+            archive: ArchiveSettings {
+                dir: String::new(),
+                window_secs: 3_600,
+                segment_max_records: 100_000,
+                flush_interval_ms: 10_000,
             },
         }
     }

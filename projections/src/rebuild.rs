@@ -12,6 +12,9 @@
 //!    that one transaction. The previous generation is kept until `orderflow generations drop`.
 //!
 //! A point-in-time build (`--until`) runs the bulk step only, into `analytics_pit_<N>`.
+//!
+//! The bulk step can read an archive instead of the broker (`--from-archive`); the catch-up
+//! then reads the rest from the broker.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -21,10 +24,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use events::Event;
 use platform::Settings;
+use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::archive;
 use crate::fold::{self, EventRow, Fold, LogPosition};
 use crate::generations::{self, Generation, Purpose};
 use crate::log::{LogSlice, Range};
@@ -96,6 +101,9 @@ pub struct Options {
     pub batch: usize,
     /// How long a read may wait for a record before the log counts as ended.
     pub stall: Duration,
+    /// Read the bulk part from this archive directory instead of the broker; what the archive
+    /// lacks up to the live position is then read from the broker.
+    pub archive: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -106,6 +114,7 @@ impl Default for Options {
             compare_copy: false,
             batch: 20_000,
             stall: Duration::from_secs(30),
+            archive: None,
         }
     }
 }
@@ -476,21 +485,44 @@ async fn read_and_fold(
     time_limit: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Bulk> {
     let topic = settings.kafka.topic.as_str();
-    let mut slice = LogSlice::open(&settings.kafka, topic, ranges, options.stall)?;
-    let total = u64::try_from(slice.remaining()).unwrap_or(0);
+    // Partitions read to the end stop at their stop offset (or where the archive ends).
+    let mut next: BTreeMap<i32, i64> = ranges.iter().map(|(p, r)| (*p, r.stop)).collect();
+    let mut source = match &options.archive {
+        None => Source::Log(LogSlice::open(
+            &settings.kafka,
+            topic,
+            ranges,
+            options.stall,
+        )?),
+        Some(dir) => {
+            let manifest = archive::Manifest::load(dir, topic)?;
+            for (partition, stop) in next.iter_mut() {
+                let archived = manifest
+                    .partitions
+                    .get(partition)
+                    .map_or(0, |p| p.next_offset);
+                *stop = (*stop).min(archived);
+            }
+            Source::Archive {
+                total: manifest.records(),
+                reader: archive::ArchiveReader::new(dir, &manifest),
+                stop: next.clone(),
+            }
+        }
+    };
+    let total = source.total();
     let mut bulk = Bulk {
         fold: Fold::new(),
         events: Vec::new(),
         read: 0,
         undecodable: 0,
-        // Partitions read to the end stop at their stop offset.
-        next: ranges.iter().map(|(p, r)| (*p, r.stop)).collect(),
+        next,
         last_event_at: BTreeMap::new(),
         applied: BTreeMap::new(),
     };
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut stopped: HashSet<i32> = HashSet::new();
-    while let Some(batch) = slice.next_batch(options.batch).await? {
+    while let Some(batch) = source.next_batch(options.batch).await? {
         for message in &batch {
             let partition = message.partition();
             if stopped.contains(&partition) {
@@ -501,7 +533,7 @@ async fn read_and_fold(
                 if event.meta.occurred_at > limit {
                     // The prefix of this partition up to `limit` ends here.
                     stopped.insert(partition);
-                    slice.stop_partition(partition);
+                    source.stop_partition(partition);
                     bulk.next.insert(partition, message.offset());
                     continue;
                 }
@@ -537,6 +569,52 @@ async fn read_and_fold(
         });
     }
     Ok(bulk)
+}
+
+/// Where the bulk phase reads: the broker, or an archive (records up to the stop offsets).
+enum Source {
+    Log(LogSlice),
+    Archive {
+        reader: archive::ArchiveReader,
+        stop: BTreeMap<i32, i64>,
+        total: u64,
+    },
+}
+
+impl Source {
+    fn total(&self) -> u64 {
+        match self {
+            Source::Log(slice) => u64::try_from(slice.remaining()).unwrap_or(0),
+            Source::Archive { total, .. } => *total,
+        }
+    }
+
+    fn stop_partition(&mut self, partition: i32) {
+        match self {
+            Source::Log(slice) => slice.stop_partition(partition),
+            Source::Archive { stop, .. } => {
+                stop.insert(partition, i64::MIN);
+            }
+        }
+    }
+
+    async fn next_batch(&mut self, max: usize) -> anyhow::Result<Option<Vec<OwnedMessage>>> {
+        match self {
+            Source::Log(slice) => slice.next_batch(max).await,
+            Source::Archive { reader, stop, .. } => {
+                let Some(records) = reader.next_batch(max)? else {
+                    return Ok(None);
+                };
+                Ok(Some(
+                    records
+                        .into_iter()
+                        .filter(|r| stop.get(&r.partition).is_some_and(|s| r.offset < *s))
+                        .map(archive::message)
+                        .collect(),
+                ))
+            }
+        }
+    }
 }
 
 /// Per partition, how far `target` is behind `live`.

@@ -3,6 +3,7 @@
 //! topic and consumer groups.
 
 mod analytics;
+mod archive;
 mod cli;
 mod deadletters;
 mod delivery;

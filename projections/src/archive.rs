@@ -1,0 +1,632 @@
+//! The log archive: every record of the order log copied into Avro object container files, one
+//! file per partition and time window, plus `manifest.json` naming each file with its offset
+//! range, record count and SHA-256.
+//!
+//! Layout: `<dir>/<topic>/p<partition>/<window start>/<start>-<next>.avro`, where a file holds
+//! the records of offsets `start..next` (Kafka may leave offsets unused, so `records` can be
+//! smaller than `next - start`). Per partition, each file starts where the previous one ended:
+//! the files tile the log without gaps or overlaps.
+//!
+//! Crash safety: a file is written under a temporary name, synced and renamed; only then is it
+//! added to the manifest, itself written the same way. The manifest is the truth: on start the
+//! archiver removes files it does not name and continues each partition at its `next_offset`,
+//! so a crash at any point neither loses nor repeats a record.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use events::archive::{LogRecord, SegmentWriter};
+use platform::config::ArchiveSettings;
+use platform::Settings;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+/// The manifest's file name inside the archive directory.
+pub const MANIFEST: &str = "manifest.json";
+
+/// What the archive holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub topic: String,
+    /// Keyed by partition.
+    pub partitions: BTreeMap<i32, PartitionArchive>,
+}
+
+/// The archived part of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionArchive {
+    /// Every record before this offset is archived.
+    pub next_offset: i64,
+    pub segments: Vec<Segment>,
+}
+
+/// One archive file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Path relative to the archive directory.
+    pub file: String,
+    pub start_offset: i64,
+    pub next_offset: i64,
+    pub records: u64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub min_timestamp_ms: Option<i64>,
+    pub max_timestamp_ms: Option<i64>,
+    pub window_start: DateTime<Utc>,
+    pub bytes: u64,
+    pub sha256: String,
+    pub written_at: DateTime<Utc>,
+}
+
+impl Manifest {
+    pub fn empty(topic: &str) -> Manifest {
+        Manifest {
+            format: 1,
+            topic: topic.to_string(),
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    /// Read `<dir>/manifest.json`, or an empty manifest when the directory has none yet.
+    pub fn load(dir: &Path, topic: &str) -> anyhow::Result<Manifest> {
+        let path = dir.join(MANIFEST);
+        if !path.exists() {
+            return Ok(Manifest::empty(topic));
+        }
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("reading the archive manifest {}", path.display()))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not an orderflow archive manifest", path.display()))?;
+        anyhow::ensure!(
+            manifest.topic == topic,
+            "the archive in {} holds topic {}, not {topic}; use another archive.dir",
+            dir.display(),
+            manifest.topic
+        );
+        Ok(manifest)
+    }
+
+    /// Records the archive holds.
+    pub fn records(&self) -> u64 {
+        self.partitions
+            .values()
+            .flat_map(|p| &p.segments)
+            .map(|s| s.records)
+            .sum()
+    }
+
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_vec_pretty(self)?;
+        write_atomically(dir, &dir.join(MANIFEST), &text)
+    }
+}
+
+/// Write `bytes` to `path` so that a crash leaves either the old file or the new one.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(path.parent().unwrap_or(dir))
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// What a check of the archive found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveCheck {
+    pub files: usize,
+    pub records: u64,
+    pub problems: Vec<String>,
+}
+
+/// Check the archive against its manifest: files tile each partition from its first offset
+/// without gaps or overlaps, every file exists with its checksum, and holds exactly the
+/// records the manifest says, in offset order, inside its range.
+pub fn check(dir: &Path, manifest: &Manifest) -> anyhow::Result<ArchiveCheck> {
+    let mut result = ArchiveCheck {
+        files: 0,
+        records: 0,
+        problems: Vec::new(),
+    };
+    for (partition, archive) in &manifest.partitions {
+        let mut expected_start = archive.segments.first().map_or(0, |s| s.start_offset);
+        for segment in &archive.segments {
+            result.files += 1;
+            let at = format!("partition {partition}, {}", segment.file);
+            if segment.start_offset != expected_start {
+                result.problems.push(format!(
+                    "{at}: starts at {} but the previous file ended before {expected_start}",
+                    segment.start_offset
+                ));
+            }
+            expected_start = segment.next_offset;
+            let path = dir.join(&segment.file);
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    result.problems.push(format!("{at}: cannot read: {error}"));
+                    continue;
+                }
+            };
+            if sha256_hex(&bytes) != segment.sha256 {
+                result
+                    .problems
+                    .push(format!("{at}: checksum differs from the manifest"));
+                continue;
+            }
+            let records = match events::archive::read_segment(bytes.as_slice()) {
+                Ok(records) => records,
+                Err(error) => {
+                    result.problems.push(format!("{at}: {error}"));
+                    continue;
+                }
+            };
+            result.records += records.len() as u64;
+            if records.len() as u64 != segment.records {
+                result.problems.push(format!(
+                    "{at}: holds {} records, the manifest says {}",
+                    records.len(),
+                    segment.records
+                ));
+            }
+            let mut previous = segment.start_offset - 1;
+            for record in &records {
+                if record.partition != *partition
+                    || record.offset <= previous
+                    || record.offset >= segment.next_offset
+                {
+                    result.problems.push(format!(
+                        "{at}: record at partition {} offset {} is out of place",
+                        record.partition, record.offset
+                    ));
+                    break;
+                }
+                previous = record.offset;
+            }
+        }
+        if expected_start != archive.next_offset {
+            result.problems.push(format!(
+                "partition {partition}: files end before {expected_start}, the manifest says {}",
+                archive.next_offset
+            ));
+        }
+    }
+    Ok(result)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The records of one partition waiting to be written as one file.
+struct Open {
+    records: Vec<LogRecord>,
+    window: i64,
+    since: Instant,
+}
+
+/// Copies the log into the archive directory.
+pub struct Archiver {
+    dir: PathBuf,
+    topic: String,
+    settings: ArchiveSettings,
+    manifest: Manifest,
+    open: BTreeMap<i32, Open>,
+}
+
+/// `orderflow archive` stops after the log has been quiet this long...
+const ONCE_IDLE: Duration = Duration::from_secs(10);
+/// ...or this long after every partition reported its end.
+const ONCE_GRACE: Duration = Duration::from_secs(2);
+
+/// How much an archiver run wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveRun {
+    pub files: usize,
+    pub records: u64,
+}
+
+impl Archiver {
+    /// Open (or start) the archive in `settings.archive.dir`, removing files a crash left
+    /// behind that the manifest does not name.
+    pub fn open(settings: &Settings) -> anyhow::Result<Archiver> {
+        let archive = &settings.archive;
+        anyhow::ensure!(
+            !archive.dir.is_empty(),
+            "archive.dir is not set; set it in the config file or ORDERFLOW_ARCHIVE__DIR"
+        );
+        anyhow::ensure!(archive.window_secs > 0, "archive.window_secs must be > 0");
+        anyhow::ensure!(
+            archive.segment_max_records > 0,
+            "archive.segment_max_records must be > 0"
+        );
+        let dir = PathBuf::from(&archive.dir);
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the archive directory {}", dir.display()))?;
+        let topic = settings.kafka.topic.clone();
+        let manifest = Manifest::load(&dir, &topic)?;
+        remove_strays(&dir, &manifest)?;
+        Ok(Archiver {
+            dir,
+            topic,
+            settings: archive.clone(),
+            manifest,
+            open: BTreeMap::new(),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Archive the log: until every partition is at its end when `once`, else until `shutdown`.
+    /// Held records are written out before returning normally.
+    pub async fn run(
+        mut self,
+        settings: &Settings,
+        once: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<ArchiveRun> {
+        let partitions = platform::kafka::partition_count(&settings.kafka, &self.topic)?;
+        let consumer = self.reader(settings, partitions)?;
+        let mut at_end: BTreeMap<i32, bool> = (0..i32::try_from(partitions)?)
+            .map(|p| (p, false))
+            .collect();
+        let mut run = ArchiveRun::default();
+        let tick = Duration::from_millis(200);
+        let mut last_record = Instant::now();
+        tracing::info!(dir = %self.dir.display(), topic = %self.topic, once, "archiver started");
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = tokio::time::timeout(tick, consumer.recv()) => received,
+            };
+            match received {
+                Err(_idle) => {}
+                Ok(Ok(message)) => {
+                    last_record = Instant::now();
+                    at_end.insert(message.partition(), false);
+                    self.add(&message, &mut run)?;
+                }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    at_end.insert(partition, true);
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "Kafka error while archiving; reading on"),
+            }
+            let due = Duration::from_millis(self.settings.flush_interval_ms);
+            let stale: Vec<i32> = self
+                .open
+                .iter()
+                .filter(|(p, open)| {
+                    open.since.elapsed() >= due || (once && at_end.get(p).copied().unwrap_or(false))
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            for partition in stale {
+                self.flush(partition, None, &mut run)?;
+            }
+            // Once: done when every partition reported its end and nothing more arrived for a
+            // moment (some brokers report an end early), or when nothing arrived for a while
+            // (brokers that report no end of an untouched partition).
+            let quiet = last_record.elapsed();
+            if once && ((at_end.values().all(|e| *e) && quiet >= ONCE_GRACE) || quiet >= ONCE_IDLE)
+            {
+                break;
+            }
+        }
+        let held: Vec<i32> = self.open.keys().copied().collect();
+        for partition in held {
+            self.flush(partition, None, &mut run)?;
+        }
+        tracing::info!(files = run.files, records = run.records, "archiver stopped");
+        Ok(run)
+    }
+
+    fn reader(&self, settings: &Settings, partitions: usize) -> anyhow::Result<StreamConsumer> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka.brokers)
+            // Required by the client; the archive's position lives in its manifest.
+            .set(
+                "group.id",
+                format!("{}.archiver", settings.kafka.group_prefix),
+            )
+            .set(
+                "client.id",
+                format!("orderflow-archiver-{}", std::process::id()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            // Records already gone from the broker are an error, never a silent gap.
+            .set("auto.offset.reset", "error")
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .with_context(|| {
+                format!(
+                    "creating the archiver's reader for {}",
+                    settings.kafka.brokers
+                )
+            })?;
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..i32::try_from(partitions)? {
+            let offset = match self.manifest.partitions.get(&partition) {
+                Some(archived) if archived.next_offset > 0 => Offset::Offset(archived.next_offset),
+                _ => Offset::Beginning,
+            };
+            tpl.add_partition_offset(&self.topic, partition, offset)?;
+        }
+        consumer
+            .assign(&tpl)
+            .context("assigning the log's partitions")?;
+        Ok(consumer)
+    }
+
+    fn add(
+        &mut self,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        run: &mut ArchiveRun,
+    ) -> anyhow::Result<()> {
+        let record = log_record(&message.detach());
+        let partition = record.partition;
+        let window_ms = i64::try_from(self.settings.window_secs.saturating_mul(1000))?;
+        let window = record.timestamp_ms.unwrap_or(0).div_euclid(window_ms) * window_ms;
+        if let Some(open) = self.open.get(&partition) {
+            if open.window != window {
+                // A file never spans two windows: close it where this record starts.
+                self.flush(partition, Some(record.offset), run)?;
+            }
+        }
+        let open = self.open.entry(partition).or_insert_with(|| Open {
+            records: Vec::new(),
+            window,
+            since: Instant::now(),
+        });
+        open.records.push(record);
+        if open.records.len() >= self.settings.segment_max_records {
+            self.flush(partition, None, run)?;
+        }
+        Ok(())
+    }
+
+    /// Write the held records of `partition` as one file ending before `next` (default: after
+    /// its last record), then record it in the manifest.
+    fn flush(
+        &mut self,
+        partition: i32,
+        next: Option<i64>,
+        run: &mut ArchiveRun,
+    ) -> anyhow::Result<()> {
+        let Some(open) = self.open.remove(&partition) else {
+            return Ok(());
+        };
+        let (Some(first), Some(last)) = (open.records.first(), open.records.last()) else {
+            return Ok(());
+        };
+        let archived = self.manifest.partitions.entry(partition).or_default();
+        let start = if archived.segments.is_empty() && archived.next_offset == 0 {
+            // The first file of a partition starts at the first record the broker had.
+            first.offset
+        } else {
+            archived.next_offset
+        };
+        let next = next.unwrap_or(last.offset + 1);
+        let window_start = DateTime::<Utc>::from_timestamp_millis(open.window).unwrap_or_default();
+        let relative = format!(
+            "{}/p{partition:03}/{}/{start:020}-{next:020}.avro",
+            self.topic,
+            window_start.format("%Y-%m-%dT%H%M%SZ")
+        );
+        let path = self.dir.join(&relative);
+        let folder = path.parent().unwrap_or(&self.dir).to_path_buf();
+        fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+        let mut writer = SegmentWriter::new(
+            Vec::new(),
+            &[
+                ("topic", self.topic.clone()),
+                ("partition", partition.to_string()),
+                ("start_offset", start.to_string()),
+                ("next_offset", next.to_string()),
+            ],
+        )?;
+        for record in &open.records {
+            writer.append(record)?;
+        }
+        let bytes = writer.finish()?;
+        {
+            let tmp = path.with_extension("avro.tmp");
+            let mut file = BufWriter::new(
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+            );
+            file.write_all(&bytes)?;
+            file.into_inner()
+                .map_err(|e| anyhow::anyhow!("writing {}: {}", tmp.display(), e.error()))?
+                .sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(&folder)?;
+        }
+        let timestamps = open.records.iter().filter_map(|r| r.timestamp_ms);
+        let segment = Segment {
+            file: relative,
+            start_offset: start,
+            next_offset: next,
+            records: open.records.len() as u64,
+            first_offset: first.offset,
+            last_offset: last.offset,
+            min_timestamp_ms: timestamps.clone().min(),
+            max_timestamp_ms: timestamps.max(),
+            window_start,
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            written_at: Utc::now(),
+        };
+        archived.next_offset = next;
+        archived.segments.push(segment);
+        self.manifest.save(&self.dir)?;
+        run.files += 1;
+        run.records += open.records.len() as u64;
+        tracing::debug!(
+            partition,
+            start,
+            next,
+            records = open.records.len(),
+            "archive file written"
+        );
+        Ok(())
+    }
+}
+
+/// Remove `.tmp` files and archive files the manifest does not name (a crash between writing
+/// a file and recording it). They are written again from the log.
+fn remove_strays(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    let named: std::collections::HashSet<PathBuf> = manifest
+        .partitions
+        .values()
+        .flat_map(|p| &p.segments)
+        .map(|s| dir.join(&s.file))
+        .collect();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in
+            fs::read_dir(&folder).with_context(|| format!("listing {}", folder.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "tmp")
+                || (path.extension().is_some_and(|e| e == "avro") && !named.contains(&path))
+            {
+                tracing::warn!(file = %path.display(), "removing an archive file the manifest does not name");
+                fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A log record as archived.
+pub fn log_record(message: &OwnedMessage) -> LogRecord {
+    let timestamp_ms = match message.timestamp() {
+        Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+        Timestamp::NotAvailable => None,
+    };
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    LogRecord {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms,
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// An archived record as the message it was, for code that reads the log.
+pub fn message(record: LogRecord) -> OwnedMessage {
+    let headers = if record.headers.is_empty() {
+        None
+    } else {
+        let mut owned = rdkafka::message::OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key,
+                value: value.as_deref(),
+            });
+        }
+        Some(owned)
+    };
+    OwnedMessage::new(
+        record.value,
+        record.key,
+        record.topic,
+        record
+            .timestamp_ms
+            .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+        record.partition,
+        record.offset,
+        headers,
+    )
+}
+
+/// Reads an archive's records partition by partition, file by file, in offset order.
+pub struct ArchiveReader {
+    dir: PathBuf,
+    /// Files still to read, in order.
+    queue: std::collections::VecDeque<Segment>,
+    pending: std::collections::VecDeque<LogRecord>,
+    total: u64,
+}
+
+impl ArchiveReader {
+    pub fn new(dir: &Path, manifest: &Manifest) -> ArchiveReader {
+        let queue: std::collections::VecDeque<Segment> = manifest
+            .partitions
+            .values()
+            .flat_map(|p| p.segments.iter().cloned())
+            .collect();
+        ArchiveReader {
+            dir: dir.to_path_buf(),
+            total: queue.iter().map(|s| s.records).sum(),
+            queue,
+            pending: Default::default(),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Up to `max` records, or `None` at the end.
+    pub fn next_batch(&mut self, max: usize) -> anyhow::Result<Option<Vec<LogRecord>>> {
+        while self.pending.len() < max {
+            let Some(segment) = self.queue.pop_front() else {
+                break;
+            };
+            let path = self.dir.join(&segment.file);
+            let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            anyhow::ensure!(
+                sha256_hex(&bytes) == segment.sha256,
+                "{}: checksum differs from the manifest; the archive is damaged",
+                path.display()
+            );
+            let records = events::archive::read_segment(bytes.as_slice())
+                .with_context(|| format!("reading {}", path.display()))?;
+            self.pending.extend(records);
+        }
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let take = self.pending.len().min(max);
+        Ok(Some(self.pending.drain(..take).collect()))
+    }
+}
