@@ -6,3 +6,4 @@ pub mod components;
 pub mod demo;
 pub mod dlq;
 pub mod replay;
+pub mod synth;

@@ -112,6 +112,17 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Benchmark tooling: write N complete synthetic order histories straight onto the log
+    /// (no steps run; about 4.9 events per order). Never on a production topic.
+    SynthLog {
+        #[arg(long)]
+        orders: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Spread the orders over this many days before now.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// List read-model generations or drop one that is not live.
     Generations {
         #[command(subcommand)]
@@ -331,6 +342,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 settings.archive.dir = dir.display().to_string();
             }
             return archive(&settings, check).await;
+        }
+        Command::SynthLog { orders, seed, days } => {
+            let started = std::time::Instant::now();
+            let options = orderflow::synth::SynthOptions { orders, seed, days };
+            let events = orderflow::synth::run(&settings, &options).await?;
+            let took = started.elapsed().as_secs_f64();
+            eprintln!(
+                "wrote {events} events of {orders} orders to {} in {took:.1} s ({:.0} events/s)",
+                settings.kafka.topic,
+                events as f64 / took.max(1e-9)
+            );
         }
         Command::Generations { action } => {
             let pool = components::prepare_database(&settings, false).await?;

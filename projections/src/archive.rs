@@ -345,8 +345,12 @@ impl Archiver {
         Ok(run)
     }
 
-    fn reader(&self, settings: &Settings, partitions: usize) -> anyhow::Result<StreamConsumer> {
-        let consumer: StreamConsumer = ClientConfig::new()
+    fn reader(
+        &self,
+        settings: &Settings,
+        partitions: usize,
+    ) -> anyhow::Result<StreamConsumer<crate::log::EndAware>> {
+        let consumer: StreamConsumer<crate::log::EndAware> = ClientConfig::new()
             .set("bootstrap.servers", &settings.kafka.brokers)
             // Required by the client; the archive's position lives in its manifest.
             .set(
@@ -363,7 +367,7 @@ impl Archiver {
             // Records already gone from the broker are an error, never a silent gap.
             .set("auto.offset.reset", "error")
             .set("isolation.level", "read_uncommitted")
-            .create()
+            .create_with_context(crate::log::EndAware)
             .with_context(|| {
                 format!(
                     "creating the archiver's reader for {}",

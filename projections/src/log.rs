@@ -13,6 +13,21 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+/// Client context of readers that ask for end-of-partition events: the end of a partition is
+/// news for them, not an error, so it is not logged as one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndAware;
+
+impl rdkafka::client::ClientContext for EndAware {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndAware {}
+
 /// Per partition: the offset to read from and the offset to stop before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {
@@ -22,7 +37,7 @@ pub struct Range {
 
 /// A reader of `ranges` of one topic.
 pub struct LogSlice {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<EndAware>,
     topic: String,
     /// Partitions still being read: next offset expected and where to stop.
     open: BTreeMap<i32, Range>,
@@ -38,7 +53,7 @@ impl LogSlice {
         ranges: &BTreeMap<i32, Range>,
         stall: Duration,
     ) -> anyhow::Result<LogSlice> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<EndAware> = ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
             // Required by the client; nothing is committed under it.
             .set("group.id", format!("{}.replay", kafka.group_prefix))
@@ -56,7 +71,7 @@ impl LogSlice {
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760")
             .set("queued.min.messages", "200000")
-            .create()
+            .create_with_context(EndAware)
             .with_context(|| format!("creating a log reader for {}", kafka.brokers))?;
         let open: BTreeMap<i32, Range> = ranges
             .iter()

@@ -141,6 +141,8 @@ pub enum Outcome {
 /// What a replay did and how long each part took.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Where the bulk part was read: "the log" or "archive <dir>".
+    pub source: String,
     pub generation: Generation,
     pub previous: Generation,
     pub outcome: Outcome,
@@ -175,9 +177,10 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "generation {} ({}) from the log; live was {} ({})",
+            "generation {} ({}) from {}; live was {} ({})",
             self.generation.generation,
             self.generation.schema_name,
+            self.source,
             self.previous.generation,
             self.previous.schema_name
         )?;
@@ -367,6 +370,10 @@ async fn build(
     drop(bulk.events);
 
     let mut report = Report {
+        source: options.archive.as_ref().map_or_else(
+            || "the log".to_string(),
+            |dir| format!("archive {}", dir.display()),
+        ),
         generation: generation.clone(),
         previous: previous.clone(),
         outcome: Outcome::PointInTime,
