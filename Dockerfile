@@ -29,9 +29,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates zlib1g \
  && rm -rf /var/lib/apt/lists/*
 
+# The user, and the archive's mount point owned by it (a new named volume takes its owner).
 RUN groupadd --system --gid 10001 orderflow \
  && useradd --system --uid 10001 --gid orderflow --home-dir /nonexistent \
-      --no-create-home --shell /usr/sbin/nologin orderflow
+      --no-create-home --shell /usr/sbin/nologin orderflow \
+ && mkdir /archive && chown orderflow:orderflow /archive
 
 COPY --from=builder /usr/local/bin/orderflow /usr/local/bin/orderflow
 
