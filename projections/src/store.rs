@@ -151,6 +151,10 @@ pub async fn insert_events(
 }
 
 /// The stored state of `order_ids`: their order rows, lines and step rows.
+///
+/// These statements are planned on every call (`persistent(false)`): a cached generic plan made
+/// while the tables were small keeps scanning them whole as they grow, which makes every batch
+/// slower than the last.
 pub async fn load(
     conn: &mut PgConnection,
     target: &Target,
@@ -163,6 +167,7 @@ pub async fn load(
         "SELECT * FROM {} WHERE order_id = ANY($1) FOR UPDATE",
         target.table("orders")
     ))
+    .persistent(false)
     .bind(order_ids)
     .fetch_all(&mut *conn)
     .await?;
@@ -170,6 +175,7 @@ pub async fn load(
         "SELECT * FROM {} WHERE order_id = ANY($1) ORDER BY order_id, line_no",
         target.table("order_lines")
     ))
+    .persistent(false)
     .bind(order_ids)
     .fetch_all(&mut *conn)
     .await?;
@@ -177,6 +183,7 @@ pub async fn load(
         "SELECT order_id, step, started_at, ended_at, outcome FROM {} WHERE order_id = ANY($1)",
         target.table("saga_step_durations")
     ))
+    .persistent(false)
     .bind(order_ids)
     .fetch_all(&mut *conn)
     .await?;
