@@ -149,10 +149,12 @@ impl Step for OrderSaga {
         order_ids.sort_unstable();
         order_ids.dedup();
         // Sorted ids, so that concurrent members (and the deadline check) lock rows in the
-        // same order.
+        // same order. Planned per call: a generic plan cached while the table was small would
+        // keep scanning it whole as it grows.
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "{SELECT_ROWS} WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
         ))
+        .persistent(false)
         .bind(&order_ids)
         .fetch_all(&mut *tx)
         .await

@@ -147,7 +147,10 @@ pub async fn publish(
         }
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    // Planned per call: a generic plan cached while the outbox was small would keep scanning
+    // it whole as it grows.
     sqlx::query("UPDATE pipeline.outbox SET published_at = now() WHERE id = ANY($1)")
+        .persistent(false)
         .bind(&ids)
         .execute(pool)
         .await

@@ -20,7 +20,12 @@ pub struct EndAware;
 
 impl rdkafka::client::ClientContext for EndAware {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
             tracing::error!(%error, reason, "librdkafka error");
         }
     }

@@ -337,6 +337,10 @@ async fn build(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
+    // The secondary indexes are built after the load, each with one sort.
+    sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+        .execute(&mut *tx)
+        .await?;
     let changes = bulk.fold.into_changes();
     let mut rows_loaded = store::copy_all(&mut tx, target, &changes, &bulk.events).await?;
     let advances: Vec<Advance> = bulk

@@ -459,8 +459,38 @@ async fn write_daily(
 }
 
 /// Bulk-load a fold from empty into empty tables with `COPY`: the rebuild's speed path.
-/// Returns the number of rows written.
+/// Secondary indexes are dropped first and built again at the end (one sort each instead of a
+/// tree insert per row), inside the caller's transaction. Returns the number of rows written.
 pub async fn copy_all(
+    conn: &mut PgConnection,
+    target: &Target,
+    changes: &Changes,
+    events: &[EventRow],
+) -> Result<u64, sqlx::Error> {
+    let secondary: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('%I.%I', n.nspname, ic.relname), pg_get_indexdef(i.indexrelid)
+         FROM pg_index i
+         JOIN pg_class ic ON ic.oid = i.indexrelid
+         JOIN pg_class t ON t.oid = i.indrelid
+         JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE n.nspname = $1 AND NOT i.indisprimary AND NOT i.indisunique",
+    )
+    .bind(target.schema())
+    .fetch_all(&mut *conn)
+    .await?;
+    for (index, _) in &secondary {
+        sqlx::query(&format!("DROP INDEX {index}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let rows = copy_tables(conn, target, changes, events).await?;
+    for (_, definition) in &secondary {
+        sqlx::query(definition).execute(&mut *conn).await?;
+    }
+    Ok(rows)
+}
+
+async fn copy_tables(
     conn: &mut PgConnection,
     target: &Target,
     changes: &Changes,
