@@ -181,3 +181,68 @@ async fn a_rebuild_from_the_archive_verifies_against_the_live_models() {
     std::fs::remove_dir_all(&dir).ok();
     env.finish().await;
 }
+
+/// Records the archive's manifest names (0 before the first file).
+fn archived(dir: &Path, env: &TestEnv) -> u64 {
+    // A manifest being replaced is read whole or not at all (rename), so this never sees half.
+    Manifest::load(dir, &env.settings.kafka.topic).map_or(0, |m| m.records())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_archiver_processes_leave_no_gap_or_duplicate() {
+    let mut env = TestEnv::new().await;
+    let dir = archive_dir(&env);
+    let _ = std::fs::remove_dir_all(&dir);
+    env.settings.archive.dir = dir.display().to_string();
+    publish(&env, "o-k", 300).await;
+    // One file per record (two fsyncs and two renames each) and no waiting: the process is
+    // still writing when it is killed.
+    for round in 0..4u64 {
+        let before = archived(&dir, &env);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(["run", "--only", "archiver"])
+            .env("ORDERFLOW_KAFKA__TOPIC", &env.settings.kafka.topic)
+            .env(
+                "ORDERFLOW_KAFKA__GROUP_PREFIX",
+                &env.settings.kafka.group_prefix,
+            )
+            .env("ORDERFLOW_DATABASE__URL", &env.settings.database.url)
+            .env("ORDERFLOW_ARCHIVE__DIR", &dir)
+            .env("ORDERFLOW_ARCHIVE__SEGMENT_MAX_RECORDS", "1")
+            .env("ORDERFLOW_ARCHIVE__FLUSH_INTERVAL_MS", "0")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start the archiver");
+        // Kill it once it is under way: a few more files than before.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while archived(&dir, &env) < before + 10 + 5 * round {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the archiver made no progress"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        child.kill().expect("SIGKILL the archiver");
+        child.wait().expect("reap the archiver");
+        publish(&env, &format!("o-k{round}-"), 100).await;
+    }
+    let archived_by_killed = archived(&dir, &env);
+    assert!(
+        archived_by_killed > 0 && archived_by_killed < 700,
+        "the kills interrupted the archivers: {archived_by_killed} of 700 archived"
+    );
+    Archiver::open(&env.settings)
+        .expect("reopen")
+        .run(&env.settings, true, CancellationToken::new())
+        .await
+        .expect("archive to the end");
+    let manifest = Manifest::load(&dir, &env.settings.kafka.topic).expect("manifest");
+    let found = archive::check(&dir, &manifest).expect("check");
+    assert!(found.problems.is_empty(), "{:?}", found.problems);
+    let ids = archived_event_ids(&dir, &manifest);
+    let distinct: HashSet<_> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (700, 700), "every record once");
+    std::fs::remove_dir_all(&dir).ok();
+    env.finish().await;
+}
