@@ -15,6 +15,7 @@ pub mod log;
 pub mod offsets;
 pub mod projector;
 pub mod rebuild;
+pub mod restore;
 pub mod store;
 pub mod verify;
 

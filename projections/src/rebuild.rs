@@ -332,37 +332,7 @@ async fn build(
     let read_and_fold = started.elapsed();
 
     let load_started = Instant::now();
-    let mut tx = pool.begin().await?;
-    // A crash loses the rebuild, never live data: no need to wait for the WAL flush.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    // The secondary indexes are built after the load, each with one sort.
-    sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
-        .execute(&mut *tx)
-        .await?;
-    let changes = bulk.fold.into_changes();
-    let mut rows_loaded = store::copy_all(&mut tx, target, &changes, &bulk.events).await?;
-    let advances: Vec<Advance> = bulk
-        .next
-        .iter()
-        .map(|(partition, next)| Advance {
-            topic: topic.to_string(),
-            partition: *partition,
-            next_offset: *next,
-            last_event_at: bulk.last_event_at.get(partition).copied(),
-            events_applied: bulk.applied.get(partition).copied().unwrap_or(0),
-        })
-        .collect();
-    store::advance(&mut tx, target, &advances).await?;
-    tx.commit().await?;
-    rows_loaded += advances.len() as u64;
-    sqlx::query(&format!(
-        "ANALYZE \"{}\".orders, \"{0}\".order_events",
-        target.schema()
-    ))
-    .execute(pool)
-    .await?;
+    let (bulk, rows_loaded) = load(pool, target, topic, bulk).await?;
     let load = load_started.elapsed();
 
     let copy_baseline = if options.compare_copy {
@@ -371,7 +341,6 @@ async fn build(
         None
     };
     let events_applied = bulk.events.len() as u64;
-    drop(bulk.events);
 
     let mut report = Report {
         source: options.archive.as_ref().map_or_else(
@@ -472,13 +441,69 @@ async fn build(
     Ok(report)
 }
 
+/// What the bulk phase read, without the folded state (already written).
+pub(crate) struct Loaded {
+    pub events: Vec<EventRow>,
+    pub read: u64,
+    pub undecodable: u64,
+}
+
+/// Write a bulk fold into the empty tables of `target` with `COPY`, with its positions, in one
+/// transaction. Returns what was read and the rows written.
+pub(crate) async fn load(
+    pool: &PgPool,
+    target: &Target,
+    topic: &str,
+    bulk: Bulk,
+) -> anyhow::Result<(Loaded, u64)> {
+    let mut tx = pool.begin().await?;
+    // A crash loses the rebuild, never live data: no need to wait for the WAL flush.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    // The secondary indexes are built after the load, each with one sort.
+    sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+        .execute(&mut *tx)
+        .await?;
+    let changes = bulk.fold.into_changes();
+    let mut rows_loaded = store::copy_all(&mut tx, target, &changes, &bulk.events).await?;
+    let advances: Vec<Advance> = bulk
+        .next
+        .iter()
+        .map(|(partition, next)| Advance {
+            topic: topic.to_string(),
+            partition: *partition,
+            next_offset: *next,
+            last_event_at: bulk.last_event_at.get(partition).copied(),
+            events_applied: bulk.applied.get(partition).copied().unwrap_or(0),
+        })
+        .collect();
+    store::advance(&mut tx, target, &advances).await?;
+    tx.commit().await?;
+    rows_loaded += advances.len() as u64;
+    sqlx::query(&format!(
+        "ANALYZE \"{}\".orders, \"{0}\".order_events",
+        target.schema()
+    ))
+    .execute(pool)
+    .await?;
+    Ok((
+        Loaded {
+            events: bulk.events,
+            read: bulk.read,
+            undecodable: bulk.undecodable,
+        },
+        rows_loaded,
+    ))
+}
+
 /// Catch-up rounds without the lock before the final, locked one.
 const CATCH_UP_ROUNDS: usize = 5;
 /// At most this many records are left for the locked catch-up (unless the rounds run out).
 const LOCKED_CATCH_UP_MAX: i64 = 5_000;
 
 /// What the bulk phase folded.
-struct Bulk {
+pub(crate) struct Bulk {
     fold: Fold,
     events: Vec<EventRow>,
     read: u64,
@@ -488,7 +513,7 @@ struct Bulk {
     applied: BTreeMap<i32, i64>,
 }
 
-async fn read_and_fold(
+pub(crate) async fn read_and_fold(
     settings: &Settings,
     options: &Options,
     progress: &(dyn Fn(Progress) + Sync),
