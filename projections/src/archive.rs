@@ -291,6 +291,7 @@ impl Archiver {
         shutdown: CancellationToken,
     ) -> anyhow::Result<ArchiveRun> {
         let partitions = platform::kafka::partition_count(&settings.kafka, &self.topic)?;
+        tokio::task::block_in_place(|| self.ensure_continuous(settings))?;
         let consumer = self.reader(settings, partitions)?;
         let mut at_end: BTreeMap<i32, bool> = (0..i32::try_from(partitions)?)
             .map(|p| (p, false))
@@ -343,6 +344,40 @@ impl Archiver {
         }
         tracing::info!(files = run.files, records = run.records, "archiver stopped");
         Ok(run)
+    }
+
+    /// Fail unless the broker still holds every record from where the archive continues: a
+    /// log that ends before that point was replaced or truncated (a wiped or restored broker),
+    /// and one that starts after it lost records the archive never saw (retention outran the
+    /// archiver). Either way, continuing would leave a gap, so the operator decides.
+    fn ensure_continuous(&self, settings: &Settings) -> anyhow::Result<()> {
+        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.kafka.brokers)
+            .create()
+            .context("creating a Kafka client to look at the log's ends")?;
+        for (partition, archived) in &self.manifest.partitions {
+            let (low, high) = probe
+                .fetch_watermarks(&self.topic, *partition, Duration::from_secs(10))
+                .with_context(|| {
+                    format!("reading the ends of {} partition {partition}", self.topic)
+                })?;
+            let next = archived.next_offset;
+            anyhow::ensure!(
+                next <= high,
+                "partition {partition}: the archive in {} continues from offset {next}, but the log \
+                 ends at {high}: the log was replaced or truncated (a wiped or restored broker?). \
+                 Keep this archive as it is and archive the new log into another directory",
+                self.dir.display()
+            );
+            anyhow::ensure!(
+                next >= low,
+                "partition {partition}: the archive in {} continues from offset {next}, but the log \
+                 now starts at {low}: records {next}..{low} are gone from the broker and can no \
+                 longer be archived",
+                self.dir.display()
+            );
+        }
+        Ok(())
     }
 
     fn reader(

@@ -333,3 +333,38 @@ async fn an_archive_alone_restores_the_log_and_the_read_models() {
     before.finish().await;
     after.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_archive_that_continues_past_the_log_is_refused() {
+    let mut env = TestEnv::new().await;
+    let dir = archive_dir(&env);
+    let _ = std::fs::remove_dir_all(&dir);
+    env.settings.archive.dir = dir.display().to_string();
+    publish(&env, "o-w", 6).await;
+    Archiver::open(&env.settings)
+        .expect("open")
+        .run(&env.settings, true, CancellationToken::new())
+        .await
+        .expect("archive");
+    // As if the broker had been wiped and refilled with a shorter log.
+    let path = dir.join(archive::MANIFEST);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    let partition = manifest["partitions"]
+        .as_object()
+        .and_then(|p| p.keys().next().cloned())
+        .expect("a partition");
+    manifest["partitions"][&partition]["next_offset"] = serde_json::json!(1000);
+    std::fs::write(&path, serde_json::to_vec(&manifest).expect("json")).expect("write");
+    let error = Archiver::open(&env.settings)
+        .expect("open")
+        .run(&env.settings, true, CancellationToken::new())
+        .await
+        .expect_err("an archive ahead of the log");
+    assert!(
+        format!("{error:#}").contains("continues from offset 1000, but the log ends at"),
+        "{error:#}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    env.finish().await;
+}
