@@ -11,7 +11,6 @@ use chrono::{DateTime, TimeZone, Utc};
 use events::*;
 use orderflow::components::Component;
 use projections::rebuild::{self, Options, Outcome, Until};
-use projections::store::Target;
 use uuid::Uuid;
 
 use crate::support::{order, TestEnv};
@@ -577,21 +576,6 @@ async fn readers_see_the_switch_all_at_once() {
     Arc::into_inner(env).expect("one owner").finish().await;
 }
 
-/// Count and checksum of every model of `schema`.
-async fn digests(env: &TestEnv, schema: &str) -> Vec<(i64, String)> {
-    let target = Target::new(schema).expect("schema name");
-    let mut conn = env.pool.acquire().await.expect("connection");
-    let mut out = Vec::new();
-    for table in projections::fold::MODELS {
-        out.push(
-            projections::verify::digest(&mut conn, &target, table)
-                .await
-                .expect("digest"),
-        );
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn point_in_time_builds_equal_the_live_models_at_that_moment() {
     let mut env = TestEnv::new().await;
@@ -611,7 +595,7 @@ async fn point_in_time_builds_equal_the_live_models_at_that_moment() {
         last = now;
     }
     let moment = Utc::now();
-    let then = digests(&env, "analytics_g1").await;
+    let then = env.model_digests("analytics_g1").await;
     let positions: Vec<(i32, i64)> =
         sqlx::query_as("SELECT partition, next_offset FROM analytics_g1.positions")
             .fetch_all(&env.pool)
@@ -620,7 +604,7 @@ async fn point_in_time_builds_equal_the_live_models_at_that_moment() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     run_orders(&mut env, "o-late", 5).await;
     assert_ne!(
-        digests(&env, "analytics_g1").await,
+        env.model_digests("analytics_g1").await,
         then,
         "the live models moved on"
     );
@@ -643,7 +627,11 @@ async fn point_in_time_builds_equal_the_live_models_at_that_moment() {
         assert_eq!(report.outcome, Outcome::PointInTime);
         let schema = &report.generation.schema_name;
         assert!(schema.starts_with("analytics_pit_"), "{schema}");
-        assert_eq!(digests(&env, schema).await, then, "until {until}: {report}");
+        assert_eq!(
+            env.model_digests(schema).await,
+            then,
+            "until {until}: {report}"
+        );
     }
     assert_eq!(live_schema(&env).await, "analytics_g1", "live untouched");
     env.finish().await;

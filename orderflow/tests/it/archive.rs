@@ -24,6 +24,13 @@ async fn publish(env: &TestEnv, prefix: &str, n: usize) {
     env.publish(&orders).await;
 }
 
+/// Archive the log of `settings` up to its end, in this process.
+async fn archive_once(settings: &platform::Settings) -> anyhow::Result<archive::ArchiveRun> {
+    Archiver::open(settings)?
+        .run(settings, true, CancellationToken::new())
+        .await
+}
+
 /// Event ids of every archived record, in archive order; fails on an undecodable record.
 fn archived_event_ids(dir: &Path, manifest: &Manifest) -> Vec<uuid::Uuid> {
     let mut reader = archive::ArchiveReader::new(dir, manifest);
@@ -85,9 +92,7 @@ async fn the_archive_has_no_gaps_or_duplicates_after_an_archiver_crash() {
     std::fs::write(dir.join("manifest.tmp"), b"{ half a manifest").expect("plant a temp file");
 
     publish(&env, "o-b", 20).await;
-    let run = Archiver::open(&env.settings)
-        .expect("reopen")
-        .run(&env.settings, true, CancellationToken::new())
+    let run = archive_once(&env.settings)
         .await
         .expect("archive to the end");
     assert!(run.records > 0);
@@ -154,11 +159,7 @@ async fn a_rebuild_from_the_archive_verifies_against_the_live_models() {
     for i in 0..10 {
         env.wait_terminal(&format!("o-r{i}")).await;
     }
-    let run = Archiver::open(&env.settings)
-        .expect("open")
-        .run(&env.settings, true, CancellationToken::new())
-        .await
-        .expect("archive");
+    let run = archive_once(&env.settings).await.expect("archive");
     let options = projections::rebuild::Options {
         archive: Some(dir.clone()),
         stall: Duration::from_secs(20),
@@ -232,9 +233,7 @@ async fn sigkilled_archiver_processes_leave_no_gap_or_duplicate() {
         archived_by_killed > 0 && archived_by_killed < 700,
         "the kills interrupted the archivers: {archived_by_killed} of 700 archived"
     );
-    Archiver::open(&env.settings)
-        .expect("reopen")
-        .run(&env.settings, true, CancellationToken::new())
+    archive_once(&env.settings)
         .await
         .expect("archive to the end");
     let manifest = Manifest::load(&dir, &env.settings.kafka.topic).expect("manifest");
@@ -253,22 +252,14 @@ async fn live_digests(env: &TestEnv) -> (Vec<(i64, String)>, Vec<(i32, i64)>) {
     let live = projections::generations::live(&mut conn, false)
         .await
         .expect("live generation");
-    let target = live.target().expect("schema");
-    let mut digests = Vec::new();
-    for table in projections::fold::MODELS {
-        digests.push(
-            projections::verify::digest(&mut conn, &target, table)
-                .await
-                .expect("digest"),
-        );
-    }
-    let positions = projections::store::positions(&mut conn, &target, false)
-        .await
-        .expect("positions")
-        .into_iter()
-        .map(|p| (p.partition, p.next_offset))
-        .collect();
-    (digests, positions)
+    let positions =
+        projections::store::positions(&mut conn, &live.target().expect("schema"), false)
+            .await
+            .expect("positions")
+            .into_iter()
+            .map(|p| (p.partition, p.next_offset))
+            .collect();
+    (env.model_digests(&live.schema_name).await, positions)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -285,11 +276,7 @@ async fn an_archive_alone_restores_the_log_and_the_read_models() {
         before.wait_terminal(&format!("o-dr{i}")).await;
     }
     before.stop().await;
-    Archiver::open(&before.settings)
-        .expect("open")
-        .run(&before.settings, true, CancellationToken::new())
-        .await
-        .expect("archive");
+    archive_once(&before.settings).await.expect("archive");
     let (want_models, want_positions) = live_digests(&before).await;
 
     // After: an empty topic and an empty database. (The new topic has another name here, so
@@ -341,11 +328,7 @@ async fn an_archive_that_continues_past_the_log_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
     env.settings.archive.dir = dir.display().to_string();
     publish(&env, "o-w", 6).await;
-    Archiver::open(&env.settings)
-        .expect("open")
-        .run(&env.settings, true, CancellationToken::new())
-        .await
-        .expect("archive");
+    archive_once(&env.settings).await.expect("archive");
     // As if the broker had been wiped and refilled with a shorter log.
     let path = dir.join(archive::MANIFEST);
     let mut manifest: serde_json::Value =
@@ -356,9 +339,7 @@ async fn an_archive_that_continues_past_the_log_is_refused() {
         .expect("a partition");
     manifest["partitions"][&partition]["next_offset"] = serde_json::json!(1000);
     std::fs::write(&path, serde_json::to_vec(&manifest).expect("json")).expect("write");
-    let error = Archiver::open(&env.settings)
-        .expect("open")
-        .run(&env.settings, true, CancellationToken::new())
+    let error = archive_once(&env.settings)
         .await
         .expect_err("an archive ahead of the log");
     assert!(

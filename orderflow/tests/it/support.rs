@@ -208,6 +208,21 @@ impl TestEnv {
             .expect("stock row")
     }
 
+    /// Row count and checksum of every read model in generation schema `schema`.
+    pub async fn model_digests(&self, schema: &str) -> Vec<(i64, String)> {
+        let target = projections::store::Target::new(schema).expect("a generation schema");
+        let mut conn = self.pool.acquire().await.expect("connection");
+        let mut out = Vec::new();
+        for table in projections::fold::MODELS {
+            out.push(
+                projections::verify::digest(&mut conn, &target, table)
+                    .await
+                    .expect("digest"),
+            );
+        }
+        out
+    }
+
     async fn dump(&self, order_id: &str) -> String {
         let saga: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT state, awaiting FROM saga.orders WHERE order_id = $1")
