@@ -675,3 +675,57 @@ async fn the_analyst_role_reads_the_views_and_nothing_else() {
     drop(conn);
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_catches_up_with_what_the_live_projector_applied_meanwhile() {
+    let mut env = TestEnv::new().await;
+    env.set_stock(&[("SKU-A", 1_000)]).await;
+    env.start_all();
+    run_orders(&mut env, "o-c", 6).await;
+
+    // While the rebuild is in its bulk phase (held there by its progress callback), more
+    // orders go through the live pipeline; the rebuild must apply them before it switches.
+    let later: Vec<_> = (0..6)
+        .map(|i| order(&format!("o-late{i}"), &[("SKU-A", 1, 100)], "DE"))
+        .collect();
+    env.publish(&later).await;
+    let env = Arc::new(env);
+    let held = AtomicBool::new(false);
+    let waiter = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            for i in 0..6 {
+                env.wait_terminal(&format!("o-late{i}")).await;
+            }
+        })
+    };
+    let hold = |_: rebuild::Progress| {
+        if !held.swap(true, Ordering::SeqCst) {
+            // Blocks one runtime worker; the pipeline runs on the others.
+            std::thread::sleep(Duration::from_secs(8));
+        }
+    };
+    let report = rebuild::replay(&env.settings, &env.pool, &options(), &hold)
+        .await
+        .expect("replay runs");
+    waiter.await.expect("late orders terminal");
+    assert!(
+        held.load(Ordering::SeqCst),
+        "the bulk phase reported progress"
+    );
+    assert!(report.catch_up_events > 0, "{report}");
+    assert_eq!(
+        report.outcome,
+        Outcome::Switched { forced: false },
+        "{report}"
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM {}.orders WHERE order_id LIKE 'o-late%' AND status = 'completed'",
+            report.generation.schema_name
+        ))
+        .await,
+        6
+    );
+    Arc::into_inner(env).expect("one owner").finish().await;
+}

@@ -349,3 +349,46 @@ async fn an_archive_that_continues_past_the_log_is_refused() {
     std::fs::remove_dir_all(&dir).ok();
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archive_files_never_span_two_time_windows() {
+    let mut env = TestEnv::new().await;
+    let dir = archive_dir(&env);
+    let _ = std::fs::remove_dir_all(&dir);
+    env.settings.archive.dir = dir.display().to_string();
+    env.settings.archive.window_secs = 1;
+    env.settings.archive.flush_interval_ms = 60_000;
+    for burst in 0..3 {
+        publish(&env, &format!("o-t{burst}-"), 8).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    archive_once(&env.settings).await.expect("archive");
+    let manifest = Manifest::load(&dir, &env.settings.kafka.topic).expect("manifest");
+    let found = archive::check(&dir, &manifest).expect("check");
+    assert!(found.problems.is_empty(), "{:?}", found.problems);
+    assert_eq!(found.records, 24);
+    let segments: Vec<&archive::Segment> = manifest
+        .partitions
+        .values()
+        .flat_map(|p| &p.segments)
+        .collect();
+    for segment in &segments {
+        let window = segment.window_start.timestamp_millis();
+        let (min, max) = (
+            segment.min_timestamp_ms.unwrap(),
+            segment.max_timestamp_ms.unwrap(),
+        );
+        assert!(
+            window <= min && max < window + 1_000,
+            "{} holds {min}..{max}, outside its window {window}",
+            segment.file
+        );
+    }
+    // Three bursts a window apart: some partition got records of at least two of them.
+    assert!(
+        manifest.partitions.values().any(|p| p.segments.len() >= 2),
+        "{segments:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    env.finish().await;
+}
