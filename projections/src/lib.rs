@@ -9,6 +9,8 @@
 //! Kafka and never write step state.
 
 pub mod archive;
+mod bulk;
+pub mod copy;
 pub mod fold;
 pub mod generations;
 pub mod log;

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use crate::archive::{self, ArchiveReader, Manifest};
 use crate::generations;
 use crate::log::Range;
-use crate::rebuild::{self, Options};
+use crate::rebuild::Options;
 use crate::store;
 
 /// What [`republish`] wrote.
@@ -192,8 +192,8 @@ pub async fn read_models(
         archive: Some(dir.to_path_buf()),
         ..Options::default()
     };
-    let bulk = rebuild::read_and_fold(settings, &options, &|_| {}, &ranges, None).await?;
-    let (loaded, rows) = rebuild::load(pool, &target, topic, bulk).await?;
+    let bulk = crate::bulk::read_and_fold(settings, &options, &|_| {}, &ranges, None).await?;
+    let (loaded, rows) = crate::bulk::load(pool, &target, topic, bulk).await?;
     Ok(RestoredModels {
         events_read: loaded.read,
         rows,
