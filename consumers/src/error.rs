@@ -23,6 +23,12 @@ pub enum HandlerError {
     /// partition moves on.
     #[error("business rule violated: {0}")]
     Rule(String),
+
+    /// Restore only: a decision recorded in the archive cannot be applied to the state rebuilt
+    /// so far (the archive and the rebuilt state disagree). The restore stops; nothing is
+    /// dead-lettered, since the live step never saw this failure.
+    #[error("restore diverged from the archive: {0}")]
+    Diverged(String),
 }
 
 impl HandlerError {
@@ -30,7 +36,7 @@ impl HandlerError {
         match self {
             HandlerError::Database(error) => platform::db::is_retryable(error),
             HandlerError::Provider { retryable, .. } => *retryable,
-            HandlerError::Rule(_) => false,
+            HandlerError::Rule(_) | HandlerError::Diverged(_) => false,
         }
     }
 
@@ -40,6 +46,7 @@ impl HandlerError {
             HandlerError::Database(_) => "database",
             HandlerError::Provider { .. } => "provider",
             HandlerError::Rule(_) => "rule",
+            HandlerError::Diverged(_) => "diverged",
         }
     }
 }

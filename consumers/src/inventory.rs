@@ -5,7 +5,8 @@
 //! Stock lives in `inventory.stock` (seeded with `orderflow stock set`); each decided order
 //! has one row in `inventory.reservations`. It never calls other services.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use events::{
@@ -13,13 +14,47 @@ use events::{
     SkuQuantity,
 };
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::{give_up, HandlerError, Step};
 
 pub const NAME: &str = "inventory";
 const SCHEMA: &str = "inventory";
 
-pub struct Inventory;
+/// A reservation decision the step took before, as its reply recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Reserved,
+    Rejected {
+        reason: String,
+        shortages: Vec<Shortage>,
+    },
+}
+
+/// Recorded decisions by the id of the `OrderCreated` they answered.
+pub type Decisions = HashMap<Uuid, Decision>;
+
+/// The inventory step. Live, it decides from the stock it holds; when restoring
+/// ([`Inventory::replaying`]), it applies the decision recorded in the archive instead, because
+/// the order in which orders of different partitions met the stock is not on the log.
+#[derive(Default)]
+pub struct Inventory {
+    recorded: Option<Arc<Decisions>>,
+}
+
+impl Inventory {
+    pub fn new() -> Self {
+        Inventory::default()
+    }
+
+    /// Apply `recorded` decisions where there is one; decide from stock where there is none
+    /// (an answer the archive lost).
+    pub fn replaying(recorded: Arc<Decisions>) -> Self {
+        Inventory {
+            recorded: Some(recorded),
+        }
+    }
+}
 
 #[async_trait]
 impl Step for Inventory {
@@ -40,7 +75,13 @@ impl Step for Inventory {
         event: &Event,
     ) -> Result<Vec<EventBody>, HandlerError> {
         match &event.body {
-            EventBody::OrderCreated(order) => reserve(tx, event, &order.lines).await,
+            EventBody::OrderCreated(order) => {
+                let recorded = self
+                    .recorded
+                    .as_ref()
+                    .and_then(|r| r.get(&event.meta.event_id));
+                reserve(tx, event, &order.lines, recorded).await
+            }
             // The order failed after its stock was reserved: give the stock back.
             EventBody::PaymentDeclined(_) => release(tx, event, "payment_declined").await,
             EventBody::ShipmentFailed(_) => release(tx, event, "shipment_failed").await,
@@ -69,6 +110,7 @@ async fn reserve(
     tx: &mut PgConnection,
     event: &Event,
     lines: &[events::OrderLine],
+    recorded: Option<&Decision>,
 ) -> Result<Vec<EventBody>, HandlerError> {
     let order_id = &event.meta.order_id;
     let seen: Option<String> =
@@ -118,7 +160,37 @@ async fn reserve(
             .map(|i| serde_json::json!({ "sku": i.sku, "quantity": i.quantity }))
             .collect(),
     );
-    let status = if shortages.is_empty() && abandoned.is_none() {
+    let mut rejection = None;
+    match recorded {
+        None => {}
+        Some(Decision::Reserved) => {
+            if let Some(why) = &abandoned {
+                return Err(HandlerError::Diverged(format!(
+                    "order {order_id} was reserved, but the rebuilt state has it given up ({why})"
+                )));
+            }
+            if let Some(sku) = wanted.keys().find(|sku| !available.contains_key(*sku)) {
+                return Err(HandlerError::Diverged(format!(
+                    "order {order_id} reserved sku {sku}, which has no stock row; give its stock \
+                     before the archive began (orderflow restore --stock)"
+                )));
+            }
+            if let Some(short) = shortages.first() {
+                return Err(HandlerError::Diverged(format!(
+                    "order {order_id} reserved {} of sku {}, but only {} are left of the stock \
+                     given; the stock before the archive began was higher (orderflow restore --stock)",
+                    short.requested, short.sku, short.available
+                )));
+            }
+        }
+        Some(Decision::Rejected {
+            reason,
+            shortages: recorded,
+        }) => {
+            rejection = Some((reason.clone(), recorded.clone()));
+        }
+    }
+    let status = if shortages.is_empty() && abandoned.is_none() && rejection.is_none() {
         "reserved"
     } else {
         "rejected"
@@ -130,6 +202,12 @@ async fn reserve(
         .bind(&items_json)
         .execute(&mut *tx)
         .await?;
+    if let Some((reason, shortages)) = rejection {
+        return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
+            reason,
+            shortages,
+        })]);
+    }
     if let Some(why) = abandoned {
         // The saga gave the order up before this step got to it (e.g. the OrderCreated was
         // redriven from the dead-letter topic after a timeout): reserve nothing.

@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod parking;
 pub mod payment;
 pub mod redrive;
+pub mod restore;
 pub mod runner;
 pub mod saga;
 pub mod shipping;

@@ -363,76 +363,134 @@ pub async fn expire_due(
     let mut expired = Expired::default();
     let mut records = Vec::with_capacity(rows.len());
     for row in rows {
-        let (order_id, mut entry) = entry_from_row(row)?;
-        let (Some(step), Some(deadline)) = (entry.state.step_with_deadline(), entry.deadline)
-        else {
-            continue;
-        };
-        let detail = format!(
-            "{step} did not answer by {}",
-            deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        );
-        let Some(next) = time_out(&entry.state, detail) else {
-            continue;
-        };
-        entry.attempts += 1;
-        let event = Event {
-            meta: Metadata {
-                // One id per wait: a repeated check for the same wait writes the same event.
-                event_id: events::reply_event_id(entry.last_event_id, "saga/deadline"),
-                order_id: order_id.clone(),
-                occurred_at: now,
-                correlation_id: entry.correlation_id.unwrap_or(entry.last_event_id),
-                causation_id: entry.last_event_id,
-            },
-            body: EventBody::SagaStepTimedOut(SagaStepTimedOut {
-                step: step.to_string(),
-                deadline,
-                attempts: entry.attempts,
-            }),
-        };
-        let payload = events::encode(&event)
-            .map_err(|e| HandlerError::Rule(format!("encoding SagaStepTimedOut: {e}")))?;
-        tracing::warn!(%order_id, step, %deadline, "saga step missed its deadline; giving the order up");
-        records.push(OutboxRecord {
-            event_id: event.meta.event_id,
-            event_type: EventType::SagaStepTimedOut.as_str().to_string(),
-            order_id: order_id.clone(),
-            topic: topic.to_string(),
-            key: None,
-            payload: Some(payload),
-            headers: vec![
-                (
-                    "event_type".into(),
-                    EventType::SagaStepTimedOut.as_str().into(),
-                ),
-                ("event_id".into(), event.meta.event_id.to_string()),
-            ],
-        });
-        sqlx::query(
-            "UPDATE saga.orders SET state = $2, awaiting = $3, pending = $4, cancel_reason = $5,
-                 cancel_detail = $6, deadline = NULL, attempts = $7, updated_at = now()
-             WHERE order_id = $1",
-        )
-        .bind(&order_id)
-        .bind(next.name())
-        .bind(next.awaiting())
-        .bind(
-            next.pending()
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(next.cancellation().0)
-        .bind(next.cancellation().1)
-        .bind(entry.attempts)
-        .execute(&mut *tx)
-        .await?;
-        expired.orders.push(order_id);
+        let (order_id, entry) = entry_from_row(row)?;
+        if let Some((event, record)) = give_up_late(&mut tx, topic, &order_id, entry, now).await? {
+            tracing::warn!(%order_id, step = %timed_out_step(&event), "saga step missed its deadline; giving the order up");
+            records.push(record);
+            expired.orders.push(order_id);
+        }
     }
     expired.rows = outbox::insert(&mut tx, NAME, records).await?;
     tx.commit().await?;
     Ok(expired)
+}
+
+/// Give up `order_id` because the step it awaits missed its deadline, as of `now`: store the
+/// compensating state and return the `SagaStepTimedOut` marker with its outbox record (not yet
+/// inserted). `None` when the order awaits no step with a deadline.
+async fn give_up_late(
+    tx: &mut PgConnection,
+    topic: &str,
+    order_id: &str,
+    mut entry: Entry,
+    now: DateTime<Utc>,
+) -> Result<Option<(Event, OutboxRecord)>, HandlerError> {
+    let (Some(step), Some(deadline)) = (entry.state.step_with_deadline(), entry.deadline) else {
+        return Ok(None);
+    };
+    let detail = format!(
+        "{step} did not answer by {}",
+        deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let Some(next) = time_out(&entry.state, detail) else {
+        return Ok(None);
+    };
+    entry.attempts += 1;
+    let event = Event {
+        meta: Metadata {
+            // One id per wait: a repeated check for the same wait writes the same event.
+            event_id: events::reply_event_id(entry.last_event_id, "saga/deadline"),
+            order_id: order_id.to_string(),
+            occurred_at: now,
+            correlation_id: entry.correlation_id.unwrap_or(entry.last_event_id),
+            causation_id: entry.last_event_id,
+        },
+        body: EventBody::SagaStepTimedOut(SagaStepTimedOut {
+            step: step.to_string(),
+            deadline,
+            attempts: entry.attempts,
+        }),
+    };
+    let payload = events::encode(&event)
+        .map_err(|e| HandlerError::Rule(format!("encoding SagaStepTimedOut: {e}")))?;
+    let record = OutboxRecord {
+        event_id: event.meta.event_id,
+        event_type: EventType::SagaStepTimedOut.as_str().to_string(),
+        order_id: order_id.to_string(),
+        topic: topic.to_string(),
+        key: None,
+        payload: Some(payload),
+        headers: vec![
+            (
+                "event_type".into(),
+                EventType::SagaStepTimedOut.as_str().into(),
+            ),
+            ("event_id".into(), event.meta.event_id.to_string()),
+        ],
+    };
+    sqlx::query(
+        "UPDATE saga.orders SET state = $2, awaiting = $3, pending = $4, cancel_reason = $5,
+             cancel_detail = $6, deadline = NULL, attempts = $7, updated_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(next.name())
+    .bind(next.awaiting())
+    .bind(
+        next.pending()
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(next.cancellation().0)
+    .bind(next.cancellation().1)
+    .bind(entry.attempts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Some((event, record)))
+}
+
+fn timed_out_step(event: &Event) -> &str {
+    match &event.body {
+        EventBody::SagaStepTimedOut(marker) => &marker.step,
+        _ => "",
+    }
+}
+
+/// Restore only: give the order up again at the moment `marker` (a `SagaStepTimedOut` from the
+/// archive) records, right after the saga applied the event the marker names as its cause,
+/// which is where the deadline watch found it. The marker must come out the same, or the
+/// rebuilt state disagrees with the archive. Returns the outbox row of the marker.
+pub async fn replay_timeout(
+    tx: &mut PgConnection,
+    topic: &str,
+    marker: &Event,
+) -> Result<Vec<OutboxRow>, HandlerError> {
+    let order_id = &marker.meta.order_id;
+    let row: Option<Row> = sqlx::query_as(&format!("{SELECT_ROWS} WHERE order_id = $1 FOR UPDATE"))
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        return Err(HandlerError::Diverged(format!(
+            "SagaStepTimedOut {} for order {order_id}, which the saga never started",
+            marker.meta.event_id
+        )));
+    };
+    let (_, entry) = entry_from_row(row)?;
+    let rebuilt = give_up_late(tx, topic, order_id, entry, marker.meta.occurred_at).await?;
+    match rebuilt {
+        Some((event, record)) if event == *marker => {
+            Ok(outbox::insert(tx, NAME, vec![record]).await?)
+        }
+        Some((event, _)) => Err(HandlerError::Diverged(format!(
+            "order {order_id}: the archive's SagaStepTimedOut is {:?}, the rebuilt state gives {:?}",
+            marker.body, event.body
+        ))),
+        None => Err(HandlerError::Diverged(format!(
+            "order {order_id} timed out in the archive, but in the rebuilt state it awaits no step"
+        ))),
+    }
 }
 
 /// The saga component's deadline watch: every `saga.deadline_check_interval_ms`, give up the

@@ -53,7 +53,7 @@ impl Component {
 /// The step behind a component, wired to the simulated providers configured in `settings`.
 pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<Arc<dyn Step>> {
     Some(match component {
-        Component::Inventory => Arc::new(Inventory),
+        Component::Inventory => Arc::new(Inventory::new()),
         Component::Payment => Arc::new(Payment::new(Arc::new(SimulatedProvider::new(
             pool.clone(),
             settings.payment.decline_over_minor,

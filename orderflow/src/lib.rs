@@ -6,4 +6,6 @@ pub mod components;
 pub mod demo;
 pub mod dlq;
 pub mod replay;
+pub mod restore;
+pub mod state;
 pub mod synth;

@@ -102,6 +102,19 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         from_archive: Option<PathBuf>,
     },
+    /// Restore everything from an archive alone into an empty topic and a freshly migrated
+    /// database: the log at its original offsets, the read models, the saga steps' state
+    /// (without calling the payment provider or the carrier again) and the steps' consumer
+    /// offsets at the archive's end. Refuses a topic or a database that holds anything.
+    Restore {
+        /// The archive directory [default: archive.dir].
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        /// Stock before the archive's first order, one SKU=QTY per line (stock levels are set
+        /// in Postgres, not on the log); without it, stock rows already set are used.
+        #[arg(long)]
+        stock: Option<PathBuf>,
+    },
     /// Copy the log into the archive directory (archive.dir, or --dir) up to its current end,
     /// then exit; with --check, verify the archive against its manifest instead.
     Archive {
@@ -127,6 +140,12 @@ enum Command {
     Generations {
         #[command(subcommand)]
         action: GenerationAction,
+    },
+    /// Row counts and checksums of every table holding pipeline state (steps, inbox, outbox,
+    /// dead letters, read models), for comparing two databases; see docs/disaster-recovery.md.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
     },
     /// Publish N generated orders, wait until all are terminal, and print a summary.
     Demo {
@@ -154,6 +173,16 @@ enum GenerationAction {
     List,
     /// Drop a generation's schema (a retired, failed or point-in-time one).
     Drop { generation: i32 },
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Print `table rows checksum` per table; with --dump, also write each table's rows,
+    /// sorted, to DIR/<table>.rows.
+    Digest {
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -336,6 +365,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return orderflow::replay::run(&settings, &pool, &options).await;
         }
+        Command::Restore { archive, stock } => {
+            let dir = match archive {
+                Some(dir) => dir,
+                None if !settings.archive.dir.is_empty() => PathBuf::from(&settings.archive.dir),
+                None => anyhow::bail!(
+                    "no archive given: pass --archive DIR or set archive.dir (ORDERFLOW_ARCHIVE__DIR)"
+                ),
+            };
+            let stock = match stock {
+                Some(path) => orderflow::restore::read_stock(&path)?,
+                None => Vec::new(),
+            };
+            let pool = components::prepare_database(&settings, false).await?;
+            let report = orderflow::restore::restore(&settings, &pool, &dir, &stock).await?;
+            print!("{report}");
+        }
         Command::Archive { dir, check } => {
             let mut settings = settings.clone();
             if let Some(dir) = dir {
@@ -353,6 +398,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 settings.kafka.topic,
                 events as f64 / took.max(1e-9)
             );
+        }
+        Command::State {
+            action: StateAction::Digest { dump },
+        } => {
+            let pool = components::prepare_database(&settings, false).await?;
+            for d in orderflow::state::digests(&pool).await? {
+                println!("{:<36} {:>10} {}", d.table, d.rows, d.checksum);
+            }
+            if let Some(dir) = dump {
+                orderflow::state::dump(&pool, &dir).await?;
+            }
         }
         Command::Generations { action } => {
             let pool = components::prepare_database(&settings, false).await?;

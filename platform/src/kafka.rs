@@ -212,3 +212,27 @@ pub fn commit_offsets<C>(
         tracing::warn!(%error, "offset commit failed; records since the last commit will be re-delivered");
     }
 }
+
+/// Set `group`'s committed offsets to `offsets` (topic, partition, next offset) without joining
+/// the group, as a restore does before the group's members start. Fails on any error: a restore
+/// that could not place its groups must say so.
+pub fn commit_group_offsets(
+    kafka: &KafkaSettings,
+    group: &str,
+    offsets: &[(String, i32, i64)],
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = consumer_config(kafka, group, "orderflow-restore")
+        .create()
+        .with_context(|| format!("creating a client for group {group}"))?;
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .with_context(|| format!("offset {offset} of {topic} partition {partition}"))?;
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .with_context(|| format!("committing offsets for group {group}"))?;
+    Ok(())
+}

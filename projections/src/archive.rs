@@ -617,9 +617,12 @@ pub fn message(record: LogRecord) -> OwnedMessage {
     )
 }
 
-/// Reads an archive's records partition by partition, file by file, in offset order.
+/// Reads an archive's records partition by partition, file by file, in offset order. Records
+/// carry the manifest's topic: an archive moved to a topic of another name (the manifest
+/// rewritten) reads as that topic's log.
 pub struct ArchiveReader {
     dir: PathBuf,
+    topic: String,
     /// Files still to read, in order.
     queue: std::collections::VecDeque<Segment>,
     pending: std::collections::VecDeque<LogRecord>,
@@ -635,6 +638,7 @@ impl ArchiveReader {
             .collect();
         ArchiveReader {
             dir: dir.to_path_buf(),
+            topic: manifest.topic.clone(),
             total: queue.iter().map(|s| s.records).sum(),
             queue,
             pending: Default::default(),
@@ -660,7 +664,13 @@ impl ArchiveReader {
             );
             let records = events::archive::read_segment(bytes.as_slice())
                 .with_context(|| format!("reading {}", path.display()))?;
-            self.pending.extend(records);
+            let topic = &self.topic;
+            self.pending.extend(records.into_iter().map(|mut r| {
+                if r.topic != *topic {
+                    r.topic.clone_from(topic);
+                }
+                r
+            }));
         }
         if self.pending.is_empty() {
             return Ok(None);

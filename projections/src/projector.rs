@@ -143,6 +143,35 @@ pub async fn apply_batch(
     Ok(result)
 }
 
+/// Set an undecodable record aside for the projections group `group`: the dead-letter row and
+/// its outbox record (returned, to publish).
+pub async fn dead_letter_undecodable(
+    tx: &mut PgConnection,
+    group: &str,
+    message: &OwnedMessage,
+    reason: String,
+) -> Result<Option<OutboxRow>, sqlx::Error> {
+    let history = vec![FailedAttempt {
+        at: Utc::now(),
+        class: ErrorClass::Permanent,
+        kind: "decode".into(),
+        error: reason,
+    }];
+    let letter = DeadLetter {
+        consumer: NAME,
+        group,
+        position: RecordPosition {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+        },
+        key: message.key(),
+        payload: message.payload(),
+        history,
+    };
+    deadletter::dead_letter(&mut *tx, letter).await
+}
+
 /// Apply records to `target` inside the caller's transaction: timeline rows, every read model,
 /// positions. Records before the target's stored position and events already in its timeline
 /// change nothing. Undecodable records are dead-lettered when `dead_letter_group` is given
@@ -185,26 +214,7 @@ pub async fn apply_records(
                 };
                 // Undecodable records are the only failure a projection dead-letters:
                 // everything that decodes can be folded.
-                let position = RecordPosition {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                };
-                let history = vec![FailedAttempt {
-                    at: Utc::now(),
-                    class: ErrorClass::Permanent,
-                    kind: "decode".into(),
-                    error: reason,
-                }];
-                let letter = DeadLetter {
-                    consumer: NAME,
-                    group,
-                    position,
-                    key: message.key(),
-                    payload: message.payload(),
-                    history,
-                };
-                dead.extend(deadletter::dead_letter(&mut *tx, letter).await?);
+                dead.extend(dead_letter_undecodable(tx, group, message, reason).await?);
             }
         }
     }

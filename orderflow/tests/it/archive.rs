@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{order, TestEnv};
 
-fn archive_dir(env: &TestEnv) -> PathBuf {
+pub(crate) fn archive_dir(env: &TestEnv) -> PathBuf {
     std::env::temp_dir().join(format!(
         "orderflow-archive-{}",
         env.settings.kafka.group_prefix
@@ -25,7 +25,9 @@ async fn publish(env: &TestEnv, prefix: &str, n: usize) {
 }
 
 /// Archive the log of `settings` up to its end, in this process.
-async fn archive_once(settings: &platform::Settings) -> anyhow::Result<archive::ArchiveRun> {
+pub(crate) async fn archive_once(
+    settings: &platform::Settings,
+) -> anyhow::Result<archive::ArchiveRun> {
     Archiver::open(settings)?
         .run(settings, true, CancellationToken::new())
         .await
@@ -247,7 +249,7 @@ async fn sigkilled_archiver_processes_leave_no_gap_or_duplicate() {
 }
 
 /// Count and checksum of every read model of the live generation of `env`, and its positions.
-async fn live_digests(env: &TestEnv) -> (Vec<(i64, String)>, Vec<(i32, i64)>) {
+pub(crate) async fn live_digests(env: &TestEnv) -> (Vec<(i64, String)>, Vec<(i32, i64)>) {
     let mut conn = env.pool.acquire().await.expect("connection");
     let live = projections::generations::live(&mut conn, false)
         .await
@@ -260,65 +262,6 @@ async fn live_digests(env: &TestEnv) -> (Vec<(i64, String)>, Vec<(i32, i64)>) {
             .map(|p| (p.partition, p.next_offset))
             .collect();
     (env.model_digests(&live.schema_name).await, positions)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_archive_alone_restores_the_log_and_the_read_models() {
-    // Before the disaster: orders through the whole pipeline, archived.
-    let mut before = TestEnv::new().await;
-    let dir = archive_dir(&before);
-    let _ = std::fs::remove_dir_all(&dir);
-    before.settings.archive.dir = dir.display().to_string();
-    before.set_stock(&[("SKU-A", 100)]).await;
-    before.start_all();
-    publish(&before, "o-dr", 12).await;
-    for i in 0..12 {
-        before.wait_terminal(&format!("o-dr{i}")).await;
-    }
-    before.stop().await;
-    archive_once(&before.settings).await.expect("archive");
-    let (want_models, want_positions) = live_digests(&before).await;
-
-    // After: an empty topic and an empty database. (The new topic has another name here, so
-    // the manifest is pointed at it; the archived records keep their bytes.)
-    let after = TestEnv::new().await;
-    let manifest_path = dir.join(archive::MANIFEST);
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).expect("read manifest"))
-            .expect("json");
-    manifest["topic"] = serde_json::Value::String(after.settings.kafka.topic.clone());
-    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).expect("json"))
-        .expect("write manifest");
-
-    let republished = projections::restore::republish(&after.settings, &dir)
-        .await
-        .expect("republish");
-    let restored = projections::restore::read_models(&after.settings, &after.pool, &dir)
-        .await
-        .expect("restore the read models");
-    assert_eq!(republished.records, restored.events_read);
-    let (got_models, got_positions) = live_digests(&after).await;
-    assert_eq!(
-        got_positions, want_positions,
-        "positions at the archive's end"
-    );
-    assert_eq!(got_models, want_models, "every read model as before");
-
-    // The log is back at the same offsets: a second restore is refused, and so is a restore
-    // into read models that hold data.
-    let again = projections::restore::republish(&after.settings, &dir).await;
-    assert!(again.unwrap_err().to_string().contains("not empty"));
-    let again = projections::restore::read_models(&after.settings, &after.pool, &dir).await;
-    assert!(again.unwrap_err().to_string().contains("already hold"));
-    // The projector resumes after the restored part: nothing is applied again.
-    let mut after = after;
-    after.start(&[orderflow::components::Component::Projections]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(live_digests(&after).await.0, want_models);
-
-    std::fs::remove_dir_all(&dir).ok();
-    before.finish().await;
-    after.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

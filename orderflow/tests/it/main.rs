@@ -11,5 +11,6 @@ mod faults;
 mod giveup;
 mod outcomes;
 mod parking;
+mod restore;
 mod support;
 mod upstream;

@@ -1,0 +1,204 @@
+//! `orderflow restore`: everything back from an archive alone, into an empty topic and a
+//! freshly migrated database — the log at its original offsets, the read models, the steps'
+//! state (without repeating a side effect; see [`consumers::restore`]) and the steps' group
+//! offsets at the archive's end, so that the live components resume right after it.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use consumers::restore::{Recorded, StepReplay, StepTotals};
+use platform::Settings;
+use projections::archive::{self, ArchiveReader, Manifest};
+use projections::restore::{Republished, RestoredModels};
+use sqlx::PgPool;
+
+/// Tables that hold the steps' state: a restore refuses to write into a database where any of
+/// them has a row.
+const STEP_TABLES: [&str; 9] = [
+    "pipeline.inbox",
+    "pipeline.outbox",
+    "pipeline.parked",
+    "inventory.reservations",
+    "payment.orders",
+    "payment.payments",
+    "shipping.orders",
+    "shipping.shipments",
+    "saga.orders",
+];
+
+/// Records per step transaction while replaying.
+const BATCH: usize = 2_000;
+
+/// What a restore did, and how long each part took.
+#[derive(Debug)]
+pub struct Report {
+    pub archived: u64,
+    pub republished: Republished,
+    pub models: RestoredModels,
+    pub steps: Vec<(&'static str, StepTotals)>,
+    pub steps_took: Duration,
+    pub took: Duration,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "restored {} archived records", self.archived)?;
+        writeln!(
+            f,
+            "  log: republished {} records at their offsets in {:.1} s",
+            self.republished.records,
+            self.republished.took.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  read models: {} events folded into {} rows in {:.1} s",
+            self.models.events_read,
+            self.models.rows,
+            self.models.took.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  steps: replayed in {:.1} s, no provider or carrier called",
+            self.steps_took.as_secs_f64()
+        )?;
+        for (name, t) in &self.steps {
+            writeln!(
+                f,
+                "    {name:<10} applied {:>8}  duplicates {:>4}  dead-lettered {:>4}  parked {:>4}  \
+                 replies from archive {:>8}  left to publish {:>4}",
+                t.applied,
+                t.duplicates,
+                t.dead_lettered,
+                t.parked,
+                t.replies_archived,
+                t.left_to_publish
+            )?;
+        }
+        writeln!(f, "  total {:.1} s", self.took.as_secs_f64())
+    }
+}
+
+/// Restore everything from the archive in `dir`. `stock` is the inventory before the archive's
+/// first order (stock levels are set in Postgres, not on the log); without it, the stock rows
+/// already in the database are used.
+pub async fn restore(
+    settings: &Settings,
+    pool: &PgPool,
+    dir: &Path,
+    stock: &[(String, i64)],
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let topic = settings.kafka.topic.as_str();
+    let manifest = Manifest::load(dir, topic)?;
+    let checked = archive::check(dir, &manifest)?;
+    anyhow::ensure!(
+        checked.problems.is_empty(),
+        "the archive in {} is damaged; nothing restored:\n  {}",
+        dir.display(),
+        checked.problems.join("\n  ")
+    );
+    ensure_no_state(pool).await?;
+    if !stock.is_empty() {
+        let mut tx = pool.begin().await?;
+        consumers::inventory::set_stock(&mut tx, stock).await?;
+        tx.commit().await?;
+    }
+
+    let republished = projections::restore::republish(settings, dir).await?;
+    tracing::info!(records = republished.records, "log republished");
+    let models = projections::restore::read_models(settings, pool, dir).await?;
+    tracing::info!(rows = models.rows, "read models restored");
+
+    let steps_started = Instant::now();
+    // First pass: what the steps decided, as the archive records it; records that do not
+    // decode are set aside for the projections group, as the live projector did.
+    let mut recorded = Recorded::default();
+    let projections_group = settings.group_id(projections::NAME);
+    let mut reader = ArchiveReader::new(dir, &manifest);
+    while let Some(batch) = reader.next_batch(BATCH)? {
+        for record in batch {
+            let message = archive::message(record);
+            if let Err(reason) = recorded.observe(&message) {
+                let mut tx = pool.begin().await?;
+                projections::projector::dead_letter_undecodable(
+                    &mut tx,
+                    &projections_group,
+                    &message,
+                    reason,
+                )
+                .await?;
+                tx.commit().await?;
+            }
+        }
+    }
+    let mut replay = StepReplay::new(settings, recorded);
+    let mut reader = ArchiveReader::new(dir, &manifest);
+    while let Some(batch) = reader.next_batch(BATCH)? {
+        let messages: Vec<_> = batch.into_iter().map(archive::message).collect();
+        replay.apply(pool, &messages).await?;
+    }
+    let steps_took = steps_started.elapsed();
+
+    let ends: Vec<(String, i32, i64)> = manifest
+        .partitions
+        .iter()
+        .map(|(partition, archived)| (topic.to_string(), *partition, archived.next_offset))
+        .collect();
+    for group in replay.groups() {
+        platform::kafka::commit_group_offsets(&settings.kafka, &group, &ends).with_context(
+            || format!("setting the offsets of group {group} to the archive's end"),
+        )?;
+    }
+    Ok(Report {
+        archived: manifest.records(),
+        republished,
+        models,
+        steps: replay.totals(),
+        steps_took,
+        took: started.elapsed(),
+    })
+}
+
+async fn ensure_no_state(pool: &PgPool) -> anyhow::Result<()> {
+    for table in STEP_TABLES {
+        let any: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {table})"))
+            .fetch_one(pool)
+            .await
+            .with_context(|| format!("looking into {table}"))?;
+        anyhow::ensure!(
+            !any,
+            "{table} is not empty; a restore writes only into a freshly migrated database \
+             (create an empty one and run `orderflow migrate`)"
+        );
+    }
+    Ok(())
+}
+
+/// Read a stock file: one `SKU=QTY` per line; blank lines and lines starting with `#` are
+/// skipped. Errors name the line.
+pub fn read_stock(path: &Path) -> anyhow::Result<Vec<(String, i64)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the stock file {}", path.display()))?;
+    let mut stock = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line.split_once('=').and_then(|(sku, qty)| {
+            let qty: i64 = qty.trim().parse().ok()?;
+            (!sku.trim().is_empty() && qty >= 0).then(|| (sku.trim().to_string(), qty))
+        });
+        let Some(item) = parsed else {
+            anyhow::bail!(
+                "{} line {}: {line:?} is not SKU=QTY with a whole quantity >= 0",
+                path.display(),
+                number + 1
+            );
+        };
+        stock.push(item);
+    }
+    Ok(stock)
+}
