@@ -2,8 +2,8 @@
 //! and rebuild the read models of an empty database from it.
 //!
 //! Both refuse to run on anything that is not empty, so a mistaken restore never mixes an
-//! archive into live data. (Restoring the saga steps' state is not here yet: see the open
-//! issue on disaster recovery.)
+//! archive into live data. The steps' state is rebuilt by `consumers::restore`; `orderflow
+//! restore` runs all of it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
