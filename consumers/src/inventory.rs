@@ -34,9 +34,12 @@ pub enum Decision {
 /// Recorded decisions by the id of the `OrderCreated` they answered.
 pub type Decisions = HashMap<Uuid, Decision>;
 
-/// The inventory step. Live, it decides from the stock it holds; when restoring
-/// ([`Inventory::replaying`]), it applies the decision recorded in the archive instead, because
-/// the order in which orders of different partitions met the stock is not on the log.
+/// The inventory step. Live, it decides from the stock it holds and books every reservation
+/// and release on `inventory.stock` at once. When restoring ([`Inventory::replaying`]) it
+/// applies the decision recorded in the archive instead, because the order in which orders of
+/// different partitions met the stock is not on the log; for the same reason it leaves
+/// `inventory.stock` alone and books what the reservations hold once at the end
+/// ([`settle_replayed_stock`]), which does not depend on that order.
 #[derive(Default)]
 pub struct Inventory {
     recorded: Option<Arc<Decisions>>,
@@ -74,21 +77,26 @@ impl Step for Inventory {
         tx: &mut PgConnection,
         event: &Event,
     ) -> Result<Vec<EventBody>, HandlerError> {
+        let live = self.recorded.is_none();
         match &event.body {
             EventBody::OrderCreated(order) => {
                 let recorded = self
                     .recorded
                     .as_ref()
                     .and_then(|r| r.get(&event.meta.event_id));
-                reserve(tx, event, &order.lines, recorded).await
+                let booking = match &self.recorded {
+                    None => Booking::Live,
+                    Some(_) => Booking::Replay(recorded),
+                };
+                reserve(tx, event, &order.lines, booking).await
             }
             // The order failed after its stock was reserved: give the stock back.
-            EventBody::PaymentDeclined(_) => release(tx, event, "payment_declined").await,
-            EventBody::ShipmentFailed(_) => release(tx, event, "shipment_failed").await,
+            EventBody::PaymentDeclined(_) => release(tx, event, "payment_declined", live).await,
+            EventBody::ShipmentFailed(_) => release(tx, event, "shipment_failed", live).await,
             body => match give_up::reason(body) {
                 Some(reason) => {
                     give_up::record(tx, SCHEMA, event, reason).await?;
-                    release(tx, event, reason).await
+                    release(tx, event, reason, live).await
                 }
                 None => Ok(Vec::new()),
             },
@@ -106,11 +114,26 @@ fn wanted_per_sku(lines: &[events::OrderLine]) -> BTreeMap<String, i64> {
     wanted
 }
 
+/// How a reservation is decided and booked.
+#[derive(Clone, Copy)]
+enum Booking<'a> {
+    /// From the stock, booked on it at once.
+    Live,
+    /// Restoring: the recorded decision, if the archive holds one, else from the stock minus
+    /// what the reservations rebuilt so far hold; booked at the end.
+    Replay(Option<&'a Decision>),
+}
+
+/// Units per sku held by reservations in status `reserved` (of the skus in `$1`).
+const HELD: &str = "SELECT i->>'sku' AS sku, sum((i->>'quantity')::bigint)::bigint AS qty
+     FROM inventory.reservations r, jsonb_array_elements(r.items) i
+     WHERE r.status = 'reserved' AND i->>'sku' = ANY($1) GROUP BY 1";
+
 async fn reserve(
     tx: &mut PgConnection,
     event: &Event,
     lines: &[events::OrderLine],
-    recorded: Option<&Decision>,
+    booking: Booking<'_>,
 ) -> Result<Vec<EventBody>, HandlerError> {
     let order_id = &event.meta.order_id;
     let seen: Option<String> =
@@ -128,12 +151,26 @@ async fn reserve(
     let wanted = wanted_per_sku(lines);
     let abandoned = give_up::abandoned(tx, SCHEMA, order_id).await?;
     let skus: Vec<&str> = wanted.keys().map(String::as_str).collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-    )
-    .bind(&skus)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<(String, i64)> = match booking {
+        Booking::Live | Booking::Replay(Some(_)) => {
+            sqlx::query_as(
+                "SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+            )
+            .bind(&skus)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        Booking::Replay(None) => {
+            sqlx::query_as(&format!(
+                "SELECT s.sku, s.available - COALESCE(h.qty, 0) FROM inventory.stock s
+                 LEFT JOIN ({HELD}) h USING (sku) WHERE s.sku = ANY($1) ORDER BY s.sku"
+            ))
+            .persistent(false)
+            .bind(&skus)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
     let available: BTreeMap<String, i64> = rows.into_iter().collect();
     let shortages: Vec<Shortage> = wanted
         .iter()
@@ -161,9 +198,9 @@ async fn reserve(
             .collect(),
     );
     let mut rejection = None;
-    match recorded {
-        None => {}
-        Some(Decision::Reserved) => {
+    match booking {
+        Booking::Live | Booking::Replay(None) => {}
+        Booking::Replay(Some(Decision::Reserved)) => {
             if let Some(why) = &abandoned {
                 return Err(HandlerError::Diverged(format!(
                     "order {order_id} was reserved, but the rebuilt state has it given up ({why})"
@@ -175,22 +212,19 @@ async fn reserve(
                      before the archive began (orderflow restore --stock)"
                 )));
             }
-            if let Some(short) = shortages.first() {
-                return Err(HandlerError::Diverged(format!(
-                    "order {order_id} reserved {} of sku {}, but only {} are left of the stock \
-                     given; the stock before the archive began was higher (orderflow restore --stock)",
-                    short.requested, short.sku, short.available
-                )));
-            }
         }
-        Some(Decision::Rejected {
+        Booking::Replay(Some(Decision::Rejected {
             reason,
             shortages: recorded,
-        }) => {
+        })) => {
             rejection = Some((reason.clone(), recorded.clone()));
         }
     }
-    let status = if shortages.is_empty() && abandoned.is_none() && rejection.is_none() {
+    let recorded_reserved = matches!(booking, Booking::Replay(Some(Decision::Reserved)));
+    let status = if (recorded_reserved || shortages.is_empty())
+        && abandoned.is_none()
+        && rejection.is_none()
+    {
         "reserved"
     } else {
         "rejected"
@@ -216,11 +250,18 @@ async fn reserve(
             shortages: Vec::new(),
         })]);
     }
-    if !shortages.is_empty() {
+    if !recorded_reserved && !shortages.is_empty() {
         let skus: Vec<&str> = shortages.iter().map(|s| s.sku.as_str()).collect();
         return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
             reason: format!("insufficient stock for {}", skus.join(", ")),
             shortages,
+        })]);
+    }
+    if !matches!(booking, Booking::Live) {
+        // Booked on the stock by settle_replayed_stock at the end of the restore.
+        return Ok(vec![EventBody::InventoryReserved(InventoryReserved {
+            reservation_id,
+            items,
         })]);
     }
     let quantities: Vec<i64> = wanted.values().copied().collect();
@@ -244,6 +285,7 @@ async fn release(
     tx: &mut PgConnection,
     event: &Event,
     reason: &str,
+    live: bool,
 ) -> Result<Vec<EventBody>, HandlerError> {
     let order_id = &event.meta.order_id;
     let row: Option<(uuid::Uuid, String, serde_json::Value)> = sqlx::query_as(
@@ -281,14 +323,17 @@ async fn release(
         .unwrap_or_default();
     let skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
     let quantities: Vec<i64> = items.iter().map(|i| i64::from(i.quantity)).collect();
-    sqlx::query(
-        "UPDATE inventory.stock AS s SET available = s.available + w.qty, reserved = s.reserved - w.qty, updated_at = now()
-         FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, qty) WHERE s.sku = w.sku",
-    )
-    .bind(&skus)
-    .bind(&quantities)
-    .execute(&mut *tx)
-    .await?;
+    // Replaying, the stock is booked once at the end (settle_replayed_stock).
+    if live {
+        sqlx::query(
+            "UPDATE inventory.stock AS s SET available = s.available + w.qty, reserved = s.reserved - w.qty, updated_at = now()
+             FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, qty) WHERE s.sku = w.sku",
+        )
+        .bind(&skus)
+        .bind(&quantities)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query("UPDATE inventory.reservations SET status = 'released', updated_at = now() WHERE order_id = $1")
         .bind(order_id)
         .execute(&mut *tx)
@@ -302,6 +347,43 @@ async fn release(
 
 fn clamp_i32(value: i64) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// End of a restore: book what the rebuilt reservations hold on the stock, which holds the
+/// levels given before the archive began (available -= held, reserved += held). Fails, naming
+/// the skus, when the stock given cannot cover what the archived reservations hold.
+pub async fn settle_replayed_stock(tx: &mut PgConnection) -> Result<(), HandlerError> {
+    let held = "SELECT i->>'sku' AS sku, sum((i->>'quantity')::bigint)::bigint AS qty
+         FROM inventory.reservations r, jsonb_array_elements(r.items) i
+         WHERE r.status = 'reserved' GROUP BY 1";
+    let short: Vec<(String, i64, Option<i64>)> = sqlx::query_as(&format!(
+        "SELECT h.sku, h.qty, s.available FROM ({held}) h LEFT JOIN inventory.stock s USING (sku)
+         WHERE s.available IS NULL OR s.available < h.qty ORDER BY h.sku LIMIT 10"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    if !short.is_empty() {
+        let list: Vec<String> = short
+            .iter()
+            .map(|(sku, held, given)| match given {
+                Some(given) => format!("{sku} (reservations hold {held}, stock given {given})"),
+                None => format!("{sku} (reservations hold {held}, no stock given)"),
+            })
+            .collect();
+        return Err(HandlerError::Diverged(format!(
+            "the stock given does not cover what the archived reservations hold: {}; pass the \
+             stock before the archive began with orderflow restore --stock",
+            list.join(", ")
+        )));
+    }
+    sqlx::query(&format!(
+        "UPDATE inventory.stock AS s SET available = s.available - h.qty, reserved = s.reserved + h.qty,
+             updated_at = now()
+         FROM ({held}) h WHERE s.sku = h.sku"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Set the available quantity of skus (the documented way to seed stock).

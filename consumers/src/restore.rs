@@ -6,7 +6,8 @@
 //! again: the payment provider and the carrier are replaced by [`RecordedProvider`] and
 //! [`RecordedCarrier`], which answer with the decisions the archived replies hold, and the
 //! inventory step applies its archived reservation decisions ([`Inventory::replaying`]),
-//! since the order in which orders of different partitions met the stock is not on the log.
+//! since the order in which orders of different partitions met the stock is not on the log,
+//! and books their stock once at the end ([`StepReplay::finish`]).
 //!
 //! Every reply a step produces is compared with its archived copy (same id, same body); a
 //! difference stops the restore. Replies found in the archive are marked published; replies
@@ -316,6 +317,17 @@ impl StepReplay {
             }
             apply_step(pool, &self.recorded, replayed, &batch[start..]).await?;
         }
+        Ok(())
+    }
+
+    /// After the last batch: book what the rebuilt reservations hold on the stock (see
+    /// [`crate::inventory::settle_replayed_stock`]).
+    pub async fn finish(&self, pool: &PgPool) -> anyhow::Result<()> {
+        let mut tx = pool.begin().await?;
+        crate::inventory::settle_replayed_stock(&mut tx)
+            .await
+            .map_err(|e| anyhow::anyhow!("inventory: {e}"))?;
+        tx.commit().await?;
         Ok(())
     }
 

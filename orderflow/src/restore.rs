@@ -139,6 +139,7 @@ pub async fn restore(
         let messages: Vec<_> = batch.into_iter().map(archive::message).collect();
         replay.apply(pool, &messages).await?;
     }
+    replay.finish(pool).await?;
     let steps_took = steps_started.elapsed();
 
     let ends: Vec<(String, i32, i64)> = manifest
@@ -201,4 +202,41 @@ pub fn read_stock(path: &Path) -> anyhow::Result<Vec<(String, i64)>> {
         stock.push(item);
     }
     Ok(stock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's text, and the stock read from it or a piece of the error.
+    type Case = (&'static str, Result<Vec<(&'static str, i64)>, &'static str>);
+
+    #[test]
+    fn stock_files_are_read_line_by_line() {
+        let cases: [Case; 5] = [
+            ("A=1\nB = 20\n", Ok(vec![("A", 1), ("B", 20)])),
+            ("# levels before the archive\n\nA=0\n", Ok(vec![("A", 0)])),
+            ("A=1\nB\n", Err("line 2: \"B\" is not SKU=QTY")),
+            ("A=-3\n", Err("line 1: \"A=-3\"")),
+            ("=4\n", Err("line 1: \"=4\"")),
+        ];
+        let dir = std::env::temp_dir().join(format!("orderflow-stock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, (text, want)) in cases.into_iter().enumerate() {
+            let path = dir.join(format!("stock{i}.txt"));
+            std::fs::write(&path, text).unwrap();
+            match (read_stock(&path), want) {
+                (Ok(got), Ok(want)) => {
+                    let want: Vec<(String, i64)> =
+                        want.into_iter().map(|(s, q)| (s.to_string(), q)).collect();
+                    assert_eq!(got, want, "{text:?}");
+                }
+                (Err(error), Err(want)) => {
+                    assert!(error.to_string().contains(want), "{text:?}: {error}")
+                }
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

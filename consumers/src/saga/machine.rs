@@ -826,6 +826,8 @@ mod tests {
     }
 
     /// One input of a scenario: an event read from the log, or a missed deadline.
+    // A handful per test, built inline: boxing the event would only add noise.
+    #[allow(clippy::large_enum_variant)]
     enum Input {
         Log(EventBody),
         Deadline,

@@ -42,6 +42,44 @@ async fn state_rows(env: &TestEnv) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The partition the producers' murmur2 partitioner puts `key` in (Kafka's default).
+fn partition_of(key: &str, partitions: i32) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let data = key.as_bytes();
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    (h & 0x7fff_ffff) as i32 % partitions
+}
+
+/// The first id `prefix<i>` that lands in `partition`.
+fn id_in_partition(prefix: &str, partition: i32) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|id| partition_of(id, crate::support::PARTITIONS) == partition)
+        .expect("some id lands there")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     // Before the disaster: every kind of outcome, a saga timeout, a poison record.
@@ -75,6 +113,33 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     .expect("expire");
     assert_eq!(expired.orders, ["o-late"]);
     before.start(&[Component::Payment]);
+    // One unit of SKU-C, held first by an order of the last partition (declined, released),
+    // then for good by an order of the first: a restore reading partition by partition meets
+    // them the other way round.
+    before.set_stock(&[("SKU-C", 1)]).await;
+    let last = id_in_partition("o-first-", crate::support::PARTITIONS - 1);
+    let first = id_in_partition("o-second-", 0);
+    before
+        .publish(&[order(&last, &[("SKU-C", 1, 900_000)], "DE")])
+        .await;
+    assert_eq!(
+        before.wait_terminal(&last).await,
+        (
+            "cancelled".to_string(),
+            Some("payment_declined".to_string())
+        )
+    );
+    before
+        .publish(&[order(&first, &[("SKU-C", 1, 100)], "DE")])
+        .await;
+    assert_eq!(before.wait_terminal(&first).await.0, "completed");
+    assert_eq!(
+        before
+            .count(&format!("SELECT max(partition)::bigint FROM analytics.order_events WHERE order_id = '{last}'"))
+            .await,
+        i64::from(crate::support::PARTITIONS - 1),
+        "the partitioner as computed here"
+    );
     let mut orders = vec![
         order("o-short", &[("SKU-B", 9, 100)], "DE"),
         order("o-big", &[("SKU-A", 1, 900_000)], "DE"),
@@ -128,7 +193,11 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     manifest["topic"] = serde_json::Value::String(after.settings.kafka.topic.clone());
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).expect("json"))
         .expect("write manifest");
-    let stock = [("SKU-A".to_string(), 10), ("SKU-B".to_string(), 5)];
+    let stock = [
+        ("SKU-A".to_string(), 10),
+        ("SKU-B".to_string(), 5),
+        ("SKU-C".to_string(), 1),
+    ];
     let report = orderflow::restore::restore(&after.settings, &after.pool, &dir, &stock)
         .await
         .expect("restore");
