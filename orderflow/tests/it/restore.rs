@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use orderflow::components::Component;
 
 use crate::archive::{archive_dir, archive_once, live_digests};
@@ -215,6 +217,34 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     // digests differ here only by the topic's name.)
     let (restored_models, got_positions) = live_digests(&after).await;
     assert_eq!(got_positions, want_positions);
+
+    // Every step's group resumes at the archive's end.
+    let manifest = projections::archive::Manifest::load(&dir, &after.settings.kafka.topic)
+        .expect("manifest");
+    for step in consumers::STEP_NAMES {
+        let group = after.settings.group_id(step);
+        let probe: BaseConsumer =
+            platform::kafka::consumer_config(&after.settings.kafka, &group, "restore-test")
+                .create()
+                .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for partition in manifest.partitions.keys() {
+            tpl.add_partition(&after.settings.kafka.topic, *partition);
+        }
+        let committed = probe
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        for (partition, archived) in &manifest.partitions {
+            let offset = committed
+                .find_partition(&after.settings.kafka.topic, *partition)
+                .map(|p| p.offset());
+            assert_eq!(
+                offset,
+                Some(Offset::Offset(archived.next_offset)),
+                "{group} partition {partition}"
+            );
+        }
+    }
 
     // A second restore is refused before it touches anything.
     let again = orderflow::restore::restore(&after.settings, &after.pool, &dir, &stock).await;
