@@ -293,30 +293,13 @@ impl StepReplay {
                     .map(|e| e.meta.event_id)
             })
             .collect();
-        for replayed in &mut self.steps {
-            if replayed.identity.name != saga::NAME {
-                apply_step(pool, &self.recorded, replayed, batch).await?;
-                continue;
-            }
-            // The deadline watch gave an order up right after the saga applied the marker's
-            // cause: replay the batch in pieces that end there.
-            let mut start = 0;
-            for (i, id) in ids.iter().enumerate() {
-                let Some(marker) = id.and_then(|id| self.recorded.timeouts.get(&id)) else {
-                    continue;
-                };
-                apply_step(pool, &self.recorded, replayed, &batch[start..=i]).await?;
-                start = i + 1;
-                let mut tx = pool.begin().await?;
-                let rows = saga::replay_timeout(&mut tx, &self.topic, marker)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("saga: {e}"))?;
-                mark_published(&mut tx, &rows.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
-                tx.commit().await?;
-                replayed.totals.replies_archived += rows.len();
-            }
-            apply_step(pool, &self.recorded, replayed, &batch[start..]).await?;
-        }
+        // The steps' states are disjoint: they replay the batch side by side.
+        let (recorded, topic, ids) = (&self.recorded, self.topic.as_str(), ids.as_slice());
+        let work = self
+            .steps
+            .iter_mut()
+            .map(|replayed| replay_batch(pool, recorded, topic, ids, replayed, batch));
+        futures::future::try_join_all(work).await?;
         Ok(())
     }
 
@@ -346,6 +329,37 @@ impl StepReplay {
             .map(|s| s.identity.group.clone())
             .collect()
     }
+}
+
+/// One step, one batch. The saga's batch is replayed in pieces that end where the deadline
+/// watch gave an order up: right after the saga applied the event the marker names as cause.
+async fn replay_batch(
+    pool: &PgPool,
+    recorded: &Recorded,
+    topic: &str,
+    ids: &[Option<Uuid>],
+    replayed: &mut Replayed,
+    batch: &[OwnedMessage],
+) -> anyhow::Result<()> {
+    if replayed.identity.name != saga::NAME {
+        return apply_step(pool, recorded, replayed, batch).await;
+    }
+    let mut start = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let Some(marker) = id.and_then(|id| recorded.timeouts.get(&id)) else {
+            continue;
+        };
+        apply_step(pool, recorded, replayed, &batch[start..=i]).await?;
+        start = i + 1;
+        let mut tx = pool.begin().await?;
+        let rows = saga::replay_timeout(&mut tx, topic, marker)
+            .await
+            .map_err(|e| anyhow::anyhow!("saga: {e}"))?;
+        mark_published(&mut tx, &rows.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
+        tx.commit().await?;
+        replayed.totals.replies_archived += rows.len();
+    }
+    apply_step(pool, recorded, replayed, &batch[start..]).await
 }
 
 /// One step, one batch: as the live runner does it, in one transaction, except that a failure

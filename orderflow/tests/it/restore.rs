@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
+use orderflow::components::Component;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use orderflow::components::Component;
 
 use crate::archive::{archive_dir, archive_once, live_digests};
 use crate::deadletters::{start_payment, FlakyProvider};
@@ -219,8 +219,8 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     assert_eq!(got_positions, want_positions);
 
     // Every step's group resumes at the archive's end.
-    let manifest = projections::archive::Manifest::load(&dir, &after.settings.kafka.topic)
-        .expect("manifest");
+    let manifest =
+        projections::archive::Manifest::load(&dir, &after.settings.kafka.topic).expect("manifest");
     for step in consumers::STEP_NAMES {
         let group = after.settings.group_id(step);
         let probe: BaseConsumer =
