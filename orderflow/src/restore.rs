@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use consumers::restore::{Recorded, StepReplay, StepTotals};
 use platform::Settings;
-use projections::archive::{self, ArchiveReader, Manifest};
+use projections::archive::{self, ArchiveReader};
 use projections::restore::{Republished, RestoredModels};
 use sqlx::PgPool;
 
@@ -91,14 +91,7 @@ pub async fn restore(
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let topic = settings.kafka.topic.as_str();
-    let manifest = Manifest::load(dir, topic)?;
-    let checked = archive::check(dir, &manifest)?;
-    anyhow::ensure!(
-        checked.problems.is_empty(),
-        "the archive in {} is damaged; nothing restored:\n  {}",
-        dir.display(),
-        checked.problems.join("\n  ")
-    );
+    let manifest = archive::load_checked(dir, topic, "restored")?;
     ensure_no_state(pool).await?;
     if !stock.is_empty() {
         let mut tx = pool.begin().await?;

@@ -139,6 +139,20 @@ pub struct ArchiveCheck {
     pub problems: Vec<String>,
 }
 
+/// The manifest of the archive in `dir` for `topic`, after checking every file against it;
+/// a damaged archive is an error that lists its problems and says `nothing <done>`.
+pub fn load_checked(dir: &Path, topic: &str, done: &str) -> anyhow::Result<Manifest> {
+    let manifest = Manifest::load(dir, topic)?;
+    let checked = check(dir, &manifest)?;
+    anyhow::ensure!(
+        checked.problems.is_empty(),
+        "the archive in {} is damaged; nothing {done}:\n  {}",
+        dir.display(),
+        checked.problems.join("\n  ")
+    );
+    Ok(manifest)
+}
+
 /// Check the archive against its manifest: files tile each partition from its first offset
 /// without gaps or overlaps, every file exists with its checksum, and holds exactly the
 /// records the manifest says, in offset order, inside its range.

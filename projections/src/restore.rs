@@ -41,14 +41,7 @@ const IN_FLIGHT_MAX: usize = 10_000;
 pub async fn republish(settings: &Settings, dir: &Path) -> anyhow::Result<Republished> {
     let started = Instant::now();
     let topic = settings.kafka.topic.as_str();
-    let manifest = Manifest::load(dir, topic)?;
-    let checked = archive::check(dir, &manifest)?;
-    anyhow::ensure!(
-        checked.problems.is_empty(),
-        "the archive in {} is damaged; nothing republished:\n  {}",
-        dir.display(),
-        checked.problems.join("\n  ")
-    );
+    let manifest = archive::load_checked(dir, topic, "republished")?;
     for (partition, archived) in &manifest.partitions {
         let starts_at_zero = archived
             .segments
