@@ -308,3 +308,78 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     before.finish().await;
     after.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answers_the_archive_lost_are_asked_again_by_the_live_steps_only() {
+    // The disaster struck mid-flight: the archive has o-reserved's reservation but not its
+    // payment, and o-new's OrderCreated but no reservation.
+    let mut before = TestEnv::new().await;
+    let dir = archive_dir(&before);
+    let _ = std::fs::remove_dir_all(&dir);
+    before.settings.archive.dir = dir.display().to_string();
+    before.start(&[Component::Inventory, Component::Saga]);
+    before
+        .publish(&[order("o-reserved", &[("SKU-A", 2, 100)], "DE")])
+        .await;
+    before
+        .wait_count(
+            "SELECT count(*) FROM saga.orders WHERE order_id = 'o-reserved' AND state = 'awaiting_payment'",
+            1,
+        )
+        .await;
+    before.stop().await;
+    before
+        .publish(&[order("o-new", &[("SKU-A", 3, 100)], "DE")])
+        .await;
+    archive_once(&before.settings).await.expect("archive");
+
+    let mut after = TestEnv::new().await;
+    let manifest_path = dir.join(projections::archive::MANIFEST);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("read manifest"))
+            .expect("json");
+    manifest["topic"] = serde_json::Value::String(after.settings.kafka.topic.clone());
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).expect("json"))
+        .expect("write manifest");
+    let stock = [("SKU-A".to_string(), 10)];
+    let report = orderflow::restore::restore(&after.settings, &after.pool, &dir, &stock)
+        .await
+        .expect("restore");
+    let totals: std::collections::HashMap<_, _> = report.steps.into_iter().collect();
+    // Inventory decided o-new anew (it has no effect outside) and left the reply to publish;
+    // payment did not ask the provider about o-reserved but parked it for the live step.
+    assert_eq!(totals["inventory"].left_to_publish, 1);
+    assert_eq!(totals["payment"].parked, 1);
+    assert_eq!(totals["payment"].left_to_publish, 0);
+    assert_eq!(
+        after.stock("SKU-A").await,
+        (5, 5),
+        "both reservations booked"
+    );
+
+    // The live steps ask the provider once per order, with the idempotency key of the
+    // original request, and both orders complete.
+    let provider = FlakyProvider::new(0, false, None);
+    start_payment(&mut after, provider.clone());
+    after.start(&[
+        Component::Inventory,
+        Component::Shipping,
+        Component::Saga,
+        Component::Projections,
+    ]);
+    for id in ["o-reserved", "o-new"] {
+        assert_eq!(after.wait_terminal(id).await.0, "completed", "{id}");
+    }
+    assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        after
+            .count("SELECT count(*) FROM payment.ledger WHERE entry = 'authorization'")
+            .await,
+        2
+    );
+    assert_eq!(after.stock("SKU-A").await, (5, 5), "nothing reserved twice");
+
+    std::fs::remove_dir_all(&dir).ok();
+    before.finish().await;
+    after.finish().await;
+}
