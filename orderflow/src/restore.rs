@@ -31,6 +31,9 @@ const STEP_TABLES: [&str; 9] = [
 /// Records per step transaction while replaying.
 const BATCH: usize = 2_000;
 
+/// How often the steps' replay logs how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// What a restore did, and how long each part took.
 #[derive(Debug)]
 pub struct Report {
@@ -99,11 +102,13 @@ pub async fn restore(
         tx.commit().await?;
     }
 
+    tracing::info!(records = manifest.records(), "archive checked; republishing the log");
     let republished = projections::restore::republish(settings, dir).await?;
     tracing::info!(records = republished.records, "log republished");
     let models = projections::restore::read_models(settings, pool, dir).await?;
     tracing::info!(rows = models.rows, "read models restored");
 
+    tracing::info!("replaying the steps over the archive");
     let steps_started = Instant::now();
     // First pass: what the steps decided, as the archive records it; records that do not
     // decode are set aside for the projections group, as the live projector did.
@@ -128,9 +133,23 @@ pub async fn restore(
     }
     let mut replay = StepReplay::new(settings, recorded);
     let mut reader = ArchiveReader::new(dir, &manifest);
+    let total = reader.total();
+    let (mut done, mut logged) = (0u64, Instant::now());
     while let Some(batch) = reader.next_batch(BATCH)? {
         let messages: Vec<_> = batch.into_iter().map(archive::message).collect();
         replay.apply(pool, &messages).await?;
+        done += messages.len() as u64;
+        if logged.elapsed() >= PROGRESS_EVERY {
+            let rate = done as f64 / steps_started.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                done,
+                total,
+                per_sec = rate.round(),
+                eta_secs = ((total - done) as f64 / rate.max(1.0)).round(),
+                "replaying the steps"
+            );
+            logged = Instant::now();
+        }
     }
     replay.finish(pool).await?;
     let steps_took = steps_started.elapsed();
