@@ -375,13 +375,18 @@ async fn apply_step(
     }
     let name = replayed.identity.name;
     let mut excluded = Excluded::new();
-    loop {
+    // Records before `start` are committed; the next attempt covers `start..end`. After a
+    // record fails, the attempt is cut right after it, so what precedes it commits once and
+    // is not applied again for every later failure of the same batch.
+    let (mut start, mut end) = (0, batch.len());
+    while start < batch.len() {
+        let slice = &batch[start..end];
         let mut tx = pool.begin().await?;
         let attempt = attempt_batch(
             replayed.step.as_ref(),
             &replayed.identity,
             &mut tx,
-            batch,
+            slice,
             &excluded,
             Mode::Consume,
         )
@@ -418,7 +423,8 @@ async fn apply_step(
                 totals.dead_lettered += outcome.dead_lettered;
                 totals.parked += outcome.parked;
                 totals.replies_archived += archived.len();
-                return Ok(());
+                (start, end) = (end, batch.len());
+                continue;
             }
             Err(BatchError::Record { position, error }) => (position, error),
             Err(BatchError::Batch(error)) => {
@@ -426,6 +432,12 @@ async fn apply_step(
             }
         };
         drop(tx);
+        if let Some(i) = slice
+            .iter()
+            .position(|m| (m.partition(), m.offset()) == position)
+        {
+            end = start + i + 1;
+        }
         let attempt = |class| FailedAttempt {
             at: Utc::now(),
             class,
@@ -452,6 +464,7 @@ async fn apply_step(
             }
         }
     }
+    Ok(())
 }
 
 async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {

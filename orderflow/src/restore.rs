@@ -102,7 +102,10 @@ pub async fn restore(
         tx.commit().await?;
     }
 
-    tracing::info!(records = manifest.records(), "archive checked; republishing the log");
+    tracing::info!(
+        records = manifest.records(),
+        "archive checked; republishing the log"
+    );
     let republished = projections::restore::republish(settings, dir).await?;
     tracing::info!(records = republished.records, "log republished");
     let models = projections::restore::read_models(settings, pool, dir).await?;
