@@ -478,3 +478,224 @@ async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::{
+        InventoryRejected, InventoryReserved, Metadata, PaymentAuthorized, PaymentDeclined,
+        PaymentVoided, ShipmentCancelled, ShipmentFailed, ShipmentScheduled, Shortage,
+    };
+    use rdkafka::Timestamp;
+
+    fn archived(offset: i64, cause: Uuid, body: EventBody) -> OwnedMessage {
+        let event = Event {
+            meta: Metadata {
+                event_id: Uuid::new_v4(),
+                order_id: "o-1".into(),
+                occurred_at: Utc::now(),
+                correlation_id: cause,
+                causation_id: cause,
+            },
+            body,
+        };
+        let payload = events::encode(&event).expect("encodes");
+        OwnedMessage::new(
+            Some(payload),
+            Some(b"o-1".to_vec()),
+            "orders".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    fn not_asked<T: std::fmt::Debug>(answer: Result<T, HandlerError>) -> bool {
+        matches!(answer, Err(ref e) if e.is_retryable() && e.to_string().contains("not in the archive"))
+    }
+
+    #[tokio::test]
+    async fn the_archive_answers_what_the_live_steps_were_told_and_nothing_else() {
+        let (reserved, rejected, authorized, declined, voided, scheduled, refused, cancelled) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        let (payment_id, shipment_id, cancelled_shipment) =
+            (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let shortage = Shortage {
+            sku: "A".into(),
+            requested: 3,
+            available: 1,
+        };
+        let log = [
+            archived(
+                0,
+                reserved,
+                EventBody::InventoryReserved(InventoryReserved {
+                    reservation_id: Uuid::new_v4(),
+                    items: vec![],
+                }),
+            ),
+            archived(
+                1,
+                rejected,
+                EventBody::InventoryRejected(InventoryRejected {
+                    reason: "insufficient stock for A".into(),
+                    shortages: vec![shortage.clone()],
+                }),
+            ),
+            archived(
+                2,
+                authorized,
+                EventBody::PaymentAuthorized(PaymentAuthorized {
+                    payment_id,
+                    customer_id: "c".into(),
+                    amount_minor: 100,
+                    currency: "EUR".into(),
+                    provider_reference: "ref-1".into(),
+                }),
+            ),
+            archived(
+                3,
+                declined,
+                EventBody::PaymentDeclined(PaymentDeclined {
+                    customer_id: "c".into(),
+                    amount_minor: 100,
+                    currency: "EUR".into(),
+                    reason: "amount_over_limit".into(),
+                }),
+            ),
+            archived(
+                4,
+                voided,
+                EventBody::PaymentVoided(PaymentVoided {
+                    payment_id,
+                    amount_minor: 100,
+                    currency: "EUR".into(),
+                    reason: "shipment_failed".into(),
+                }),
+            ),
+            archived(
+                5,
+                scheduled,
+                EventBody::ShipmentScheduled(ShipmentScheduled {
+                    shipment_id,
+                    carrier: "sim".into(),
+                    tracking_number: "TRK1".into(),
+                }),
+            ),
+            archived(
+                6,
+                refused,
+                EventBody::ShipmentFailed(ShipmentFailed {
+                    carrier: "sim".into(),
+                    reason: "destination_not_served".into(),
+                }),
+            ),
+            archived(
+                7,
+                cancelled,
+                EventBody::ShipmentCancelled(ShipmentCancelled {
+                    shipment_id: cancelled_shipment,
+                    carrier: "sim".into(),
+                    reason: "cancellation_requested".into(),
+                }),
+            ),
+        ];
+        let mut recorded = Recorded::default();
+        for message in &log {
+            recorded.observe(message).expect("decodes");
+        }
+        let garbage = log[0].clone().set_payload(Some(b"not an event".to_vec()));
+        assert!(recorded.observe(&garbage).is_err());
+        assert_eq!((recorded.events(), recorded.undecodable), (8, 1));
+
+        assert_eq!(
+            recorded.reservations.get(&reserved),
+            Some(&Decision::Reserved)
+        );
+        assert_eq!(
+            recorded.reservations.get(&rejected),
+            Some(&Decision::Rejected {
+                reason: "insufficient stock for A".into(),
+                shortages: vec![shortage]
+            })
+        );
+        assert_eq!(recorded.reservations.get(&authorized), None);
+
+        let recorded = Arc::new(recorded);
+        let provider = RecordedProvider {
+            recorded: recorded.clone(),
+        };
+        let ask = |key| AuthorizationRequest {
+            idempotency_key: key,
+            customer_id: "c".into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+        };
+        let cases = [
+            (
+                payment_id,
+                Some(AuthorizationDecision::Authorized {
+                    provider_reference: "ref-1".into(),
+                }),
+            ),
+            (
+                events::reply_event_id(declined, "payment-id"),
+                Some(AuthorizationDecision::Declined {
+                    reason: "amount_over_limit".into(),
+                }),
+            ),
+            (events::reply_event_id(authorized, "payment-id"), None),
+            (Uuid::new_v4(), None),
+        ];
+        for (key, want) in cases {
+            let answer = provider.authorize(&ask(key)).await;
+            match want {
+                Some(want) => assert_eq!(answer.expect("archived"), want),
+                None => assert!(not_asked(answer), "{key}"),
+            }
+        }
+        let void_key = events::reply_event_id(voided, "payment-void");
+        assert!(provider.void("ref-1", void_key).await.is_ok());
+        assert!(not_asked(provider.void("ref-1", Uuid::new_v4()).await));
+
+        let carrier = RecordedCarrier {
+            name: "sim".into(),
+            recorded,
+        };
+        let book = |shipment_id| ShipmentRequest {
+            shipment_id,
+            order_id: "o-1".into(),
+            country: "DE".into(),
+        };
+        assert_eq!(
+            carrier
+                .schedule(&book(shipment_id))
+                .await
+                .expect("archived"),
+            CarrierDecision::Scheduled {
+                tracking_number: "TRK1".into()
+            }
+        );
+        assert_eq!(
+            carrier
+                .schedule(&book(events::reply_event_id(refused, "shipment-id")))
+                .await
+                .expect("archived"),
+            CarrierDecision::Refused {
+                reason: "destination_not_served".into()
+            }
+        );
+        assert!(not_asked(carrier.schedule(&book(Uuid::new_v4())).await));
+        assert!(carrier.cancel(cancelled_shipment, "TRK9").await.is_ok());
+        assert!(not_asked(carrier.cancel(shipment_id, "TRK1").await));
+    }
+}
