@@ -23,7 +23,7 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use chrono::Utc;
 use events::Event;
 use platform::config::RetryPolicy;
-use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt, RecordPosition};
+use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt};
 use platform::outbox::{self, OutboxRecord, OutboxRow};
 use platform::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -481,18 +481,7 @@ pub(crate) async fn dead_letter(
 ) -> Result<Option<OutboxRow>, sqlx::Error> {
     deadletter::dead_letter(
         tx,
-        DeadLetter {
-            consumer: identity.name,
-            group: &identity.group,
-            position: RecordPosition {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-            },
-            key: message.key(),
-            payload: message.payload(),
-            history,
-        },
+        DeadLetter::of(identity.name, &identity.group, message, history),
     )
     .await
 }

@@ -53,6 +53,30 @@ pub struct DeadLetter<'a> {
     pub history: Vec<FailedAttempt>,
 }
 
+impl<'a> DeadLetter<'a> {
+    /// The dead letter of `message`, as read by `consumer` in `group`.
+    pub fn of(
+        consumer: &'a str,
+        group: &'a str,
+        message: &'a rdkafka::message::OwnedMessage,
+        history: Vec<FailedAttempt>,
+    ) -> DeadLetter<'a> {
+        use rdkafka::Message;
+        DeadLetter {
+            consumer,
+            group,
+            position: RecordPosition {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            key: message.key(),
+            payload: message.payload(),
+            history,
+        }
+    }
+}
+
 /// The dead-letter topic of `group` reading `topic`.
 pub fn dlq_topic(topic: &str, group: &str) -> String {
     format!("{topic}.dlq.{group}")

@@ -8,7 +8,7 @@ use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use events::Event;
-use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt, RecordPosition};
+use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt};
 use platform::outbox::OutboxRow;
 use platform::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -157,19 +157,7 @@ pub async fn dead_letter_undecodable(
         kind: "decode".into(),
         error: reason,
     }];
-    let letter = DeadLetter {
-        consumer: NAME,
-        group,
-        position: RecordPosition {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-        },
-        key: message.key(),
-        payload: message.payload(),
-        history,
-    };
-    deadletter::dead_letter(&mut *tx, letter).await
+    deadletter::dead_letter(&mut *tx, DeadLetter::of(NAME, group, message, history)).await
 }
 
 /// Apply records to `target` inside the caller's transaction: timeline rows, every read model,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{order, TestEnv};
 
-pub(crate) fn archive_dir(env: &TestEnv) -> PathBuf {
+fn archive_dir(env: &TestEnv) -> PathBuf {
     std::env::temp_dir().join(format!(
         "orderflow-archive-{}",
         env.settings.kafka.group_prefix
@@ -22,6 +22,14 @@ async fn publish(env: &TestEnv, prefix: &str, n: usize) {
         .map(|i| order(&format!("{prefix}{i}"), &[("SKU-A", 1, 100)], "DE"))
         .collect();
     env.publish(&orders).await;
+}
+
+/// Give `env` an empty archive directory of its own (archive.dir) and return it.
+pub(crate) fn use_new_archive(env: &mut TestEnv) -> PathBuf {
+    let dir = archive_dir(env);
+    let _ = std::fs::remove_dir_all(&dir);
+    env.settings.archive.dir = dir.display().to_string();
+    dir
 }
 
 /// Archive the log of `settings` up to its end, in this process.
@@ -49,9 +57,7 @@ fn archived_event_ids(dir: &Path, manifest: &Manifest) -> Vec<uuid::Uuid> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_archive_has_no_gaps_or_duplicates_after_an_archiver_crash() {
     let mut env = TestEnv::new().await;
-    let dir = archive_dir(&env);
-    let _ = std::fs::remove_dir_all(&dir);
-    env.settings.archive.dir = dir.display().to_string();
+    let dir = use_new_archive(&mut env);
     env.settings.archive.segment_max_records = 4;
     env.settings.archive.flush_interval_ms = 100;
     publish(&env, "o-a", 30).await;
@@ -152,9 +158,7 @@ async fn the_archive_has_no_gaps_or_duplicates_after_an_archiver_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_from_the_archive_verifies_against_the_live_models() {
     let mut env = TestEnv::new().await;
-    let dir = archive_dir(&env);
-    let _ = std::fs::remove_dir_all(&dir);
-    env.settings.archive.dir = dir.display().to_string();
+    let dir = use_new_archive(&mut env);
     env.set_stock(&[("SKU-A", 100)]).await;
     env.start_all();
     publish(&env, "o-r", 10).await;
@@ -194,9 +198,7 @@ fn archived(dir: &Path, env: &TestEnv) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_archiver_processes_leave_no_gap_or_duplicate() {
     let mut env = TestEnv::new().await;
-    let dir = archive_dir(&env);
-    let _ = std::fs::remove_dir_all(&dir);
-    env.settings.archive.dir = dir.display().to_string();
+    let dir = use_new_archive(&mut env);
     publish(&env, "o-k", 300).await;
     // One file per record (two fsyncs and two renames each) and no waiting: the process is
     // still writing when it is killed.
@@ -267,9 +269,7 @@ pub(crate) async fn live_digests(env: &TestEnv) -> (Vec<(i64, String)>, Vec<(i32
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_archive_that_continues_past_the_log_is_refused() {
     let mut env = TestEnv::new().await;
-    let dir = archive_dir(&env);
-    let _ = std::fs::remove_dir_all(&dir);
-    env.settings.archive.dir = dir.display().to_string();
+    let dir = use_new_archive(&mut env);
     publish(&env, "o-w", 6).await;
     archive_once(&env.settings).await.expect("archive");
     // As if the broker had been wiped and refilled with a shorter log.
@@ -296,9 +296,7 @@ async fn an_archive_that_continues_past_the_log_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn archive_files_never_span_two_time_windows() {
     let mut env = TestEnv::new().await;
-    let dir = archive_dir(&env);
-    let _ = std::fs::remove_dir_all(&dir);
-    env.settings.archive.dir = dir.display().to_string();
+    let dir = use_new_archive(&mut env);
     env.settings.archive.window_secs = 1;
     env.settings.archive.flush_interval_ms = 60_000;
     for burst in 0..3 {

@@ -9,7 +9,7 @@ use orderflow::components::Component;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::archive::{archive_dir, archive_once, live_digests};
+use crate::archive::{archive_once, live_digests, use_new_archive};
 use crate::deadletters::{start_payment, FlakyProvider};
 use crate::support::{order, TestEnv};
 
@@ -42,6 +42,29 @@ async fn state_rows(env: &TestEnv) -> Vec<(String, Vec<String>)> {
             (table, rows)
         })
         .collect()
+}
+
+/// Point the archive in `dir` at `topic`: the restored log gets another name here than the
+/// archived one (the records keep their bytes).
+fn point_manifest_at(dir: &std::path::Path, topic: &str) {
+    let path = dir.join(projections::archive::MANIFEST);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read manifest")).expect("json");
+    manifest["topic"] = serde_json::Value::String(topic.to_string());
+    std::fs::write(&path, serde_json::to_vec(&manifest).expect("json")).expect("write manifest");
+}
+
+/// Publish a one-line order of `units` SKU-A and wait until the saga awaits its payment.
+async fn publish_until_awaiting_payment(env: &TestEnv, order_id: &str, units: i32) {
+    env.publish(&[order(order_id, &[("SKU-A", units, 100)], "DE")])
+        .await;
+    env.wait_count(
+        &format!(
+            "SELECT count(*) FROM saga.orders WHERE order_id = '{order_id}' AND state = 'awaiting_payment'"
+        ),
+        1,
+    )
+    .await;
 }
 
 /// The partition the producers' murmur2 partitioner puts `key` in (Kafka's default).
@@ -86,9 +109,7 @@ fn id_in_partition(prefix: &str, partition: i32) -> String {
 async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     // Before the disaster: every kind of outcome, a saga timeout, a poison record.
     let mut before = TestEnv::new().await;
-    let dir = archive_dir(&before);
-    let _ = std::fs::remove_dir_all(&dir);
-    before.settings.archive.dir = dir.display().to_string();
+    let dir = use_new_archive(&mut before);
     before.settings.saga.deadline_check_interval_ms = 0;
     before.start(&[
         Component::Inventory,
@@ -96,15 +117,7 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
         Component::Saga,
         Component::Projections,
     ]);
-    before
-        .publish(&[order("o-late", &[("SKU-A", 2, 100)], "DE")])
-        .await;
-    before
-        .wait_count(
-            "SELECT count(*) FROM saga.orders WHERE order_id = 'o-late' AND state = 'awaiting_payment'",
-            1,
-        )
-        .await;
+    publish_until_awaiting_payment(&before, "o-late", 2).await;
     let expired = consumers::saga::expire_due(
         &before.pool,
         &before.settings.kafka.topic,
@@ -188,13 +201,7 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     orderflow::components::ensure_topics(&after.settings, crate::support::PARTITIONS)
         .await
         .expect("topics");
-    let manifest_path = dir.join(projections::archive::MANIFEST);
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).expect("read manifest"))
-            .expect("json");
-    manifest["topic"] = serde_json::Value::String(after.settings.kafka.topic.clone());
-    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).expect("json"))
-        .expect("write manifest");
+    point_manifest_at(&dir, &after.settings.kafka.topic);
     let stock = [
         ("SKU-A".to_string(), 10),
         ("SKU-B".to_string(), 5),
@@ -314,19 +321,9 @@ async fn answers_the_archive_lost_are_asked_again_by_the_live_steps_only() {
     // The disaster struck mid-flight: the archive has o-reserved's reservation but not its
     // payment, and o-new's OrderCreated but no reservation.
     let mut before = TestEnv::new().await;
-    let dir = archive_dir(&before);
-    let _ = std::fs::remove_dir_all(&dir);
-    before.settings.archive.dir = dir.display().to_string();
+    let dir = use_new_archive(&mut before);
     before.start(&[Component::Inventory, Component::Saga]);
-    before
-        .publish(&[order("o-reserved", &[("SKU-A", 2, 100)], "DE")])
-        .await;
-    before
-        .wait_count(
-            "SELECT count(*) FROM saga.orders WHERE order_id = 'o-reserved' AND state = 'awaiting_payment'",
-            1,
-        )
-        .await;
+    publish_until_awaiting_payment(&before, "o-reserved", 2).await;
     before.stop().await;
     before
         .publish(&[order("o-new", &[("SKU-A", 3, 100)], "DE")])
@@ -334,13 +331,7 @@ async fn answers_the_archive_lost_are_asked_again_by_the_live_steps_only() {
     archive_once(&before.settings).await.expect("archive");
 
     let mut after = TestEnv::new().await;
-    let manifest_path = dir.join(projections::archive::MANIFEST);
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).expect("read manifest"))
-            .expect("json");
-    manifest["topic"] = serde_json::Value::String(after.settings.kafka.topic.clone());
-    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).expect("json"))
-        .expect("write manifest");
+    point_manifest_at(&dir, &after.settings.kafka.topic);
     let stock = [("SKU-A".to_string(), 10)];
     let report = orderflow::restore::restore(&after.settings, &after.pool, &dir, &stock)
         .await

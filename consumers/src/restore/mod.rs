@@ -1,0 +1,292 @@
+//! Rebuilding the steps' state from an archived log, without repeating any side effect.
+//!
+//! Each step runs its own batch code ([`attempt_batch`]: inbox, handler, outbox) over the
+//! archive in log order, so the state it builds is the state the live step built. What the
+//! live step learned from the outside world comes from the archive instead of being asked
+//! again: the payment provider and the carrier are replaced by [`RecordedProvider`] and
+//! [`RecordedCarrier`], which answer with the decisions the archived replies hold, and the
+//! inventory step applies its archived reservation decisions ([`Inventory::replaying`]),
+//! since the order in which orders of different partitions met the stock is not on the log,
+//! and books their stock once at the end ([`StepReplay::finish`]).
+//!
+//! Every reply a step produces is compared with its archived copy (same id, same body); a
+//! difference stops the restore. Replies found in the archive are marked published; replies
+//! the archive does not hold stay in the outbox, and the step's relay publishes them when it
+//! starts. A provider or carrier question whose answer the archive does not hold is not asked:
+//! the order is parked, and the live step asks again, with the same idempotency key, once it
+//! runs.
+
+mod recorded;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use platform::deadletter::{ErrorClass, FailedAttempt};
+use platform::Settings;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::inventory::Inventory;
+use crate::payment::Payment;
+use crate::runner::{self, attempt_batch, BatchError, Disposition, Excluded, Identity, Mode};
+use crate::saga::{self, OrderSaga};
+use crate::shipping::Shipping;
+use crate::{HandlerError, Step};
+use recorded::digest;
+pub use recorded::{Recorded, RecordedCarrier, RecordedProvider};
+
+/// What replaying one step did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepTotals {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub dead_lettered: usize,
+    /// Records held because an answer was not archived; the live step resumes them.
+    pub parked: usize,
+    /// Replies found in the archive (marked published).
+    pub replies_archived: usize,
+    /// Replies and dead letters the archive does not hold, left for the step's relay.
+    pub left_to_publish: usize,
+}
+
+struct Replayed {
+    step: Arc<dyn Step>,
+    identity: Identity,
+    totals: StepTotals,
+}
+
+/// The four steps, replaying an archive batch by batch.
+pub struct StepReplay {
+    recorded: Arc<Recorded>,
+    steps: Vec<Replayed>,
+    topic: String,
+}
+
+impl StepReplay {
+    /// The steps as configured in `settings`, with their outside world replaced by `recorded`.
+    pub fn new(settings: &Settings, recorded: Recorded) -> StepReplay {
+        let recorded = Arc::new(recorded);
+        let steps: Vec<Arc<dyn Step>> = vec![
+            Arc::new(Inventory::replaying(Arc::new(
+                recorded.reservations.clone(),
+            ))),
+            Arc::new(Payment::new(Arc::new(RecordedProvider {
+                recorded: recorded.clone(),
+            }))),
+            Arc::new(Shipping::new(Arc::new(RecordedCarrier {
+                name: settings.shipping.carrier.clone(),
+                recorded: recorded.clone(),
+            }))),
+            Arc::new(OrderSaga::new(settings.saga.clone())),
+        ];
+        StepReplay {
+            steps: steps
+                .into_iter()
+                .map(|step| Replayed {
+                    identity: runner::identity(step.as_ref(), settings),
+                    step,
+                    totals: StepTotals::default(),
+                })
+                .collect(),
+            recorded,
+            topic: settings.kafka.topic.clone(),
+        }
+    }
+
+    /// Replay one batch of archived records (in log order) through every step.
+    pub async fn apply(&mut self, pool: &PgPool, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        let ids: Vec<Option<Uuid>> = batch
+            .iter()
+            .map(|m| {
+                m.payload()
+                    .and_then(|p| events::decode(p).ok())
+                    .map(|e| e.meta.event_id)
+            })
+            .collect();
+        // The steps' states are disjoint: they replay the batch side by side.
+        let (recorded, topic, ids) = (&self.recorded, self.topic.as_str(), ids.as_slice());
+        let work = self
+            .steps
+            .iter_mut()
+            .map(|replayed| replay_batch(pool, recorded, topic, ids, replayed, batch));
+        futures::future::try_join_all(work).await?;
+        Ok(())
+    }
+
+    /// After the last batch: book what the rebuilt reservations hold on the stock (see
+    /// [`crate::inventory::settle_replayed_stock`]).
+    pub async fn finish(&self, pool: &PgPool) -> anyhow::Result<()> {
+        let mut tx = pool.begin().await?;
+        crate::inventory::settle_replayed_stock(&mut tx)
+            .await
+            .map_err(|e| anyhow::anyhow!("inventory: {e}"))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Each step's name and totals.
+    pub fn totals(&self) -> Vec<(&'static str, StepTotals)> {
+        self.steps
+            .iter()
+            .map(|s| (s.identity.name, s.totals.clone()))
+            .collect()
+    }
+
+    /// Consumer groups of the steps, to commit at the archive's end.
+    pub fn groups(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| s.identity.group.clone())
+            .collect()
+    }
+}
+
+/// One step, one batch. The saga's batch is replayed in pieces that end where the deadline
+/// watch gave an order up: right after the saga applied the event the marker names as cause.
+async fn replay_batch(
+    pool: &PgPool,
+    recorded: &Recorded,
+    topic: &str,
+    ids: &[Option<Uuid>],
+    replayed: &mut Replayed,
+    batch: &[OwnedMessage],
+) -> anyhow::Result<()> {
+    if replayed.identity.name != saga::NAME {
+        return apply_step(pool, recorded, replayed, batch).await;
+    }
+    let mut start = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let Some(marker) = id.and_then(|id| recorded.timeouts.get(&id)) else {
+            continue;
+        };
+        apply_step(pool, recorded, replayed, &batch[start..=i]).await?;
+        start = i + 1;
+        let mut tx = pool.begin().await?;
+        let rows = saga::replay_timeout(&mut tx, topic, marker)
+            .await
+            .map_err(|e| anyhow::anyhow!("saga: {e}"))?;
+        mark_published(&mut tx, &rows.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
+        tx.commit().await?;
+        replayed.totals.replies_archived += rows.len();
+    }
+    apply_step(pool, recorded, replayed, &batch[start..]).await
+}
+
+/// One step, one batch: as the live runner does it, in one transaction, except that a failure
+/// the live step never had (a divergence, a database error) stops the restore.
+async fn apply_step(
+    pool: &PgPool,
+    recorded: &Recorded,
+    replayed: &mut Replayed,
+    batch: &[OwnedMessage],
+) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let name = replayed.identity.name;
+    let mut excluded = Excluded::new();
+    // Records before `start` are committed; the next attempt covers `start..end`. After a
+    // record fails, the attempt is cut right after it, so what precedes it commits once and
+    // is not applied again for every later failure of the same batch.
+    let (mut start, mut end) = (0, batch.len());
+    while start < batch.len() {
+        let slice = &batch[start..end];
+        let mut tx = pool.begin().await?;
+        let attempt = attempt_batch(
+            replayed.step.as_ref(),
+            &replayed.identity,
+            &mut tx,
+            slice,
+            &excluded,
+            Mode::Consume,
+        )
+        .await;
+        let (position, error) = match attempt {
+            Ok((outcome, rows)) => {
+                let mut archived = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let record = &row.record;
+                    let Some(archived_digest) = recorded.bodies.get(&record.event_id) else {
+                        replayed.totals.left_to_publish += 1;
+                        continue;
+                    };
+                    let rebuilt = record
+                        .payload
+                        .as_deref()
+                        .and_then(|p| events::decode(p).ok())
+                        .map(|e| digest(&e.body));
+                    anyhow::ensure!(
+                        rebuilt == Some(*archived_digest),
+                        "{name} rebuilt reply {} ({}, order {}) differs from its archived copy; \
+                         the restore stops",
+                        record.event_id,
+                        record.event_type,
+                        record.order_id
+                    );
+                    archived.push(row.id);
+                }
+                mark_published(&mut tx, &archived).await?;
+                tx.commit().await?;
+                let totals = &mut replayed.totals;
+                totals.applied += outcome.applied;
+                totals.duplicates += outcome.duplicates;
+                totals.dead_lettered += outcome.dead_lettered;
+                totals.parked += outcome.parked;
+                totals.replies_archived += archived.len();
+                (start, end) = (end, batch.len());
+                continue;
+            }
+            Err(BatchError::Record { position, error }) => (position, error),
+            Err(BatchError::Batch(error)) => {
+                return Err(error.context(format!("{name} cannot replay a batch")))
+            }
+        };
+        drop(tx);
+        if let Some(i) = slice
+            .iter()
+            .position(|m| (m.partition(), m.offset()) == position)
+        {
+            end = start + i + 1;
+        }
+        let attempt = |class| FailedAttempt {
+            at: Utc::now(),
+            class,
+            kind: error.kind().into(),
+            error: error.to_string(),
+        };
+        match &error {
+            HandlerError::Diverged(_) | HandlerError::Database(_) => anyhow::bail!(
+                "{name} cannot replay the record at partition {} offset {}: {error}",
+                position.0,
+                position.1
+            ),
+            e if e.is_retryable() => {
+                excluded.insert(
+                    position,
+                    Disposition::Park(vec![attempt(ErrorClass::Retryable)]),
+                );
+            }
+            _ => {
+                excluded.insert(
+                    position,
+                    Disposition::DeadLetter(vec![attempt(ErrorClass::Permanent)]),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE pipeline.outbox SET published_at = now() WHERE id = ANY($1)")
+        .persistent(false)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
