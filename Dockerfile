@@ -6,9 +6,9 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka builds a bundled librdkafka with its own configure script (C/C++
-# toolchain, make, perl) and links zlib; no cmake needed.
+# toolchain, make, perl) and links zlib and OpenSSL (TLS, SASL/SCRAM); no cmake needed.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev python3 \
+ && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev libssl-dev python3 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -26,7 +26,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/*
 
 # The user, and the archive's mount point owned by it (a new named volume takes its owner).
