@@ -5,6 +5,7 @@
 //! step's own Postgres state and returns reply events. The [`runner`] owns everything else:
 //! batching, the inbox, the outbox, publishing and offset commits. Steps never touch Kafka.
 
+pub mod audit;
 pub mod error;
 pub mod give_up;
 pub mod inventory;

@@ -24,8 +24,8 @@ use sqlx::PgPool;
 
 /// Skus with plenty of stock; the demo tops them up before publishing.
 const STOCKED_SKUS: usize = 50;
-/// A sku that never has stock.
-const EMPTY_SKU: &str = "DEMO-EMPTY";
+/// A sku that never has stock: an order asking for it is cancelled `out_of_stock`.
+pub const EMPTY_SKU: &str = "DEMO-EMPTY";
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {

@@ -147,6 +147,34 @@ enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// Check the pipeline's invariants against the database and the broker; prints
+    /// `PASS|FAIL  <invariant>: <detail>` per invariant and `check: N passed, M failed` last.
+    /// Exit code 0 all hold, 1 one fails, 2 the check cannot run. See docs/crash-test.md.
+    Check {
+        /// Exactly N orders (with --order-prefix, N with that prefix) must exist, all terminal.
+        #[arg(long, value_name = "N")]
+        orders: Option<u64>,
+        /// Only orders whose id starts with P count for the order checks (e.g. demo-).
+        #[arg(long, value_name = "P")]
+        order_prefix: Option<String>,
+        /// Stock before any order, SKU=QTY per line (as for restore --stock): available +
+        /// reserved must equal it per sku.
+        #[arg(long, value_name = "FILE")]
+        initial_stock: Option<PathBuf>,
+        /// Check every outcome against the demo generator's rules (orderflow demo).
+        #[arg(long)]
+        demo_outcomes: bool,
+        /// Fold the whole log into a new generation, compare it with the live one table by
+        /// table, then drop it (nothing is switched).
+        #[arg(long)]
+        rebuild: bool,
+        /// First wait up to SECS for every group at the log end and nothing unpublished.
+        #[arg(long, value_name = "SECS")]
+        wait_zero_lag: Option<u64>,
+        /// Also write the results as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Publish N generated orders, wait until all are terminal, and print a summary.
     Demo {
         /// How many orders to publish.
@@ -248,6 +276,12 @@ fn parse_stock(text: &str) -> Result<(String, i64), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // For `check`, failing to start (configuration, runtime) is a setup error: exit 2.
+    let setup_failure = if matches!(cli.command, Command::Check { .. }) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    };
     platform::telemetry::init();
     // Multi-threaded: the projector's assignment callback blocks a worker briefly.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -257,14 +291,14 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+            return setup_failure;
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            setup_failure
         }
     }
 }
@@ -422,6 +456,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        Command::Check {
+            orders,
+            order_prefix,
+            initial_stock,
+            demo_outcomes,
+            rebuild,
+            wait_zero_lag,
+            json,
+        } => {
+            let options = orderflow::check::Options {
+                orders,
+                order_prefix,
+                initial_stock,
+                demo_outcomes,
+                rebuild,
+                wait_zero_lag: wait_zero_lag.map(Duration::from_secs),
+                json,
+            };
+            return Ok(orderflow::check::run(&settings, &options).await);
         }
         Command::Dlq { action } => {
             return orderflow::dlq::run(&settings, action_to_request(action)).await;

@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about orders or the wire format; domain code lives in the other crates.
 
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod deadletter;

@@ -9,6 +9,7 @@
 //! Kafka and never write step state.
 
 pub mod archive;
+pub mod audit;
 mod bulk;
 pub mod copy;
 pub mod fold;

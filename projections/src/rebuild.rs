@@ -13,6 +13,9 @@
 //!
 //! A point-in-time build (`--until`) runs the bulk step only, into `analytics_pit_<N>`.
 //!
+//! A verify-only rebuild (`orderflow check --rebuild`) runs steps 1 to 3 but never switches:
+//! after comparing it drops the new generation, equal or not, so what analysts see is untouched.
+//!
 //! The bulk step can read an archive instead of the broker (`--from-archive`); the catch-up
 //! then reads the rest from the broker.
 
@@ -100,6 +103,8 @@ pub struct Options {
     /// Read the bulk part from this archive directory instead of the broker; what the archive
     /// lacks up to the live position is then read from the broker.
     pub archive: Option<std::path::PathBuf>,
+    /// Build and compare, then drop the new generation whether equal or not; never switch.
+    pub verify_only: bool,
 }
 
 impl Default for Options {
@@ -111,6 +116,7 @@ impl Default for Options {
             batch: 20_000,
             stall: Duration::from_secs(30),
             archive: None,
+            verify_only: false,
         }
     }
 }
@@ -132,6 +138,8 @@ pub enum Outcome {
     Refused,
     /// A point-in-time generation is ready to query.
     PointInTime,
+    /// Verify-only: compared with the live generation (equal or not), then dropped.
+    Verified { equal: bool },
 }
 
 /// What a replay did and how long each part took.
@@ -243,6 +251,13 @@ impl fmt::Display for Report {
                 self.generation.schema_name,
                 self.generation.until_spec.as_deref().unwrap_or("?")
             ),
+            Outcome::Verified { equal } => writeln!(
+                f,
+                "{}; verify only: {} dropped, {} stays live",
+                if *equal { "verified equal" } else { "DIFFERENT" },
+                self.generation.schema_name,
+                self.previous.schema_name
+            ),
         }
     }
 }
@@ -281,8 +296,19 @@ pub async fn replay(
             (Purpose::PointInTime, given.clone(), None)
         }
     };
+    anyhow::ensure!(
+        !(options.verify_only && options.until.is_some()),
+        "a verify-only rebuild compares with the live generation; it takes no --until"
+    );
     let until_spec = options.until.as_ref().map(ToString::to_string);
-    let note = format!("replay of {topic}; live was {}", previous.schema_name);
+    let note = if options.verify_only {
+        format!(
+            "verify-only rebuild of {topic} against {}; dropped after comparing",
+            previous.schema_name
+        )
+    } else {
+        format!("replay of {topic}; live was {}", previous.schema_name)
+    };
     let generation = generations::create(pool, purpose, until_spec.as_deref(), &note).await?;
     let target = generation.target()?;
     let result = build(
@@ -299,9 +325,21 @@ pub async fn replay(
     )
     .await;
     if let Err(error) = &result {
-        let _ =
-            generations::set_state(pool, generation.generation, "failed", &format!("{error:#}"))
-                .await;
+        if options.verify_only {
+            // Nobody inspects a check's generation; leave nothing behind.
+            if let Err(drop_error) = generations::drop(pool, generation.generation).await {
+                tracing::warn!(error = format!("{drop_error:#}"), generation = generation.generation,
+                    "could not drop the verify-only generation; drop it with `orderflow generations drop`");
+            }
+        } else {
+            let _ = generations::set_state(
+                pool,
+                generation.generation,
+                "failed",
+                &format!("{error:#}"),
+            )
+            .await;
+        }
     }
     result
 }
@@ -417,6 +455,14 @@ async fn build(
     report.verify = verify_started.elapsed();
     let equal = verification.matches();
     report.verification = Some(verification);
+    if options.verify_only {
+        tx.rollback().await?;
+        report.positions = positions_of(pool, target).await?;
+        generations::drop(pool, generation.generation).await?;
+        report.outcome = Outcome::Verified { equal };
+        report.total = started.elapsed();
+        return Ok(report);
+    }
     if equal || options.force_switch {
         generations::switch(&mut tx, generation).await?;
         tx.commit().await?;
