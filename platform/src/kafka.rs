@@ -1,23 +1,73 @@
 //! Kafka client construction. Every delivery-relevant librdkafka setting is set here on
 //! purpose, with the reason next to it; no component builds a client any other way.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaSettings;
 
-/// Settings for every producer: idempotent, so librdkafka's own retries never duplicate or
-/// reorder a record within a partition.
-pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
+/// The base of every Kafka client: where the brokers are and how to talk to them securely
+/// (`kafka.security_protocol`, SASL, TLS). Producers, consumers, admin and metadata clients all
+/// start here; building a `ClientConfig` any other way would connect without these settings.
+///
+/// The returned config holds the SASL password: never log it (`ClientConfig`'s `Debug` prints
+/// every value). A password file that cannot be read here (it was checked at startup) leaves
+/// the password out, so the broker refuses the login and the client reports an authentication
+/// failure; the reason is logged, naming the setting.
+pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &kafka.brokers)
+        .set("security.protocol", kafka.security_protocol.as_str());
+    if kafka.security_protocol.uses_sasl() {
+        config.set("sasl.mechanism", kafka.sasl_mechanism.as_str());
+        if let Some(username) = &kafka.sasl_username {
+            config.set("sasl.username", username);
+        }
+        match kafka.sasl_password() {
+            Ok(Some(password)) => {
+                config.set("sasl.password", password.expose());
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "Kafka client built without a SASL password"),
+        }
+    }
+    if kafka.security_protocol.uses_tls() {
+        if let Some(ca) = &kafka.ssl_ca_file {
+            config.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        if let (Some(cert), Some(key)) = (&kafka.ssl_cert_file, &kafka.ssl_key_file) {
+            config
+                .set("ssl.certificate.location", cert.to_string_lossy())
+                .set("ssl.key.location", key.to_string_lossy());
+        }
+        // Set on purpose rather than left to the library default: `https` checks that the
+        // broker's certificate names the host (or IP) it was reached by.
+        config.set(
+            "ssl.endpoint.identification.algorithm",
+            if kafka.ssl_verify_hostname {
+                "https"
+            } else {
+                "none"
+            },
+        );
+    }
+    config
+}
+
+/// Settings for every producer: idempotent, so librdkafka's own retries never duplicate or
+/// reorder a record within a partition.
+pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
         .set("client.id", client_id)
         // Exactly one copy per send, in order, per partition, across internal retries.
         .set("enable.idempotence", "true")
@@ -42,9 +92,8 @@ pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
 /// Settings for every consumer group member. Offsets are never committed or stored behind
 /// our back: steps commit after their outbox is published, projections keep them in Postgres.
 pub fn consumer_config(kafka: &KafkaSettings, group_id: &str, client_id: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = client_config(kafka);
     config
-        .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group_id)
         .set("client.id", client_id)
         .set("enable.auto.commit", "false")
@@ -71,14 +120,18 @@ pub fn producer(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<Future
 }
 
 /// Create `topic` with the given partitions if it does not exist; an existing topic is left
-/// as it is (with a warning when its partition count differs).
+/// as it is (with a warning when its partition count differs). Fails within seconds, naming
+/// the cause, when the brokers refuse the login or the TLS handshake ([`check_connection`]).
 pub async fn ensure_topic(
     kafka: &KafkaSettings,
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
+    let probe_settings = kafka.clone();
+    tokio::task::spawn_blocking(move || check_connection(&probe_settings))
+        .await
+        .context("the Kafka connection check did not finish")??;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .context("creating Kafka admin client")?;
     let new_topic = NewTopic::new(
@@ -108,16 +161,10 @@ pub async fn ensure_topic(
     Ok(())
 }
 
-/// Partition count of `topic`, read from broker metadata.
+/// Partition count of `topic`, read from broker metadata. Blocks for at most
+/// [`METADATA_TIMEOUT`]; a refused login or TLS handshake fails at once.
 pub fn partition_count(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<usize> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .create()
-        .context("creating Kafka metadata client")?;
-    let metadata = probe
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("reading metadata of {topic} from {}", kafka.brokers))?;
+    let metadata = metadata(kafka, Some(topic))?;
     let found = metadata
         .topics()
         .iter()
@@ -125,6 +172,146 @@ pub fn partition_count(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<usi
         .with_context(|| format!("topic {topic} not found; create it with `orderflow topics`"))?;
     Ok(found.partitions().len())
 }
+
+/// Ask the brokers for cluster metadata once: proves they are reachable and accept this
+/// client's TLS handshake and login. A refused login or handshake fails as soon as librdkafka
+/// reports it (well under a second), with a message naming the cause and the settings to look
+/// at; unreachable brokers fail after [`METADATA_TIMEOUT`].
+pub fn check_connection(kafka: &KafkaSettings) -> anyhow::Result<()> {
+    metadata(kafka, None).map(|_| ())
+}
+
+/// Longest wait for broker metadata before `partition_count` / `check_connection` give up.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// librdkafka reports a failed login or TLS handshake only through the client's error
+/// callback, while a metadata request just times out; so metadata is asked for in short
+/// slices, serving the client's events in between, and the first security failure ends it.
+fn metadata(kafka: &KafkaSettings, topic: Option<&str>) -> anyhow::Result<Metadata> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let watch = ConnectionWatch::default();
+    // No group.id: the client's main queue (and so its error events) is served by `poll`.
+    let probe: BaseConsumer<ConnectionWatch> = client_config(kafka)
+        .create_with_context(watch.clone())
+        .context("creating Kafka metadata client")?;
+    let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+    loop {
+        let attempt = probe.fetch_metadata(topic, Duration::from_millis(500));
+        // Serve queued events, so the error callback sees a refused login or handshake.
+        let _ = probe.poll(Duration::ZERO);
+        if let Some(failure) = watch.security_failure() {
+            return Err(security_error(kafka, &failure));
+        }
+        let last = match attempt {
+            Ok(metadata) => return Ok(metadata),
+            Err(error) => error,
+        };
+        if std::time::Instant::now() >= deadline {
+            let detail = watch
+                .last_error()
+                .map(|e| format!(" (last error from the client: {e})"))
+                .unwrap_or_default();
+            let what = topic.map_or_else(
+                || "cluster metadata".to_string(),
+                |t| format!("metadata of {t}"),
+            );
+            return Err(anyhow::anyhow!(
+                "reading {what} from {} failed within {}s: {last}{detail}. Is the broker running \
+                 (scripts/dev-up) and does kafka.security_protocol = {} match its listener?",
+                kafka.brokers,
+                METADATA_TIMEOUT.as_secs(),
+                kafka.security_protocol.as_str()
+            ));
+        }
+    }
+}
+
+/// The error of a refused login or TLS handshake: what failed, where, and what to check.
+fn security_error(kafka: &KafkaSettings, failure: &ConnectionFailure) -> anyhow::Error {
+    match failure.code {
+        RDKafkaErrorCode::Authentication => anyhow::anyhow!(
+            "Kafka authentication failed: the broker at {} refused the SASL login of user {:?} \
+             with mechanism {} ({}). Check kafka.sasl_username, kafka.sasl_password or \
+             kafka.sasl_password_file, and kafka.sasl_mechanism",
+            kafka.brokers,
+            kafka.sasl_username.as_deref().unwrap_or(""),
+            kafka.sasl_mechanism.as_str(),
+            failure.reason
+        ),
+        _ => anyhow::anyhow!(
+            "TLS handshake with the Kafka broker at {} failed ({}). Check kafka.ssl_ca_file (the \
+             CA that signed the broker's certificate), kafka.ssl_verify_hostname, and that the \
+             listener speaks kafka.security_protocol = {}",
+            kafka.brokers,
+            failure.reason,
+            kafka.security_protocol.as_str()
+        ),
+    }
+}
+
+/// A client error librdkafka reported through the error callback.
+#[derive(Debug, Clone)]
+pub struct ConnectionFailure {
+    pub code: RDKafkaErrorCode,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConnectionFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.reason)
+    }
+}
+
+/// A client context that remembers what librdkafka reported through its error callback (and
+/// logs it, as the default context does): the first refused login or TLS handshake, and the
+/// last error of any kind. librdkafka's reasons never contain the password.
+#[derive(Clone, Default)]
+pub struct ConnectionWatch {
+    security: Arc<Mutex<Option<ConnectionFailure>>>,
+    last: Arc<Mutex<Option<ConnectionFailure>>>,
+}
+
+impl ConnectionWatch {
+    /// The first failed SASL login or TLS handshake, if any.
+    pub fn security_failure(&self) -> Option<ConnectionFailure> {
+        lock(&self.security).clone()
+    }
+
+    /// The most recent error of any kind, if any.
+    pub fn last_error(&self) -> Option<ConnectionFailure> {
+        lock(&self.last).clone()
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding a plain value; it is
+/// still readable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ClientContext for ConnectionWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client error");
+        let Some(code) = error.rdkafka_error_code() else {
+            return;
+        };
+        let failure = ConnectionFailure {
+            code,
+            reason: reason.to_string(),
+        };
+        if matches!(
+            code,
+            RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL
+        ) {
+            lock(&self.security).get_or_insert_with(|| failure.clone());
+        }
+        *lock(&self.last) = Some(failure);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ConnectionWatch {}
 
 /// Longest [`poll_batch`] waits for a first record before returning an empty batch.
 const IDLE_TICK: Duration = Duration::from_millis(200);

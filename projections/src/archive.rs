@@ -23,7 +23,6 @@ use chrono::{DateTime, Utc};
 use events::archive::{LogRecord, SegmentWriter};
 use platform::config::ArchiveSettings;
 use platform::Settings;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -365,10 +364,10 @@ impl Archiver {
     /// and one that starts after it lost records the archive never saw (retention outran the
     /// archiver). Either way, continuing would leave a gap, so the operator decides.
     fn ensure_continuous(&self, settings: &Settings) -> anyhow::Result<()> {
-        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka.brokers)
-            .create()
-            .context("creating a Kafka client to look at the log's ends")?;
+        let probe: rdkafka::consumer::BaseConsumer =
+            platform::kafka::client_config(&settings.kafka)
+                .create()
+                .context("creating a Kafka client to look at the log's ends")?;
         for (partition, archived) in &self.manifest.partitions {
             let (low, high) = probe
                 .fetch_watermarks(&self.topic, *partition, Duration::from_secs(10))
@@ -399,30 +398,30 @@ impl Archiver {
         settings: &Settings,
         partitions: usize,
     ) -> anyhow::Result<StreamConsumer<crate::log::EndAware>> {
-        let consumer: StreamConsumer<crate::log::EndAware> = ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka.brokers)
-            // Required by the client; the archive's position lives in its manifest.
-            .set(
-                "group.id",
-                format!("{}.archiver", settings.kafka.group_prefix),
-            )
-            .set(
-                "client.id",
-                format!("orderflow-archiver-{}", std::process::id()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            // Records already gone from the broker are an error, never a silent gap.
-            .set("auto.offset.reset", "error")
-            .set("isolation.level", "read_uncommitted")
-            .create_with_context(crate::log::EndAware)
-            .with_context(|| {
-                format!(
-                    "creating the archiver's reader for {}",
-                    settings.kafka.brokers
+        let consumer: StreamConsumer<crate::log::EndAware> =
+            platform::kafka::client_config(&settings.kafka)
+                // Required by the client; the archive's position lives in its manifest.
+                .set(
+                    "group.id",
+                    format!("{}.archiver", settings.kafka.group_prefix),
                 )
-            })?;
+                .set(
+                    "client.id",
+                    format!("orderflow-archiver-{}", std::process::id()),
+                )
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true")
+                // Records already gone from the broker are an error, never a silent gap.
+                .set("auto.offset.reset", "error")
+                .set("isolation.level", "read_uncommitted")
+                .create_with_context(crate::log::EndAware)
+                .with_context(|| {
+                    format!(
+                        "creating the archiver's reader for {}",
+                        settings.kafka.brokers
+                    )
+                })?;
         let mut tpl = TopicPartitionList::new();
         for partition in 0..i32::try_from(partitions)? {
             let offset = match self.manifest.partitions.get(&partition) {

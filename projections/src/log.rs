@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use platform::config::KafkaSettings;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
@@ -58,8 +57,7 @@ impl LogSlice {
         ranges: &BTreeMap<i32, Range>,
         stall: Duration,
     ) -> anyhow::Result<LogSlice> {
-        let consumer: StreamConsumer<EndAware> = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
+        let consumer: StreamConsumer<EndAware> = platform::kafka::client_config(&kafka)
             // Required by the client; nothing is committed under it.
             .set("group.id", format!("{}.replay", kafka.group_prefix))
             .set(

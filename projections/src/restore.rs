@@ -14,7 +14,6 @@ use platform::Settings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use sqlx::PgPool;
 
 use crate::archive::{self, ArchiveReader, Manifest};
@@ -122,8 +121,7 @@ pub async fn republish(settings: &Settings, dir: &Path) -> anyhow::Result<Republ
 
 /// Fail unless every partition of `topic` is empty.
 fn ensure_empty(settings: &Settings, topic: &str, partitions: usize) -> anyhow::Result<()> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
+    let probe: BaseConsumer = platform::kafka::client_config(&settings.kafka)
         .create()
         .context("creating a Kafka client to look at the topic")?;
     for partition in 0..i32::try_from(partitions)? {

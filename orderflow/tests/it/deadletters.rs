@@ -12,7 +12,7 @@ use consumers::{HandlerError, RunnerOptions, StepRunner};
 use orderflow::components::Component;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::support::{order, TestEnv, PARTITIONS};
 
@@ -77,8 +77,7 @@ pub fn start_payment(env: &mut TestEnv, provider: Arc<FlakyProvider>) {
 
 /// Read every record of `topic` (all partitions) until `want` arrived.
 fn read_topic(env: &TestEnv, topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.settings.kafka.brokers)
+    let consumer: BaseConsumer = platform::kafka::client_config(&env.settings.kafka)
         .set(
             "group.id",
             format!("{}-reader", env.settings.kafka.group_prefix),

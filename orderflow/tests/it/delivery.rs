@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use orderflow::components::Component;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::support::{order, TestEnv, PARTITIONS};
 
 /// Commit offset 0 on every partition for `group` (no member may be running).
 fn rewind_group(env: &TestEnv, group: &str) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.settings.kafka.brokers)
+    let consumer: BaseConsumer = platform::kafka::client_config(&env.settings.kafka)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
@@ -35,8 +34,7 @@ fn rewind_group(env: &TestEnv, group: &str) {
 
 /// Wait until `group` has committed offsets summing to `want` over all partitions.
 async fn wait_committed(env: &TestEnv, group: &str, want: i64) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.settings.kafka.brokers)
+    let consumer: BaseConsumer = platform::kafka::client_config(&env.settings.kafka)
         .set("group.id", group)
         .create()
         .expect("consumer");
