@@ -179,11 +179,22 @@ pub async fn run(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let deadline = started + options.timeout;
-    let summary = loop {
-        let summary = summarise(pool, &run_id).await?;
+    let mut summary = Summary::default();
+    loop {
+        // A restart of Postgres (the crash test makes one) only delays the answer.
+        match summarise(pool, &run_id).await {
+            Ok(now) => summary = now,
+            Err(e)
+                if e.downcast_ref::<sqlx::Error>()
+                    .is_some_and(platform::db::is_retryable) =>
+            {
+                bar.println(format!("reading the read model failed, retrying: {e:#}"));
+            }
+            Err(e) => return Err(e),
+        }
         bar.set_position(u64::try_from(summary.terminal()).unwrap_or(0));
         if summary.terminal() >= i64::try_from(options.orders).unwrap_or(i64::MAX) {
-            break summary;
+            break;
         }
         if Instant::now() >= deadline {
             bar.abandon();
@@ -198,7 +209,7 @@ pub async fn run(
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
     bar.finish();
     let elapsed = started.elapsed();
     println!("orders:        {}", options.orders);
