@@ -408,7 +408,8 @@ pub async fn check(settings: &Settings, options: &Options) -> anyhow::Result<Rep
     let parked = consumers::audit::parked(&mut conn).await?;
     checks.push(set_aside_result(&dead, &parked));
 
-    let log = if snapshot.stable {
+    // Records and events only compare when the projector has applied the whole log.
+    let log = if snapshot.zero() {
         let projector = platform::audit::dead_letters(&mut conn, Some(projections::NAME)).await?;
         Some(LogCounts {
             records: snapshot.ends.values().sum(),
@@ -1011,7 +1012,8 @@ mod tests {
     fn lag_is_per_partition_against_the_log_end() {
         let ends: BTreeMap<i32, i64> = [(0, 10), (1, 20), (2, 0)].into();
         // (positions, total, worst partition, at end)
-        let cases: Vec<(Vec<(i32, i64)>, i64, Option<i32>, bool)> = vec![
+        type Case = (Vec<(i32, i64)>, i64, Option<i32>, bool);
+        let cases: Vec<Case> = vec![
             (vec![(0, 10), (1, 20), (2, 0)], 0, None, true),
             // Nothing committed on an empty partition is at its end.
             (vec![(0, 10), (1, 20)], 0, None, true),

@@ -4,6 +4,7 @@
 
 mod analytics;
 mod archive;
+mod check;
 mod cli;
 mod deadletters;
 mod delivery;
