@@ -30,13 +30,28 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .connect_with(options)
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to Postgres at {} (is it running? start it with scripts/dev-up, \
-                 or set ORDERFLOW_DATABASE__URL)",
+        .map_err(|e| {
+            let hint = connect_hint(&e);
+            anyhow::Error::new(e).context(format!(
+                "cannot connect to Postgres at {} ({hint})",
                 redact_url(&settings.url)
-            )
+            ))
         })
+}
+
+/// What to do about a failed connection. A failed TLS handshake or login is about the
+/// certificates or the password, not about a server that is down.
+fn connect_hint(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::Tls(_) => {
+            "the TLS handshake failed: check sslrootcert (the CA that signed the server's \
+             certificate), sslmode and the host name in database.url"
+        }
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "28P01" || c == "28000") => {
+            "the server refused the login: check the user and password in database.url"
+        }
+        _ => "is it running? start it with scripts/dev-up, or set ORDERFLOW_DATABASE__URL",
+    }
 }
 
 /// Create the database named in `url` if it does not exist, using the server's `postgres`
@@ -54,7 +69,13 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
         .database("postgres")
         .connect()
         .await
-        .with_context(|| format!("cannot connect to Postgres at {}", redact_url(url)))?;
+        .map_err(|e| {
+            let hint = connect_hint(&e);
+            anyhow::Error::new(e).context(format!(
+                "cannot connect to Postgres at {} ({hint})",
+                redact_url(url)
+            ))
+        })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)

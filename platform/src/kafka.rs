@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::FutureProducer;
@@ -291,6 +291,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl ConnectionWatch {
+    /// Keep the first security failure, or a later one that says more: librdkafka alternates
+    /// a bare OpenSSL error with one that starts "SSL handshake failed" and gives advice.
+    fn note_security(&self, failure: ConnectionFailure) {
+        let mut held = lock(&self.security);
+        let better = |f: &ConnectionFailure| f.reason.contains("handshake failed");
+        if held.as_ref().is_none_or(|h| !better(h) && better(&failure)) {
+            *held = Some(failure);
+        }
+    }
+}
+
 impl ClientContext for ConnectionWatch {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "Kafka client error");
@@ -305,9 +317,31 @@ impl ClientContext for ConnectionWatch {
             code,
             RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL
         ) {
-            lock(&self.security).get_or_insert_with(|| failure.clone());
+            self.note_security(failure.clone());
         }
         *lock(&self.last) = Some(failure);
+    }
+
+    /// A failed TLS handshake may reach the application only as a log line (its error event,
+    /// when there is one, is a generic transport failure), so broker-failure lines are read too.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        DefaultClientContext.log(level, fac, message);
+        if fac != "FAIL" {
+            return;
+        }
+        let code = if message.contains("SASL authentication error") {
+            RDKafkaErrorCode::Authentication
+        } else if message.contains("SSL handshake failed")
+            || message.contains("certificate verify failed")
+        {
+            RDKafkaErrorCode::SSL
+        } else {
+            return;
+        };
+        self.note_security(ConnectionFailure {
+            code,
+            reason: message.to_string(),
+        });
     }
 }
 

@@ -13,5 +13,6 @@ mod giveup;
 mod outcomes;
 mod parking;
 mod restore;
+mod secure;
 mod support;
 mod upstream;

@@ -22,7 +22,12 @@ pub struct TestEnv {
     pub shutdown: CancellationToken,
     pub running: Option<JoinSet<anyhow::Result<Component>>>,
     db_name: String,
+    /// A URL of the server's `postgres` database, to drop the test database from.
+    admin_url: String,
 }
+
+/// The shared dev Postgres's `postgres` database.
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 impl TestEnv {
     /// A new database (migrated), topic and group prefix, with stock for `SKU-A` (10) and
@@ -61,9 +66,34 @@ impl TestEnv {
             shutdown: CancellationToken::new(),
             running: None,
             db_name,
+            admin_url: ADMIN_URL.to_string(),
         };
         env.set_stock(&[("SKU-A", 10), ("SKU-B", 5)]).await;
         env
+    }
+
+    /// A test environment on other services than the dev ones: `settings` names the broker
+    /// and the (new) database `db_name` on the server that `admin_url` reaches. Creates,
+    /// migrates and stocks the database as [`TestEnv::new`] does, and the topics.
+    pub async fn on(
+        settings: Settings,
+        db_name: &str,
+        admin_url: &str,
+        partitions: i32,
+    ) -> anyhow::Result<TestEnv> {
+        platform::telemetry::init_for_tests();
+        let pool = components::prepare_database(&settings, true).await?;
+        components::ensure_topics(&settings, partitions).await?;
+        let env = TestEnv {
+            settings,
+            pool,
+            shutdown: CancellationToken::new(),
+            running: None,
+            db_name: db_name.to_string(),
+            admin_url: admin_url.to_string(),
+        };
+        env.set_stock(&[("SKU-A", 10), ("SKU-B", 5)]).await;
+        Ok(env)
     }
 
     pub async fn set_stock(&self, stock: &[(&str, i64)]) {
@@ -246,7 +276,7 @@ impl TestEnv {
     pub async fn finish(mut self) {
         self.stop().await;
         self.pool.close().await;
-        let admin = PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        let admin = PgPool::connect(&self.admin_url)
             .await
             .expect("admin connection");
         sqlx::query(&format!(
