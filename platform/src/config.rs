@@ -275,6 +275,31 @@ impl KafkaSettings {
         Ok(())
     }
 
+    /// An empty value counts as unset (`ORDERFLOW_KAFKA__SSL_CA_FILE=` clears a file's value,
+    /// as a shell's `VAR=` means).
+    fn unset_empty(&mut self) {
+        if self.sasl_username.as_deref() == Some("") {
+            self.sasl_username = None;
+        }
+        if self
+            .sasl_password
+            .as_ref()
+            .is_some_and(|p| p.expose().is_empty())
+        {
+            self.sasl_password = None;
+        }
+        for path in [
+            &mut self.sasl_password_file,
+            &mut self.ssl_ca_file,
+            &mut self.ssl_cert_file,
+            &mut self.ssl_key_file,
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *path = None;
+            }
+        }
+    }
+
     /// The SASL password in force: `sasl_password`, else the first line of
     /// `sasl_password_file` (read now). `None` when neither is set.
     pub fn sasl_password(&self) -> Result<Option<Secret>, KafkaConfigError> {
@@ -546,7 +571,8 @@ impl Settings {
         if let Some(password) = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()) {
             figment = figment.merge(Serialized::default(PASSWORD_KEY, password));
         }
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.kafka.unset_empty();
         settings
             .kafka
             .validate()
@@ -727,6 +753,12 @@ mod tests {
             jail.set_env("ORDERFLOW_KAFKA__SASL_PASSWORD_FILE", "missing-file");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("both set"), "{err}");
+            // An empty variable is no value: only the password from the environment is left.
+            jail.set_env("ORDERFLOW_KAFKA__SASL_PASSWORD_FILE", "");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.kafka.sasl_password_file, None);
+
+            jail.set_env("ORDERFLOW_KAFKA__SASL_PASSWORD_FILE", "missing-file");
             jail.set_env("ORDERFLOW_KAFKA__SASL_PASSWORD", "");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(
