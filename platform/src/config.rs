@@ -641,8 +641,10 @@ mod tests {
 
     #[test]
     fn the_kafka_password_never_prints() {
-        let mut settings = Settings::default();
-        settings.kafka = sasl_ssl();
+        let settings = Settings {
+            kafka: sasl_ssl(),
+            ..Settings::default()
+        };
         for shown in [
             format!("{settings:?}"),
             format!("{settings:#?}"),

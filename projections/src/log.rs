@@ -57,7 +57,7 @@ impl LogSlice {
         ranges: &BTreeMap<i32, Range>,
         stall: Duration,
     ) -> anyhow::Result<LogSlice> {
-        let consumer: StreamConsumer<EndAware> = platform::kafka::client_config(&kafka)
+        let consumer: StreamConsumer<EndAware> = platform::kafka::client_config(kafka)
             // Required by the client; nothing is committed under it.
             .set("group.id", format!("{}.replay", kafka.group_prefix))
             .set(
