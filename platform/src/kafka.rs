@@ -101,6 +101,11 @@ pub fn consumer_config(kafka: &KafkaSettings, group_id: &str, client_id: &str) -
         // A new group starts at the beginning of the log: every order must be seen.
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        // The classic group protocol, chosen rather than inherited: Kafka 4 brokers also serve
+        // the new one (KIP-848), which is incremental only and assigns on the broker, while the
+        // steps and the projector are written for the eager, client-assigned rebalances below
+        // (docs/kafka.md).
+        .set("group.protocol", "classic")
         // Eager rebalancing: on any change every member gives up all partitions, so no
         // partition is ever processed by two members at once.
         .set("partition.assignment.strategy", "range")
