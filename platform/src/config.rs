@@ -546,6 +546,10 @@ impl Default for Settings {
 const PASSWORD_KEY: &str = "kafka.sasl_password";
 const PASSWORD_ENV: &str = "ORDERFLOW_KAFKA__SASL_PASSWORD";
 
+/// `ORDERFLOW_*` variables that are not settings: read elsewhere (`ORDERFLOW_LOG_FORMAT` by
+/// `telemetry`), so the settings leave them alone instead of calling them unknown keys.
+const NOT_SETTINGS: &[&str] = &["log_format"];
+
 impl Settings {
     /// Defaults, then `file` if given (it must exist), then `ORDERFLOW_*` variables; then the
     /// Kafka security settings are checked ([`KafkaSettings::validate`]).
@@ -563,7 +567,8 @@ impl Settings {
         figment = figment.merge(
             Env::prefixed("ORDERFLOW_")
                 .split("__")
-                .ignore(&[PASSWORD_KEY]),
+                .ignore(&[PASSWORD_KEY])
+                .ignore(NOT_SETTINGS),
         );
         // figment parses environment values (`123` becomes a number, `[a]` a list); a password
         // must arrive exactly as written, so it is read here and merged as a string.
@@ -622,6 +627,13 @@ mod tests {
     #[test]
     fn unknown_keys_and_missing_files_are_errors() {
         figment::Jail::expect_with(|jail| {
+            // The log format variable is not a setting and not an error; a misspelt one is.
+            jail.set_env("ORDERFLOW_LOG_FORMAT", "json");
+            Settings::load(None).map_err(|e| e.to_string())?;
+            jail.set_env("ORDERFLOW_KAFKA_BROKERS", "one-underscore-short:9092");
+            let err = Settings::load(None).unwrap_err();
+            assert!(err.to_string().contains("KAFKA_BROKERS"), "{err}");
+            std::env::remove_var("ORDERFLOW_KAFKA_BROKERS");
             jail.create_file("bad.toml", "[kafka]\ntopics = \"typo\"\n")?;
             let err = Settings::load(Some(Path::new("bad.toml"))).unwrap_err();
             assert!(err.to_string().contains("topics"), "{err}");

@@ -2,25 +2,11 @@
 //! invariant, when one is broken on purpose.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use orderflow::check::{self, Options, Report};
 
-use crate::support::{order, TestEnv};
-
-fn orderflow(env: &TestEnv) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
-    command
-        .env("ORDERFLOW_KAFKA__TOPIC", &env.settings.kafka.topic)
-        .env(
-            "ORDERFLOW_KAFKA__GROUP_PREFIX",
-            &env.settings.kafka.group_prefix,
-        )
-        .env("ORDERFLOW_DATABASE__URL", &env.settings.database.url)
-        .env("RUST_LOG", "warn");
-    command
-}
+use crate::support::{order, orderflow, TestEnv};
 
 /// Verdict per invariant.
 fn verdicts(report: &Report) -> BTreeMap<&'static str, bool> {

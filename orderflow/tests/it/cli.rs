@@ -1,24 +1,11 @@
 //! The `orderflow` binary as a user runs it.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::support::TestEnv;
+use crate::support::{orderflow, TestEnv};
 
 const GOOD: &str = r#"{"order_id":"ID","customer_id":"c-1","currency":"EUR","lines":[{"sku":"SKU-A","quantity":1,"unit_price_minor":100}],"shipping_address":{"name":"A","line1":"1 Main","city":"Berlin","postal_code":"10115","country":"DE"}}"#;
-
-fn orderflow(env: &TestEnv) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
-    command
-        .env("ORDERFLOW_KAFKA__TOPIC", &env.settings.kafka.topic)
-        .env(
-            "ORDERFLOW_KAFKA__GROUP_PREFIX",
-            &env.settings.kafka.group_prefix,
-        )
-        .env("ORDERFLOW_DATABASE__URL", &env.settings.database.url)
-        .env("RUST_LOG", "warn");
-    command
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_reports_bad_lines_by_number_and_publishes_the_rest() {

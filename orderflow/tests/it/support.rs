@@ -1,6 +1,7 @@
 //! Shared test harness: a fresh database, topic and group prefix per test, helpers to start
 //! components, publish orders and wait for outcomes.
 
+use std::process::Command;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -12,6 +13,20 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// The `orderflow` binary, pointed at this test's topic, groups and database.
+pub fn orderflow(env: &TestEnv) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    command
+        .env("ORDERFLOW_KAFKA__TOPIC", &env.settings.kafka.topic)
+        .env(
+            "ORDERFLOW_KAFKA__GROUP_PREFIX",
+            &env.settings.kafka.group_prefix,
+        )
+        .env("ORDERFLOW_DATABASE__URL", &env.settings.database.url)
+        .env("RUST_LOG", "warn");
+    command
+}
 
 pub const PARTITIONS: i32 = 3;
 const WAIT: Duration = Duration::from_secs(90);
