@@ -221,6 +221,42 @@ pub fn read_stock(path: &Path) -> anyhow::Result<Vec<(String, i64)>> {
     Ok(stock)
 }
 
+/// Commit `group`'s offsets, retrying for up to a minute while the broker is still loading or
+/// moving the group's coordinator: on a new cluster the first commit creates the offsets topic,
+/// and its coordinator answers "load in progress" until it has loaded.
+async fn commit_when_coordinator_ready(
+    settings: &Settings,
+    group: &str,
+    ends: &[(String, i32, i64)],
+) -> anyhow::Result<()> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let error = match platform::kafka::commit_group_offsets(&settings.kafka, group, ends) {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let not_ready = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<KafkaError>()
+                .and_then(KafkaError::rdkafka_error_code)
+                .is_some_and(|code| {
+                    matches!(
+                        code,
+                        RDKafkaErrorCode::CoordinatorLoadInProgress
+                            | RDKafkaErrorCode::CoordinatorNotAvailable
+                            | RDKafkaErrorCode::NotCoordinator
+                    )
+                })
+        });
+        if !not_ready || std::time::Instant::now() >= deadline {
+            return Err(error);
+        }
+        tracing::info!(group, %error, "group coordinator not ready; retrying the commit");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,41 +291,5 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).ok();
-    }
-}
-
-/// Commit `group`'s offsets, retrying for up to a minute while the broker is still loading or
-/// moving the group's coordinator: on a new cluster the first commit creates the offsets topic,
-/// and its coordinator answers "load in progress" until it has loaded.
-async fn commit_when_coordinator_ready(
-    settings: &Settings,
-    group: &str,
-    ends: &[(String, i32, i64)],
-) -> anyhow::Result<()> {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let error = match platform::kafka::commit_group_offsets(&settings.kafka, group, ends) {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
-        let not_ready = error.chain().any(|cause| {
-            cause
-                .downcast_ref::<KafkaError>()
-                .and_then(KafkaError::rdkafka_error_code)
-                .is_some_and(|code| {
-                    matches!(
-                        code,
-                        RDKafkaErrorCode::CoordinatorLoadInProgress
-                            | RDKafkaErrorCode::CoordinatorNotAvailable
-                            | RDKafkaErrorCode::NotCoordinator
-                    )
-                })
-        });
-        if !not_ready || std::time::Instant::now() >= deadline {
-            return Err(error);
-        }
-        tracing::info!(group, %error, "group coordinator not ready; retrying the commit");
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
