@@ -291,34 +291,22 @@ pub async fn duplicates(conn: &mut PgConnection) -> Result<StepDuplicates, sqlx:
 
 /// Orders parked by a step, oldest first.
 pub async fn parked(conn: &mut PgConnection) -> Result<Found, sqlx::Error> {
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM pipeline.parked")
-        .fetch_one(&mut *conn)
-        .await?;
-    let examples = if count == 0 {
-        Vec::new()
-    } else {
-        sqlx::query_scalar(
-            "SELECT step || ' ' || order_id || ' at ' || topic || '/' || partition || '@' || \"offset\"
-                    || ', ' || attempts || ' attempts: ' || left(history::text, 160)
-             FROM pipeline.parked ORDER BY seq LIMIT $1",
-        )
-        .bind(EXAMPLES)
-        .fetch_all(&mut *conn)
-        .await?
-    };
-    Ok(Found { count, examples })
+    Found::query(
+        conn,
+        "SELECT step || ' ' || order_id || ' at ' || topic || '/' || partition || '@' || \"offset\"
+                || ', ' || attempts || ' attempts: ' || left(history::text, 160), seq
+         FROM pipeline.parked",
+        &[],
+    )
+    .await
 }
 
 /// Count the order ids `sql` selects, with the first few.
 async fn found(conn: &mut PgConnection, sql: &str) -> Result<Found, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
-        "SELECT order_id, count(*) OVER () FROM ({sql}) x ORDER BY order_id LIMIT $1"
-    ))
-    .bind(EXAMPLES)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Found {
-        count: rows.first().map_or(0, |(_, n)| *n),
-        examples: rows.into_iter().map(|(id, _)| id).collect(),
-    })
+    Found::query(
+        conn,
+        &format!("SELECT order_id, order_id FROM ({sql}) ids"),
+        &[],
+    )
+    .await
 }

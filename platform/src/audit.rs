@@ -14,25 +14,41 @@ pub struct Found {
     pub examples: Vec<String>,
 }
 
+impl Found {
+    /// Count the rows of `rows` — a query selecting a line of text and a sort key, in that
+    /// order — and keep the first few lines by that key, in one round trip. `text_params` bind
+    /// to `$2`, `$3`, ... (`$1` is the number of examples).
+    pub async fn query(
+        conn: &mut PgConnection,
+        rows: &str,
+        text_params: &[Option<&str>],
+    ) -> Result<Found, sqlx::Error> {
+        let sql = format!(
+            "SELECT line, count(*) OVER () FROM ({rows}) counted(line, sort_key)
+             ORDER BY sort_key LIMIT $1"
+        );
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(EXAMPLES);
+        for param in text_params {
+            query = query.bind(*param);
+        }
+        let found = query.fetch_all(&mut *conn).await?;
+        Ok(Found {
+            count: found.first().map_or(0, |(_, n)| *n),
+            examples: found.into_iter().map(|(line, _)| line).collect(),
+        })
+    }
+}
+
 /// Outbox rows not yet published: the oldest first.
 pub async fn unpublished(conn: &mut PgConnection) -> Result<Found, sqlx::Error> {
-    let count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pipeline.outbox WHERE published_at IS NULL")
-            .fetch_one(&mut *conn)
-            .await?;
-    let examples = if count == 0 {
-        Vec::new()
-    } else {
-        sqlx::query_scalar(
-            "SELECT step || ' ' || event_type || ' of ' || order_id || ' to ' || topic
-                    || ', written ' || to_char(created_at, 'YYYY-MM-DD HH24:MI:SS')
-             FROM pipeline.outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
-        )
-        .bind(EXAMPLES)
-        .fetch_all(&mut *conn)
-        .await?
-    };
-    Ok(Found { count, examples })
+    Found::query(
+        conn,
+        "SELECT step || ' ' || event_type || ' of ' || order_id || ' to ' || topic
+                || ', written ' || to_char(created_at, 'YYYY-MM-DD HH24:MI:SS'), id
+         FROM pipeline.outbox WHERE published_at IS NULL",
+        &[],
+    )
+    .await
 }
 
 /// Outbox rows beyond the first per (step, order, event type), for event types other than
@@ -71,33 +87,25 @@ pub async fn dead_letters(
     conn: &mut PgConnection,
     consumer: Option<&str>,
 ) -> Result<DeadLetters, sqlx::Error> {
-    let (open, redriven): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE redriven_at IS NULL), count(*) FILTER (WHERE redriven_at IS NOT NULL)
-         FROM pipeline.dead_letters WHERE $1::text IS NULL OR consumer = $1",
+    let redriven: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pipeline.dead_letters
+         WHERE redriven_at IS NOT NULL AND ($1::text IS NULL OR consumer = $1)",
     )
     .bind(consumer)
     .fetch_one(&mut *conn)
     .await?;
-    let examples = if open == 0 {
-        Vec::new()
-    } else {
-        sqlx::query_scalar(
-            "SELECT consumer || ' ' || topic || '/' || partition || '@' || \"offset\" || ' '
-                    || error_class || '/' || error_kind || ': ' || left(error, 160) || ' (id ' || id || ')'
-             FROM pipeline.dead_letters
-             WHERE redriven_at IS NULL AND ($1::text IS NULL OR consumer = $1)
-             ORDER BY consumer, topic, partition, \"offset\" LIMIT $2",
-        )
-        .bind(consumer)
-        .bind(EXAMPLES)
-        .fetch_all(&mut *conn)
-        .await?
-    };
+    let open_letters = Found::query(
+        conn,
+        "SELECT consumer || ' ' || topic || '/' || partition || '@' || \"offset\" || ' '
+                || error_class || '/' || error_kind || ': ' || left(error, 160) || ' (id ' || id || ')',
+                ROW(consumer, topic, partition, \"offset\")
+         FROM pipeline.dead_letters
+         WHERE redriven_at IS NULL AND ($2::text IS NULL OR consumer = $2)",
+        &[consumer],
+    )
+    .await?;
     Ok(DeadLetters {
-        open: Found {
-            count: open,
-            examples,
-        },
+        open: open_letters,
         redriven,
     })
 }
