@@ -143,16 +143,18 @@ async fn check_passes_on_finished_orders_and_fails_on_each_broken_invariant() {
         text.contains("ledger nets 2 authorizations for a completed order (e.g. chk-ok)"),
         "{text}"
     );
-    sqlx::query("DELETE FROM payment.ledger WHERE id = (SELECT max(id) FROM payment.ledger)")
-        .execute(&env.pool)
-        .await
-        .expect("undo");
+    exec(
+        &env,
+        "DELETE FROM payment.ledger WHERE id = (SELECT max(id) FROM payment.ledger)",
+    )
+    .await;
 
     // A stock row off by one: conservation against the initial stock fails.
-    sqlx::query("UPDATE inventory.stock SET available = available + 1 WHERE sku = 'SKU-B'")
-        .execute(&env.pool)
-        .await
-        .expect("stock off");
+    exec(
+        &env,
+        "UPDATE inventory.stock SET available = available + 1 WHERE sku = 'SKU-B'",
+    )
+    .await;
     let (failed, text) = failing(&env, &options).await;
     assert_eq!(failed, [check::STOCK], "{text}");
     assert!(
@@ -163,26 +165,29 @@ async fn check_passes_on_finished_orders_and_fails_on_each_broken_invariant() {
     let generic = Options::default();
     let (failed, text) = failing(&env, &generic).await;
     assert!(failed.is_empty(), "{text}");
-    sqlx::query("UPDATE inventory.stock SET available = available - 1 WHERE sku = 'SKU-B'")
-        .execute(&env.pool)
-        .await
-        .expect("undo");
+    exec(
+        &env,
+        "UPDATE inventory.stock SET available = available - 1 WHERE sku = 'SKU-B'",
+    )
+    .await;
 
     // Stock still reserved for a cancelled order.
-    sqlx::query("UPDATE inventory.reservations SET status = 'reserved' WHERE order_id = 'chk-far'")
-        .execute(&env.pool)
-        .await
-        .expect("reservation");
+    exec(
+        &env,
+        "UPDATE inventory.reservations SET status = 'reserved' WHERE order_id = 'chk-far'",
+    )
+    .await;
     let (failed, text) = failing(&env, &generic).await;
     assert_eq!(failed, [check::STOCK], "{text}");
     assert!(
         text.contains("stock still reserved for cancelled orders: chk-far"),
         "{text}"
     );
-    sqlx::query("UPDATE inventory.reservations SET status = 'released' WHERE order_id = 'chk-far'")
-        .execute(&env.pool)
-        .await
-        .expect("undo");
+    exec(
+        &env,
+        "UPDATE inventory.reservations SET status = 'released' WHERE order_id = 'chk-far'",
+    )
+    .await;
 
     // A reply left unpublished.
     sqlx::query(
@@ -194,10 +199,11 @@ async fn check_passes_on_finished_orders_and_fails_on_each_broken_invariant() {
     let (failed, text) = failing(&env, &generic).await;
     assert_eq!(failed, [check::LAG], "{text}");
     assert!(text.contains("unpublished outbox rows 1"), "{text}");
-    sqlx::query("UPDATE pipeline.outbox SET published_at = now() WHERE published_at IS NULL")
-        .execute(&env.pool)
-        .await
-        .expect("undo");
+    exec(
+        &env,
+        "UPDATE pipeline.outbox SET published_at = now() WHERE published_at IS NULL",
+    )
+    .await;
 
     // A read model that no longer equals a fold of the log; the check switches nothing.
     sqlx::query(
@@ -331,4 +337,12 @@ async fn check_exits_2_naming_what_it_cannot_reach() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/stock"), "{stderr}");
     env.finish().await;
+}
+
+/// Run one statement that breaks or repairs an invariant; the test cannot go on without it.
+async fn exec(env: &TestEnv, sql: &str) {
+    sqlx::query(sql)
+        .execute(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
