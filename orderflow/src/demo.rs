@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
 
 /// Skus with plenty of stock; the demo tops them up before publishing.
-const STOCKED_SKUS: usize = 50;
+pub const STOCKED_SKUS: usize = 50;
 /// A sku that never has stock: an order asking for it is cancelled `out_of_stock`.
 pub const EMPTY_SKU: &str = "DEMO-EMPTY";
 

@@ -2,6 +2,7 @@
 //! other crates into long-running processes, and holds the demo. The command line lives in
 //! `main.rs`; everything here is callable from tests.
 
+pub mod bench;
 pub mod check;
 pub mod components;
 pub mod demo;

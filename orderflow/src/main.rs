@@ -175,6 +175,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Benchmark: the raw limits of the broker and Postgres, then the pipeline (an `orderflow
+    /// run` child on its own topic and database) in a closed loop and at fixed offered rates,
+    /// or a soak; prints a table, writes JSON (--out) and an SVG chart (--chart).
+    Bench(orderflow::bench::Options),
     /// Publish N generated orders, wait until all are terminal, and print a summary.
     Demo {
         /// How many orders to publish.
@@ -479,6 +483,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action } => {
             return orderflow::dlq::run(&settings, action_to_request(action)).await;
+        }
+        Command::Bench(options) => {
+            let stop = platform::shutdown::on_signals();
+            orderflow::bench::run(&settings, cli.config.as_deref(), &options, stop).await?;
         }
         Command::Demo {
             orders,

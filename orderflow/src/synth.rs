@@ -62,8 +62,8 @@ fn uuid(rng: &mut StdRng) -> Uuid {
     uuid::Builder::from_random_bytes(rng.random()).into_uuid()
 }
 
-/// The events of order `i`, placed at `placed`.
-fn history(i: usize, placed: DateTime<Utc>, rng: &mut StdRng) -> Vec<Event> {
+/// The events of order `i`, placed at `placed` (also the raw records of `orderflow bench`).
+pub fn history(i: usize, placed: DateTime<Utc>, rng: &mut StdRng) -> Vec<Event> {
     let order_id = format!("synth-{i:09}");
     let currency = if i % 4 == 0 { "USD" } else { "EUR" };
     let lines: Vec<OrderLine> = (0..rng.random_range(1..=3))
