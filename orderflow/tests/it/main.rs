@@ -4,6 +4,7 @@
 
 mod analytics;
 mod archive;
+mod bench;
 mod check;
 mod cli;
 mod deadletters;
