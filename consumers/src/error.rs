@@ -18,6 +18,19 @@ pub enum HandlerError {
         retryable: bool,
     },
 
+    /// An outside service is known to be failing: its circuit breaker is open and the call was
+    /// not made. Retryable; the order parks without spending its retry budget.
+    #[error("{service} unavailable: {message}")]
+    Unavailable {
+        service: &'static str,
+        message: String,
+    },
+
+    /// The decision needs an answer from outside that was not asked before the transaction
+    /// (the state changed between the two). The engine asks and tries again; retryable.
+    #[error("answer missing: {0}")]
+    Unanswered(String),
+
     /// The event cannot be applied in the step's current state (for example a reply for an
     /// order the step never saw). Permanent: the record is set aside with this reason and the
     /// partition moves on.
@@ -36,6 +49,7 @@ impl HandlerError {
         match self {
             HandlerError::Database(error) => platform::db::is_retryable(error),
             HandlerError::Provider { retryable, .. } => *retryable,
+            HandlerError::Unavailable { .. } | HandlerError::Unanswered(_) => true,
             HandlerError::Rule(_) | HandlerError::Diverged(_) => false,
         }
     }
@@ -45,6 +59,8 @@ impl HandlerError {
         match self {
             HandlerError::Database(_) => "database",
             HandlerError::Provider { .. } => "provider",
+            HandlerError::Unavailable { .. } => "unavailable",
+            HandlerError::Unanswered(_) => "unanswered",
             HandlerError::Rule(_) => "rule",
             HandlerError::Diverged(_) => "diverged",
         }

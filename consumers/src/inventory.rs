@@ -16,7 +16,10 @@ use events::{
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{give_up, HandlerError, Step};
+use crate::give_up::{self, Abandoned};
+use crate::ports::Answers;
+use crate::step::{Decider, Decline, Never};
+use crate::HandlerError;
 
 pub const NAME: &str = "inventory";
 const SCHEMA: &str = "inventory";
@@ -59,8 +62,90 @@ impl Inventory {
     }
 }
 
+/// A reservation as the decider holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub reservation_id: Uuid,
+    pub status: Status,
+    pub items: Vec<SkuQuantity>,
+    /// Decided or changed in this batch: to store.
+    changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Reserved,
+    Rejected,
+    Released,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Reserved => "reserved",
+            Status::Rejected => "rejected",
+            Status::Released => "released",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Status, HandlerError> {
+        Ok(match text {
+            "reserved" => Status::Reserved,
+            "rejected" => Status::Rejected,
+            "released" => Status::Released,
+            other => {
+                return Err(HandlerError::Rule(format!(
+                    "inventory.reservations holds an unknown status {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// A sku's stock as the decider sees it: what can be reserved, and how much this batch moved
+/// from available to reserved (negative: back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Level {
+    pub available: i64,
+    pub moved: i64,
+}
+
+/// The inventory state of one batch: its orders' reservations and give-ups, and the stock of
+/// every sku they name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub reservations: HashMap<String, Reservation>,
+    pub abandoned: Abandoned,
+    pub stock: BTreeMap<String, Level>,
+}
+
+impl State {
+    /// Stock for tests and restores: `(sku, available)`.
+    pub fn with_stock(stock: &[(&str, i64)]) -> Self {
+        State {
+            stock: stock
+                .iter()
+                .map(|(sku, available)| {
+                    (
+                        sku.to_string(),
+                        Level {
+                            available: *available,
+                            moved: 0,
+                        },
+                    )
+                })
+                .collect(),
+            ..State::default()
+        }
+    }
+}
+
 #[async_trait]
-impl Step for Inventory {
+impl Decider for Inventory {
+    type State = State;
+    type Question = Never;
+    type Answer = ();
+
     fn name(&self) -> &'static str {
         NAME
     }
@@ -72,40 +157,176 @@ impl Step for Inventory {
         ) || give_up::is_marker(event_type)
     }
 
-    async fn handle(
+    async fn load(
         &self,
-        tx: &mut PgConnection,
-        event: &Event,
-    ) -> Result<Vec<EventBody>, HandlerError> {
-        let live = self.recorded.is_none();
-        match &event.body {
-            EventBody::OrderCreated(order) => {
-                let recorded = self
-                    .recorded
-                    .as_ref()
-                    .and_then(|r| r.get(&event.meta.event_id));
-                let booking = match &self.recorded {
-                    None => Booking::Live,
-                    Some(_) => Booking::Replay(recorded),
-                };
-                reserve(tx, event, &order.lines, booking).await
+        conn: &mut PgConnection,
+        events: &[&Event],
+        lock: bool,
+    ) -> Result<State, HandlerError> {
+        let orders = crate::step::order_ids(events);
+        let rows: Vec<(String, Uuid, String, serde_json::Value)> = sqlx::query_as(if lock {
+            "SELECT order_id, reservation_id, status, items FROM inventory.reservations
+             WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+        } else {
+            "SELECT order_id, reservation_id, status, items FROM inventory.reservations
+             WHERE order_id = ANY($1)"
+        })
+        .persistent(false)
+        .bind(&orders)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut state = State::default();
+        for (order_id, reservation_id, status, items) in rows {
+            state.reservations.insert(
+                order_id,
+                Reservation {
+                    reservation_id,
+                    status: Status::parse(&status)?,
+                    items: items_from_json(&items),
+                    changed: false,
+                },
+            );
+        }
+        state.abandoned = Abandoned::load(conn, SCHEMA, &orders).await?;
+        // Every sku the batch may reserve or release, sorted: concurrent batches lock stock
+        // rows in the same order.
+        let mut skus: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::OrderCreated(order) => Some(order.lines.iter().map(|l| l.sku.as_str())),
+                _ => None,
+            })
+            .flatten()
+            .chain(
+                state
+                    .reservations
+                    .values()
+                    .flat_map(|r| r.items.iter().map(|i| i.sku.as_str())),
+            )
+            .collect();
+        skus.sort_unstable();
+        skus.dedup();
+        let levels: Vec<(String, i64)> = match (&self.recorded, lock) {
+            (None, true) => {
+                sqlx::query_as(
+                    "SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+                )
+                .bind(&skus)
+                .fetch_all(&mut *conn)
+                .await?
             }
+            (None, false) => {
+                sqlx::query_as("SELECT sku, available FROM inventory.stock WHERE sku = ANY($1)")
+                    .bind(&skus)
+                    .fetch_all(&mut *conn)
+                    .await?
+            }
+            // Restoring: the stock given before the archive began, less what the reservations
+            // rebuilt so far hold (booked once at the end, see settle_replayed_stock).
+            (Some(_), _) => {
+                sqlx::query_as(&format!(
+                    "SELECT s.sku, s.available - COALESCE(h.qty, 0) FROM inventory.stock s
+                     LEFT JOIN ({HELD}) h USING (sku) WHERE s.sku = ANY($1)"
+                ))
+                .persistent(false)
+                .bind(&skus)
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
+        state.stock = levels
+            .into_iter()
+            .map(|(sku, available)| {
+                (
+                    sku,
+                    Level {
+                        available,
+                        moved: 0,
+                    },
+                )
+            })
+            .collect();
+        drop(skus);
+        Ok(state)
+    }
+
+    fn decide(
+        &self,
+        state: &mut State,
+        event: &Event,
+        _answers: &Answers<()>,
+    ) -> Result<Vec<EventBody>, Decline<Never>> {
+        let recorded = self
+            .recorded
+            .as_ref()
+            .map(|decisions| decisions.get(&event.meta.event_id));
+        Ok(match &event.body {
+            EventBody::OrderCreated(order) => reserve(state, event, &order.lines, recorded)?,
             // The order failed after its stock was reserved: give the stock back.
-            EventBody::PaymentDeclined(_) => release(tx, event, "payment_declined", live).await,
-            EventBody::ShipmentFailed(_) => release(tx, event, "shipment_failed", live).await,
+            EventBody::PaymentDeclined(_) => release(state, event, "payment_declined")?,
+            EventBody::ShipmentFailed(_) => release(state, event, "shipment_failed")?,
             body => match give_up::reason(body) {
                 Some(reason) => {
-                    give_up::record(tx, SCHEMA, event, reason).await?;
-                    release(tx, event, reason, live).await
+                    state.abandoned.note(event, reason);
+                    release(state, event, reason)?
                 }
-                None => Ok(Vec::new()),
+                None => Vec::new(),
             },
+        })
+    }
+
+    async fn store(&self, tx: &mut PgConnection, state: &State) -> Result<(), HandlerError> {
+        let changed: Vec<(&String, &Reservation)> = state
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.changed)
+            .collect();
+        if !changed.is_empty() {
+            let orders: Vec<&str> = changed.iter().map(|(o, _)| o.as_str()).collect();
+            let ids: Vec<Uuid> = changed.iter().map(|(_, r)| r.reservation_id).collect();
+            let statuses: Vec<&str> = changed.iter().map(|(_, r)| r.status.as_str()).collect();
+            let items: Vec<serde_json::Value> =
+                changed.iter().map(|(_, r)| items_json(&r.items)).collect();
+            sqlx::query(
+                "INSERT INTO inventory.reservations (order_id, reservation_id, status, items)
+                 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::jsonb[])
+                 ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()",
+            )
+            .bind(&orders)
+            .bind(&ids)
+            .bind(&statuses)
+            .bind(&items)
+            .execute(&mut *tx)
+            .await?;
         }
+        state.abandoned.store(tx, SCHEMA).await?;
+        // Restoring, the stock is booked once at the end (settle_replayed_stock).
+        if self.recorded.is_none() {
+            let moved: Vec<(&str, i64)> = state
+                .stock
+                .iter()
+                .filter(|(_, l)| l.moved != 0)
+                .map(|(sku, l)| (sku.as_str(), l.moved))
+                .collect();
+            if !moved.is_empty() {
+                let skus: Vec<&str> = moved.iter().map(|m| m.0).collect();
+                let quantities: Vec<i64> = moved.iter().map(|m| m.1).collect();
+                sqlx::query(
+                    "UPDATE inventory.stock AS s SET available = s.available - w.qty,
+                         reserved = s.reserved + w.qty, updated_at = now()
+                     FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, qty) WHERE s.sku = w.sku",
+                )
+                .bind(&skus)
+                .bind(&quantities)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Quantities per sku, lines of the same sku added up; sorted, so that concurrent batches lock
-/// rows in the same order.
+/// Quantities per sku, lines of the same sku added up; sorted.
 fn wanted_per_sku(lines: &[events::OrderLine]) -> BTreeMap<String, i64> {
     let mut wanted = BTreeMap::new();
     for line in lines {
@@ -114,75 +335,30 @@ fn wanted_per_sku(lines: &[events::OrderLine]) -> BTreeMap<String, i64> {
     wanted
 }
 
-/// How a reservation is decided and booked.
-#[derive(Clone, Copy)]
-enum Booking<'a> {
-    /// From the stock, booked on it at once.
-    Live,
-    /// Restoring: the recorded decision, if the archive holds one, else from the stock minus
-    /// what the reservations rebuilt so far hold; booked at the end.
-    Replay(Option<&'a Decision>),
-}
-
 /// Units per sku held by reservations in status `reserved` (of the skus in `$1`).
 const HELD: &str = "SELECT i->>'sku' AS sku, sum((i->>'quantity')::bigint)::bigint AS qty
      FROM inventory.reservations r, jsonb_array_elements(r.items) i
      WHERE r.status = 'reserved' AND i->>'sku' = ANY($1) GROUP BY 1";
 
-async fn reserve(
-    tx: &mut PgConnection,
+/// Decide an `OrderCreated`: reserve every line or none. `recorded` is `None` live, and
+/// `Some(decision the archive holds, if any)` when restoring.
+fn reserve(
+    state: &mut State,
     event: &Event,
     lines: &[events::OrderLine],
-    booking: Booking<'_>,
+    recorded: Option<Option<&Decision>>,
 ) -> Result<Vec<EventBody>, HandlerError> {
     let order_id = &event.meta.order_id;
-    let seen: Option<String> =
-        sqlx::query_scalar("SELECT status FROM inventory.reservations WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if let Some(status) = seen {
+    if let Some(seen) = state.reservations.get(order_id) {
         // A second OrderCreated for the same order id (with a different event id): the first
         // one decided; this one must not reserve again.
         return Err(HandlerError::Rule(format!(
-            "order {order_id} was already created (reservation is {status}); duplicate OrderCreated ignored"
+            "order {order_id} was already created (reservation is {}); duplicate OrderCreated ignored",
+            seen.status.as_str()
         )));
     }
     let wanted = wanted_per_sku(lines);
-    let abandoned = give_up::abandoned(tx, SCHEMA, order_id).await?;
-    let skus: Vec<&str> = wanted.keys().map(String::as_str).collect();
-    let rows: Vec<(String, i64)> = match booking {
-        Booking::Live | Booking::Replay(Some(_)) => {
-            sqlx::query_as(
-                "SELECT sku, available FROM inventory.stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-            )
-            .bind(&skus)
-            .fetch_all(&mut *tx)
-            .await?
-        }
-        Booking::Replay(None) => {
-            sqlx::query_as(&format!(
-                "SELECT s.sku, s.available - COALESCE(h.qty, 0) FROM inventory.stock s
-                 LEFT JOIN ({HELD}) h USING (sku) WHERE s.sku = ANY($1) ORDER BY s.sku"
-            ))
-            .persistent(false)
-            .bind(&skus)
-            .fetch_all(&mut *tx)
-            .await?
-        }
-    };
-    let available: BTreeMap<String, i64> = rows.into_iter().collect();
-    let shortages: Vec<Shortage> = wanted
-        .iter()
-        .filter_map(|(sku, &qty)| {
-            let have = available.get(sku).copied().unwrap_or(0);
-            (have < qty).then(|| Shortage {
-                sku: sku.clone(),
-                requested: clamp_i32(qty),
-                available: clamp_i32(have),
-            })
-        })
-        .collect();
+    let abandoned = state.abandoned.reason(order_id).map(str::to_string);
     let reservation_id = events::reply_event_id(event.meta.event_id, "inventory-reservation");
     let items: Vec<SkuQuantity> = wanted
         .iter()
@@ -191,110 +367,89 @@ async fn reserve(
             quantity: clamp_i32(qty),
         })
         .collect();
-    let items_json = serde_json::Value::Array(
-        items
-            .iter()
-            .map(|i| serde_json::json!({ "sku": i.sku, "quantity": i.quantity }))
-            .collect(),
-    );
-    let mut rejection = None;
-    match booking {
-        Booking::Live | Booking::Replay(None) => {}
-        Booking::Replay(Some(Decision::Reserved)) => {
+    let shortages: Vec<Shortage> = wanted
+        .iter()
+        .filter_map(|(sku, &qty)| {
+            let have = state.stock.get(sku).map_or(0, |l| l.available);
+            (have < qty).then(|| Shortage {
+                sku: sku.clone(),
+                requested: clamp_i32(qty),
+                available: clamp_i32(have),
+            })
+        })
+        .collect();
+    let reply = match recorded {
+        Some(Some(Decision::Reserved)) => {
             if let Some(why) = &abandoned {
                 return Err(HandlerError::Diverged(format!(
                     "order {order_id} was reserved, but the rebuilt state has it given up ({why})"
                 )));
             }
-            if let Some(sku) = wanted.keys().find(|sku| !available.contains_key(*sku)) {
+            if let Some(sku) = wanted.keys().find(|sku| !state.stock.contains_key(*sku)) {
                 return Err(HandlerError::Diverged(format!(
                     "order {order_id} reserved sku {sku}, which has no stock row; give its stock \
                      before the archive began (orderflow restore --stock)"
                 )));
             }
+            None
         }
-        Booking::Replay(Some(Decision::Rejected {
-            reason,
-            shortages: recorded,
-        })) => {
-            rejection = Some((reason.clone(), recorded.clone()));
+        Some(Some(Decision::Rejected { reason, shortages })) => {
+            Some(EventBody::InventoryRejected(InventoryRejected {
+                reason: reason.clone(),
+                shortages: shortages.clone(),
+            }))
         }
-    }
-    let recorded_reserved = matches!(booking, Booking::Replay(Some(Decision::Reserved)));
-    let status = if (recorded_reserved || shortages.is_empty())
-        && abandoned.is_none()
-        && rejection.is_none()
-    {
-        "reserved"
-    } else {
-        "rejected"
-    };
-    sqlx::query("INSERT INTO inventory.reservations (order_id, reservation_id, status, items) VALUES ($1, $2, $3, $4)")
-        .bind(order_id)
-        .bind(reservation_id)
-        .bind(status)
-        .bind(&items_json)
-        .execute(&mut *tx)
-        .await?;
-    if let Some((reason, shortages)) = rejection {
-        return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
-            reason,
-            shortages,
-        })]);
-    }
-    if let Some(why) = abandoned {
         // The saga gave the order up before this step got to it (e.g. the OrderCreated was
         // redriven from the dead-letter topic after a timeout): reserve nothing.
-        return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
-            reason: format!("{}: the order was given up ({why})", give_up::REFUSED),
+        _ if abandoned.is_some() => Some(EventBody::InventoryRejected(InventoryRejected {
+            reason: format!(
+                "{}: the order was given up ({})",
+                give_up::REFUSED,
+                abandoned.as_deref().unwrap_or_default()
+            ),
             shortages: Vec::new(),
-        })]);
-    }
-    if !recorded_reserved && !shortages.is_empty() {
-        let skus: Vec<&str> = shortages.iter().map(|s| s.sku.as_str()).collect();
-        return Ok(vec![EventBody::InventoryRejected(InventoryRejected {
-            reason: format!("insufficient stock for {}", skus.join(", ")),
-            shortages,
-        })]);
-    }
-    if !matches!(booking, Booking::Live) {
-        // Booked on the stock by settle_replayed_stock at the end of the restore.
-        return Ok(vec![EventBody::InventoryReserved(InventoryReserved {
+        })),
+        _ if !shortages.is_empty() => {
+            let skus: Vec<&str> = shortages.iter().map(|s| s.sku.as_str()).collect();
+            Some(EventBody::InventoryRejected(InventoryRejected {
+                reason: format!("insufficient stock for {}", skus.join(", ")),
+                shortages,
+            }))
+        }
+        _ => None,
+    };
+    let status = if reply.is_some() {
+        Status::Rejected
+    } else {
+        for (sku, qty) in &wanted {
+            let level = state.stock.entry(sku.clone()).or_default();
+            level.available -= qty;
+            level.moved += qty;
+        }
+        Status::Reserved
+    };
+    state.reservations.insert(
+        order_id.clone(),
+        Reservation {
+            reservation_id,
+            status,
+            items: items.clone(),
+            changed: true,
+        },
+    );
+    Ok(vec![reply.unwrap_or(EventBody::InventoryReserved(
+        InventoryReserved {
             reservation_id,
             items,
-        })]);
-    }
-    let quantities: Vec<i64> = wanted.values().copied().collect();
-    sqlx::query(
-        "UPDATE inventory.stock AS s SET available = s.available - w.qty, reserved = s.reserved + w.qty, updated_at = now()
-         FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, qty) WHERE s.sku = w.sku",
-    )
-    .bind(&skus)
-    .bind(&quantities)
-    .execute(&mut *tx)
-    .await?;
-    Ok(vec![EventBody::InventoryReserved(InventoryReserved {
-        reservation_id,
-        items,
-    })])
+        },
+    ))])
 }
 
 /// Compensation: return a reserved order's stock. Releasing twice, or releasing an order that
 /// holds nothing, emits nothing.
-async fn release(
-    tx: &mut PgConnection,
-    event: &Event,
-    reason: &str,
-    live: bool,
-) -> Result<Vec<EventBody>, HandlerError> {
+fn release(state: &mut State, event: &Event, reason: &str) -> Result<Vec<EventBody>, HandlerError> {
     let order_id = &event.meta.order_id;
-    let row: Option<(uuid::Uuid, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT reservation_id, status, items FROM inventory.reservations WHERE order_id = $1 FOR UPDATE",
-    )
-    .bind(order_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((reservation_id, status, items_json)) = row else {
+    let Some(reservation) = state.reservations.get_mut(order_id) else {
         if give_up::is_marker(event.event_type()) {
             // Given up before this step decided anything: nothing is held.
             return Ok(Vec::new());
@@ -303,11 +458,36 @@ async fn release(
             "order {order_id} has no reservation to release"
         )));
     };
-    if status != "reserved" {
-        tracing::info!(%order_id, status, "nothing to release");
+    if reservation.status != Status::Reserved {
+        tracing::info!(%order_id, status = reservation.status.as_str(), "nothing to release");
         return Ok(Vec::new());
     }
-    let items: Vec<SkuQuantity> = items_json
+    reservation.status = Status::Released;
+    reservation.changed = true;
+    for item in &reservation.items {
+        let qty = i64::from(item.quantity);
+        let level = state.stock.entry(item.sku.clone()).or_default();
+        level.available += qty;
+        level.moved -= qty;
+    }
+    Ok(vec![EventBody::InventoryReleased(InventoryReleased {
+        reservation_id: reservation.reservation_id,
+        items: reservation.items.clone(),
+        reason: reason.to_string(),
+    })])
+}
+
+fn items_json(items: &[SkuQuantity]) -> serde_json::Value {
+    serde_json::Value::Array(
+        items
+            .iter()
+            .map(|i| serde_json::json!({ "sku": i.sku, "quantity": i.quantity }))
+            .collect(),
+    )
+}
+
+fn items_from_json(items: &serde_json::Value) -> Vec<SkuQuantity> {
+    items
         .as_array()
         .map(|items| {
             items
@@ -320,29 +500,7 @@ async fn release(
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    let skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
-    let quantities: Vec<i64> = items.iter().map(|i| i64::from(i.quantity)).collect();
-    // Replaying, the stock is booked once at the end (settle_replayed_stock).
-    if live {
-        sqlx::query(
-            "UPDATE inventory.stock AS s SET available = s.available + w.qty, reserved = s.reserved - w.qty, updated_at = now()
-             FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, qty) WHERE s.sku = w.sku",
-        )
-        .bind(&skus)
-        .bind(&quantities)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query("UPDATE inventory.reservations SET status = 'released', updated_at = now() WHERE order_id = $1")
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(vec![EventBody::InventoryReleased(InventoryReleased {
-        reservation_id,
-        items,
-        reason: reason.to_string(),
-    })])
+        .unwrap_or_default()
 }
 
 fn clamp_i32(value: i64) -> i32 {
@@ -404,6 +562,7 @@ pub async fn set_stock(tx: &mut PgConnection, stock: &[(String, i64)]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::given::{self, cancel_accepted, created, declined, ship_failed, timed_out};
     use events::OrderLine;
 
     #[test]
@@ -418,5 +577,221 @@ mod tests {
             wanted.into_iter().collect::<Vec<_>>(),
             vec![("A".to_string(), 1), ("B".to_string(), 5)]
         );
+    }
+
+    /// Given stock, when these events arrive, then these outcomes and this stock (available,
+    /// moved to reserved) per sku.
+    #[test]
+    fn live_decisions() {
+        type Case = (
+            &'static str,
+            &'static [(&'static str, i64)],
+            Vec<Event>,
+            &'static [&'static str],
+            &'static [(&'static str, i64, i64)],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "reserves every line from stock",
+                &[("A", 5), ("B", 1)],
+                vec![created(
+                    "o1",
+                    &[("A", 2, 100), ("B", 1, 50), ("A", 1, 100)],
+                    "DE",
+                )],
+                &["InventoryReserved"],
+                &[("A", 2, 3), ("B", 0, 1)],
+            ),
+            (
+                "all lines or none",
+                &[("A", 5), ("B", 0)],
+                vec![created("o1", &[("A", 1, 100), ("B", 1, 100)], "DE")],
+                &["InventoryRejected"],
+                &[("A", 5, 0), ("B", 0, 0)],
+            ),
+            (
+                "a sku without stock is a shortage",
+                &[("A", 5)],
+                vec![created("o1", &[("Z", 1, 100)], "DE")],
+                &["InventoryRejected"],
+                &[("A", 5, 0)],
+            ),
+            (
+                "two orders of one batch compete for the last unit; the first wins",
+                &[("A", 1)],
+                vec![
+                    created("o1", &[("A", 1, 100)], "DE"),
+                    created("o2", &[("A", 1, 100)], "DE"),
+                ],
+                &["InventoryReserved", "InventoryRejected"],
+                &[("A", 0, 1)],
+            ),
+            (
+                "a second OrderCreated for the order is refused",
+                &[("A", 5)],
+                vec![
+                    created("o1", &[("A", 1, 100)], "DE"),
+                    given::event(
+                        "o1",
+                        "created-again",
+                        created("o1", &[("A", 3, 100)], "DE").body,
+                    ),
+                ],
+                &["InventoryReserved", "fail:rule"],
+                &[("A", 4, 1)],
+            ),
+            (
+                "payment declined gives the stock back, once",
+                &[("A", 5)],
+                vec![
+                    created("o1", &[("A", 2, 100)], "DE"),
+                    declined("o1"),
+                    timed_out("o1", "payment"),
+                ],
+                &["InventoryReserved", "InventoryReleased", "-"],
+                &[("A", 5, 0)],
+            ),
+            (
+                "shipment failed gives the stock back",
+                &[("A", 5)],
+                vec![created("o1", &[("A", 2, 100)], "DE"), ship_failed("o1")],
+                &["InventoryReserved", "InventoryReleased"],
+                &[("A", 5, 0)],
+            ),
+            (
+                "a rejected order releases nothing",
+                &[("A", 0)],
+                vec![created("o1", &[("A", 2, 100)], "DE"), declined("o1")],
+                &["InventoryRejected", "-"],
+                &[("A", 0, 0)],
+            ),
+            (
+                "a failure reply for an order never seen is a rule violation",
+                &[("A", 5)],
+                vec![ship_failed("o9")],
+                &["fail:rule"],
+                &[("A", 5, 0)],
+            ),
+            (
+                "given up before deciding: nothing held, a late OrderCreated is refused",
+                &[("A", 5)],
+                vec![
+                    timed_out("o1", "inventory"),
+                    created("o1", &[("A", 1, 100)], "DE"),
+                ],
+                &["-", "InventoryRejected"],
+                &[("A", 5, 0)],
+            ),
+            (
+                "cancelled after the reservation: released",
+                &[("A", 5)],
+                vec![created("o1", &[("A", 3, 100)], "DE"), cancel_accepted("o1")],
+                &["InventoryReserved", "InventoryReleased"],
+                &[("A", 5, 0)],
+            ),
+        ];
+        for (name, stock, events, outcomes, levels) in cases {
+            let mut state = State::with_stock(stock);
+            let got = given::run(&Inventory::new(), &mut state, &Answers::new(), &events);
+            assert_eq!(got, outcomes, "{name}");
+            for (sku, available, moved) in levels {
+                let level = state.stock.get(*sku).copied().unwrap_or_default();
+                assert_eq!(
+                    (level.available, level.moved),
+                    (*available, *moved),
+                    "{name}: stock of {sku}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn replies_carry_what_was_decided() {
+        let mut state = State::with_stock(&[("A", 1)]);
+        let inventory = Inventory::new();
+        let order = created("o1", &[("A", 3, 100)], "DE");
+        let reply = inventory
+            .decide(&mut state, &order, &Answers::new())
+            .unwrap();
+        assert_eq!(
+            reply,
+            vec![EventBody::InventoryRejected(InventoryRejected {
+                reason: "insufficient stock for A".into(),
+                shortages: vec![Shortage {
+                    sku: "A".into(),
+                    requested: 3,
+                    available: 1,
+                }],
+            })]
+        );
+        let given_up = timed_out("o2", "inventory");
+        inventory
+            .decide(&mut state, &given_up, &Answers::new())
+            .unwrap();
+        let late = created("o2", &[("A", 1, 100)], "DE");
+        let reply = inventory
+            .decide(&mut state, &late, &Answers::new())
+            .unwrap();
+        assert!(
+            matches!(&reply[..], [EventBody::InventoryRejected(r)] if r.reason.starts_with("order_abandoned")),
+            "{reply:?}"
+        );
+        assert_eq!(state.abandoned.reason("o2"), Some("step_timed_out"));
+    }
+
+    /// Restoring: the archive's decision stands, whatever the stock says, and stock is never
+    /// booked by the batch (it is settled once at the end).
+    #[test]
+    fn replayed_decisions() {
+        let reserved = created("o1", &[("A", 3, 100)], "DE");
+        let rejected = created("o2", &[("A", 1, 100)], "DE");
+        let lost = created("o3", &[("A", 1, 100)], "DE");
+        let mut recorded = Decisions::new();
+        recorded.insert(reserved.meta.event_id, Decision::Reserved);
+        recorded.insert(
+            rejected.meta.event_id,
+            Decision::Rejected {
+                reason: "insufficient stock for A".into(),
+                shortages: Vec::new(),
+            },
+        );
+        let inventory = Inventory::replaying(Arc::new(recorded));
+        // Stock 2 < 3 reserved in the archive: the archive wins (live, another partition got
+        // there first). o3's answer was lost: decided from what is left (nothing).
+        let mut state = State::with_stock(&[("A", 2)]);
+        let got = given::run(
+            &inventory,
+            &mut state,
+            &Answers::new(),
+            &[reserved, rejected.clone(), lost],
+        );
+        assert_eq!(
+            got,
+            [
+                "InventoryReserved",
+                "InventoryRejected",
+                "InventoryRejected"
+            ]
+        );
+        // A reservation the rebuilt state cannot hold is a divergence.
+        let mut state = State::with_stock(&[("B", 2)]);
+        let mut recorded = Decisions::new();
+        let order = created("o4", &[("A", 1, 100)], "DE");
+        recorded.insert(order.meta.event_id, Decision::Reserved);
+        let got = given::run(
+            &Inventory::replaying(Arc::new(recorded.clone())),
+            &mut state,
+            &Answers::new(),
+            &[order.clone()],
+        );
+        assert_eq!(got, ["fail:diverged"]);
+        let mut state = State::with_stock(&[("A", 2)]);
+        let got = given::run(
+            &Inventory::replaying(Arc::new(recorded)),
+            &mut state,
+            &Answers::new(),
+            &[cancel_accepted("o4"), order],
+        );
+        assert_eq!(got, ["-", "fail:diverged"]);
     }
 }

@@ -14,14 +14,16 @@ use std::collections::HashSet;
 use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use platform::config::RetryPolicy;
-use platform::deadletter::{ErrorClass, FailedAttempt};
+use platform::deadletter::FailedAttempt;
 use platform::outbox;
 use rdkafka::message::{OwnedMessage, Timestamp};
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
 
-use crate::runner::{attempt_batch, unbounded_backoff, BatchError, Disposition, Identity, Mode};
+use crate::runner::{
+    attempt, failed_attempt, unbounded_backoff, Attempted, BatchError, Disposition, Identity, Mode,
+};
 use crate::Step;
 
 /// Which of `orders` are parked for `step`.
@@ -113,15 +115,14 @@ pub async fn release_due(
     for order_id in due {
         // One transaction per held event: a success is kept even if a later one fails.
         loop {
-            let mut tx = pool.begin().await?;
             let head: Option<HeldRow> = sqlx::query_as(
                 "SELECT seq, order_id, topic, partition, \"offset\", record_key, payload, history, first_failed_at,
                         next_attempt_at
-                 FROM pipeline.parked WHERE step = $1 AND order_id = $2 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+                 FROM pipeline.parked WHERE step = $1 AND order_id = $2 ORDER BY seq LIMIT 1",
             )
             .bind(name)
             .bind(&order_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(pool)
             .await?;
             let Some((
                 seq,
@@ -151,67 +152,48 @@ pub async fn release_due(
                 None,
             );
             let batch = [message];
-            match attempt_batch(
-                step,
-                identity,
-                &mut tx,
-                &batch,
-                &Default::default(),
-                Mode::Release,
-            )
-            .await
-            {
-                Ok((_, rows)) => {
-                    delete_held(&mut tx, seq).await?;
+            let no_exclusions = Default::default();
+            match attempt(step, identity, pool, &batch, &no_exclusions, Mode::Release).await {
+                Ok(Attempted { mut tx, rows, .. }) => {
+                    // Another member released it meanwhile: this attempt is void.
+                    if !delete_held(&mut tx, seq).await? {
+                        break;
+                    }
                     tx.commit().await?;
                     outbox::publish(pool, producer, &rows).await?;
                     released += 1;
                     tracing::info!(step = name, %order_id, offset, "held event applied");
                 }
-                Err(BatchError::Record { position, error }) => {
-                    tx.rollback().await?;
+                Err(BatchError::Records(failures)) => {
+                    let Some((position, error)) = failures.into_iter().next() else {
+                        break;
+                    };
                     let mut attempts: Vec<FailedAttempt> =
                         serde_json::from_value(history).unwrap_or_default();
-                    let class = if error.is_retryable() {
-                        ErrorClass::Retryable
-                    } else {
-                        ErrorClass::Permanent
-                    };
-                    attempts.push(FailedAttempt {
-                        at: Utc::now(),
-                        class,
-                        kind: error.kind().into(),
-                        error: error.to_string(),
-                    });
+                    attempts.push(failed_attempt(&error));
                     let first = first_failed_at.unwrap_or_else(Utc::now);
-                    let spent = attempts.len() >= policy.attempts_max as usize
-                        || (Utc::now() - first).to_std().unwrap_or_default() >= policy.total;
+                    let (spent, delay) = budget(&attempts, first, policy);
                     let mut tx = pool.begin().await?;
-                    if class == ErrorClass::Permanent || spent {
+                    if !error.is_retryable() || spent {
                         tracing::warn!(step = name, %order_id, attempts = attempts.len(), %error, "parked event dead-lettered; releasing the rest of the order");
                         let excluded =
                             std::iter::once((position, Disposition::DeadLetter(attempts)))
                                 .collect();
-                        let (_, rows) = attempt_batch(
-                            step,
-                            identity,
-                            &mut tx,
-                            &batch,
-                            &excluded,
-                            Mode::Release,
-                        )
-                        .await
-                        .map_err(|e| anyhow::anyhow!("dead-lettering a parked event: {e}"))?;
-                        delete_held(&mut tx, seq).await?;
+                        drop(tx);
+                        let Attempted { mut tx, rows, .. } =
+                            attempt(step, identity, pool, &batch, &excluded, Mode::Release)
+                                .await
+                                .map_err(|e| {
+                                    anyhow::anyhow!("dead-lettering a parked event: {e}")
+                                })?;
+                        if !delete_held(&mut tx, seq).await? {
+                            break;
+                        }
                         tx.commit().await?;
                         outbox::publish(pool, producer, &rows).await?;
                         released += 1;
                         continue;
                     }
-                    let delay = unbounded_backoff(policy)
-                        .build()
-                        .nth(attempts.len() - 1)
-                        .unwrap_or(policy.delay_max);
                     tracing::warn!(step = name, %order_id, attempt = attempts.len(), %error, ?delay, "parked event failed again");
                     sqlx::query(
                         "UPDATE pipeline.parked SET attempts = $2, history = $3, first_failed_at = $4,
@@ -238,10 +220,34 @@ pub async fn release_due(
     Ok(released)
 }
 
-async fn delete_held(tx: &mut PgConnection, seq: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM pipeline.parked WHERE seq = $1")
+/// Whether a parked record's retry budget is spent after `attempts` (the first failed at
+/// `first`), and when to try it next. Attempts refused by an open circuit breaker
+/// (`unavailable`) spend nothing: the service is known to be down, the order waits for it.
+pub fn budget(
+    attempts: &[FailedAttempt],
+    first: DateTime<Utc>,
+    policy: RetryPolicy,
+) -> (bool, std::time::Duration) {
+    let counted: Vec<&FailedAttempt> = attempts.iter().filter(|a| a.kind != UNAVAILABLE).collect();
+    let last_unavailable = attempts.last().is_some_and(|a| a.kind == UNAVAILABLE);
+    let spent = !last_unavailable
+        && (counted.len() >= policy.attempts_max as usize
+            || (Utc::now() - first).to_std().unwrap_or_default() >= policy.total);
+    let delay = unbounded_backoff(policy)
+        .build()
+        .nth(counted.len().saturating_sub(1))
+        .unwrap_or(policy.delay_max);
+    (spent, delay)
+}
+
+/// The kind of a failure that an open circuit breaker refused.
+const UNAVAILABLE: &str = "unavailable";
+
+/// Delete a released record; false when it was gone (another member released it).
+async fn delete_held(tx: &mut PgConnection, seq: i64) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query("DELETE FROM pipeline.parked WHERE seq = $1")
         .bind(seq)
         .execute(&mut *tx)
         .await?;
-    Ok(())
+    Ok(deleted.rows_affected() == 1)
 }

@@ -6,21 +6,26 @@
 //! the order total is above `payment.decline_over_minor` (`amount_over_limit`), or the
 //! customer is listed in `payment.blocked_customers` (`customer_blocked`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use events::{Event, EventBody, EventType, PaymentAuthorized, PaymentDeclined, PaymentVoided};
+use platform::config::CallSettings;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{give_up, HandlerError, Step};
+use crate::give_up::{self, Abandoned};
+use crate::ports::{Answers, BreakerState, Guard};
+use crate::step::{Decider, Decline, Question};
+use crate::HandlerError;
 
 pub const NAME: &str = "payment";
 const SCHEMA: &str = "payment";
 
 /// What the provider is asked to authorize. `idempotency_key` is stable across re-deliveries,
 /// so a provider that honours it never charges twice.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizationRequest {
     pub idempotency_key: Uuid,
     pub customer_id: String,
@@ -103,18 +108,131 @@ impl PaymentProvider for SimulatedProvider {
     }
 }
 
+/// The payment step: its provider, behind a timeout and a circuit breaker.
 pub struct Payment {
     provider: Arc<dyn PaymentProvider>,
+    guard: Guard,
 }
 
 impl Payment {
+    /// With the default call settings (`[payment.calls]`).
     pub fn new(provider: Arc<dyn PaymentProvider>) -> Self {
-        Payment { provider }
+        Payment::with_calls(provider, &CallSettings::default())
+    }
+
+    pub fn with_calls(provider: Arc<dyn PaymentProvider>, calls: &CallSettings) -> Self {
+        Payment {
+            provider,
+            guard: Guard::new("payment provider", calls),
+        }
+    }
+
+    /// The provider's circuit breaker.
+    pub fn breaker(&self) -> BreakerState {
+        self.guard.state()
     }
 }
 
+/// A question to the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Authorize(AuthorizationRequest),
+    Void { reference: String, key: Uuid },
+}
+
+impl Question for Call {
+    fn key(&self) -> Uuid {
+        match self {
+            Call::Authorize(request) => request.idempotency_key,
+            Call::Void { key, .. } => *key,
+        }
+    }
+}
+
+/// The provider's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Authorization(AuthorizationDecision),
+    Voided,
+}
+
+/// Whom to charge for an order, and how much (from its `OrderCreated`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    new: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Authorized,
+    Declined,
+    Voided,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Authorized => "authorized",
+            Status::Declined => "declined",
+            Status::Voided => "voided",
+        }
+    }
+}
+
+/// An order's payment as the decider holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRow {
+    pub payment_id: Uuid,
+    pub customer_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: Status,
+    pub decline_reason: Option<String>,
+    pub provider_reference: Option<String>,
+    changed: bool,
+}
+
+/// A money movement to append to `payment.ledger`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub payment_id: Uuid,
+    pub order_id: String,
+    pub entry: &'static str,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub caused_by: Uuid,
+}
+
+/// The payment state of one batch's orders.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub terms: HashMap<String, Terms>,
+    pub payments: HashMap<String, PaymentRow>,
+    pub abandoned: Abandoned,
+    /// Entries decided in this batch.
+    pub ledger: Vec<Entry>,
+}
+
+type PaymentRecord = (
+    String,
+    Uuid,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
 #[async_trait]
-impl Step for Payment {
+impl Decider for Payment {
+    type State = State;
+    type Question = Call;
+    type Answer = Answer;
+
     fn name(&self) -> &'static str {
         NAME
     }
@@ -126,233 +244,627 @@ impl Step for Payment {
         ) || give_up::is_marker(event_type)
     }
 
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        event: &Event,
-    ) -> Result<Vec<EventBody>, HandlerError> {
-        let order_id = &event.meta.order_id;
-        match &event.body {
-            EventBody::OrderCreated(order) => {
-                let inserted = sqlx::query(
-                    "INSERT INTO payment.orders (order_id, customer_id, amount_minor, currency) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(order_id)
-                .bind(&order.customer_id)
-                .bind(order.total_minor())
-                .bind(&order.currency)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    tracing::warn!(%order_id, "duplicate OrderCreated; the first one stands");
-                }
-                Ok(Vec::new())
-            }
-            EventBody::InventoryReserved(_) => self.authorize(tx, event).await,
-            EventBody::ShipmentFailed(_) => self.void(tx, event, "shipment_failed").await,
-            body => match give_up::reason(body) {
-                Some(reason) => {
-                    give_up::record(tx, SCHEMA, event, reason).await?;
-                    self.void(tx, event, reason).await
-                }
-                None => Ok(Vec::new()),
-            },
-        }
+    fn may_ask(&self, event: &Event) -> bool {
+        matches!(
+            event.event_type(),
+            EventType::InventoryReserved | EventType::ShipmentFailed
+        ) || give_up::is_marker(event.event_type())
     }
-}
 
-impl Payment {
-    async fn authorize(
+    fn service(&self) -> &'static str {
+        self.guard.name()
+    }
+
+    async fn load(
         &self,
-        tx: &mut PgConnection,
-        event: &Event,
-    ) -> Result<Vec<EventBody>, HandlerError> {
-        let order_id = &event.meta.order_id;
-        let order: Option<(String, i64, String)> = sqlx::query_as(
-            "SELECT customer_id, amount_minor, currency FROM payment.orders WHERE order_id = $1",
+        conn: &mut PgConnection,
+        events: &[&Event],
+        lock: bool,
+    ) -> Result<State, HandlerError> {
+        let orders = crate::step::order_ids(events);
+        let terms: Vec<(String, String, i64, String)> = sqlx::query_as(
+            "SELECT order_id, customer_id, amount_minor, currency FROM payment.orders WHERE order_id = ANY($1)",
         )
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
+        .bind(&orders)
+        .fetch_all(&mut *conn)
         .await?;
-        let Some((customer_id, amount_minor, currency)) = order else {
-            return Err(HandlerError::Rule(format!(
-                "InventoryReserved for order {order_id}, whose OrderCreated payment never saw"
-            )));
-        };
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT status FROM payment.payments WHERE order_id = $1")
-                .bind(order_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(status) = existing {
-            return Err(HandlerError::Rule(format!(
-                "order {order_id} already has a payment ({status}); not charging again"
-            )));
-        }
-        let payment_id = events::reply_event_id(event.meta.event_id, "payment-id");
-        if let Some(why) = give_up::abandoned(tx, SCHEMA, order_id).await? {
-            // Given up before payment was asked: never call the provider.
-            tracing::info!(%order_id, reason = %why, "order was given up; not authorizing");
-            sqlx::query(
-                "INSERT INTO payment.payments (payment_id, order_id, customer_id, amount_minor, currency, status, decline_reason)
-                 VALUES ($1, $2, $3, $4, $5, 'declined', $6)",
-            )
-            .bind(payment_id)
-            .bind(order_id)
-            .bind(&customer_id)
-            .bind(amount_minor)
-            .bind(&currency)
-            .bind(give_up::REFUSED)
-            .execute(&mut *tx)
-            .await?;
-            return Ok(vec![EventBody::PaymentDeclined(PaymentDeclined {
-                customer_id,
-                amount_minor,
-                currency,
-                reason: give_up::REFUSED.to_string(),
-            })]);
-        }
-        let request = AuthorizationRequest {
-            idempotency_key: payment_id,
-            customer_id: customer_id.clone(),
-            amount_minor,
-            currency: currency.clone(),
-        };
-        let decision = self.provider.authorize(&request).await?;
-        let (status, entry, reference, decline_reason) = match &decision {
-            AuthorizationDecision::Authorized { provider_reference } => (
-                "authorized",
-                "authorization",
-                Some(provider_reference.clone()),
-                None,
-            ),
-            AuthorizationDecision::Declined { reason } => {
-                ("declined", "decline", None, Some(reason.clone()))
-            }
-        };
-        sqlx::query(
-            "INSERT INTO payment.payments (payment_id, order_id, customer_id, amount_minor, currency, status, decline_reason, provider_reference)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(payment_id)
-        .bind(order_id)
-        .bind(&customer_id)
-        .bind(amount_minor)
-        .bind(&currency)
-        .bind(status)
-        .bind(&decline_reason)
-        .bind(&reference)
-        .execute(&mut *tx)
+        let payments: Vec<PaymentRecord> = sqlx::query_as(if lock {
+            "SELECT order_id, payment_id, customer_id, amount_minor, currency, status, decline_reason,
+                    provider_reference
+             FROM payment.payments WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+        } else {
+            "SELECT order_id, payment_id, customer_id, amount_minor, currency, status, decline_reason,
+                    provider_reference
+             FROM payment.payments WHERE order_id = ANY($1)"
+        })
+        .persistent(false)
+        .bind(&orders)
+        .fetch_all(&mut *conn)
         .await?;
-        ledger(
-            tx,
-            payment_id,
+        let mut state = State {
+            abandoned: Abandoned::load(conn, SCHEMA, &orders).await?,
+            ..State::default()
+        };
+        for (order_id, customer_id, amount_minor, currency) in terms {
+            state.terms.insert(
+                order_id,
+                Terms {
+                    customer_id,
+                    amount_minor,
+                    currency,
+                    new: false,
+                },
+            );
+        }
+        for (
             order_id,
-            entry,
+            payment_id,
+            customer_id,
             amount_minor,
-            &currency,
-            event.meta.event_id,
-        )
-        .await?;
-        Ok(vec![match decision {
-            AuthorizationDecision::Authorized { provider_reference } => {
-                EventBody::PaymentAuthorized(PaymentAuthorized {
+            currency,
+            status,
+            reason,
+            reference,
+        ) in payments
+        {
+            let status = match status.as_str() {
+                "authorized" => Status::Authorized,
+                "declined" => Status::Declined,
+                "voided" => Status::Voided,
+                other => {
+                    return Err(HandlerError::Rule(format!(
+                        "payment.payments holds an unknown status {other:?} for order {order_id}"
+                    )))
+                }
+            };
+            state.payments.insert(
+                order_id,
+                PaymentRow {
                     payment_id,
                     customer_id,
                     amount_minor,
                     currency,
-                    provider_reference,
-                })
-            }
-            AuthorizationDecision::Declined { reason } => {
-                EventBody::PaymentDeclined(PaymentDeclined {
-                    customer_id,
-                    amount_minor,
-                    currency,
-                    reason,
-                })
-            }
-        }])
+                    status,
+                    decline_reason: reason,
+                    provider_reference: reference,
+                    changed: false,
+                },
+            );
+        }
+        Ok(state)
     }
 
-    /// Compensation: void an authorization. Voiding twice, or an order never authorized,
-    /// emits nothing.
-    async fn void(
+    fn decide(
         &self,
-        tx: &mut PgConnection,
+        state: &mut State,
         event: &Event,
-        reason: &str,
-    ) -> Result<Vec<EventBody>, HandlerError> {
-        let order_id = &event.meta.order_id;
-        let row: Option<(Uuid, String, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT payment_id, status, amount_minor, currency, provider_reference FROM payment.payments
-             WHERE order_id = $1 FOR UPDATE",
-        )
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((payment_id, status, amount_minor, currency, reference)) = row else {
-            if give_up::is_marker(event.event_type()) {
-                // Given up before payment was asked: nothing to void.
-                return Ok(Vec::new());
-            }
-            return Err(HandlerError::Rule(format!(
-                "order {order_id} has no payment to void"
-            )));
-        };
-        if status != "authorized" {
-            tracing::info!(%order_id, status, "nothing to void");
-            return Ok(Vec::new());
+        answers: &Answers<Answer>,
+    ) -> Result<Vec<EventBody>, Decline<Call>> {
+        decide(state, event, answers)
+    }
+
+    async fn store(&self, tx: &mut PgConnection, state: &State) -> Result<(), HandlerError> {
+        store(tx, state).await?;
+        Ok(())
+    }
+
+    async fn ask(&self, question: &Call) -> Result<Answer, HandlerError> {
+        match question {
+            Call::Authorize(request) => self
+                .guard
+                .call(request.idempotency_key, self.provider.authorize(request))
+                .await
+                .map(Answer::Authorization),
+            Call::Void { reference, key } => self
+                .guard
+                .call(*key, self.provider.void(reference, *key))
+                .await
+                .map(|()| Answer::Voided),
         }
-        self.provider
-            .void(
-                reference.as_deref().unwrap_or_default(),
-                events::reply_event_id(event.meta.event_id, "payment-void"),
-            )
-            .await?;
-        sqlx::query("UPDATE payment.payments SET status = 'voided', updated_at = now() WHERE payment_id = $1")
-            .bind(payment_id)
-            .execute(&mut *tx)
-            .await?;
-        ledger(
-            tx,
-            payment_id,
-            order_id,
-            "void",
-            -amount_minor,
-            &currency,
-            event.meta.event_id,
-        )
-        .await?;
-        Ok(vec![EventBody::PaymentVoided(PaymentVoided {
-            payment_id,
-            amount_minor,
-            currency,
-            reason: reason.to_string(),
-        })])
     }
 }
 
-async fn ledger(
-    tx: &mut PgConnection,
-    payment_id: Uuid,
-    order_id: &str,
-    entry: &str,
-    amount_minor: i64,
-    currency: &str,
-    caused_by: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO payment.ledger (payment_id, order_id, entry, amount_minor, currency, caused_by) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(payment_id)
-    .bind(order_id)
-    .bind(entry)
-    .bind(amount_minor)
-    .bind(currency)
-    .bind(caused_by)
-    .execute(&mut *tx)
-    .await?;
+/// The payment step's decisions (pure).
+pub fn decide(
+    state: &mut State,
+    event: &Event,
+    answers: &Answers<Answer>,
+) -> Result<Vec<EventBody>, Decline<Call>> {
+    let order_id = &event.meta.order_id;
+    match &event.body {
+        EventBody::OrderCreated(order) => {
+            if state.terms.contains_key(order_id) {
+                tracing::warn!(%order_id, "duplicate OrderCreated; the first one stands");
+            } else {
+                state.terms.insert(
+                    order_id.clone(),
+                    Terms {
+                        customer_id: order.customer_id.clone(),
+                        amount_minor: order.total_minor(),
+                        currency: order.currency.clone(),
+                        new: true,
+                    },
+                );
+            }
+            Ok(Vec::new())
+        }
+        EventBody::InventoryReserved(_) => authorize(state, event, answers),
+        EventBody::ShipmentFailed(_) => void(state, event, "shipment_failed", answers),
+        body => match give_up::reason(body) {
+            Some(reason) => {
+                state.abandoned.note(event, reason);
+                void(state, event, reason, answers)
+            }
+            None => Ok(Vec::new()),
+        },
+    }
+}
+
+fn authorize(
+    state: &mut State,
+    event: &Event,
+    answers: &Answers<Answer>,
+) -> Result<Vec<EventBody>, Decline<Call>> {
+    let order_id = &event.meta.order_id;
+    let Some(terms) = state.terms.get(order_id) else {
+        return Err(Decline::Fail(HandlerError::Rule(format!(
+            "InventoryReserved for order {order_id}, whose OrderCreated payment never saw"
+        ))));
+    };
+    if let Some(payment) = state.payments.get(order_id) {
+        return Err(Decline::Fail(HandlerError::Rule(format!(
+            "order {order_id} already has a payment ({}); not charging again",
+            payment.status.as_str()
+        ))));
+    }
+    let payment_id = events::reply_event_id(event.meta.event_id, "payment-id");
+    let (customer_id, amount_minor, currency) = (
+        terms.customer_id.clone(),
+        terms.amount_minor,
+        terms.currency.clone(),
+    );
+    let mut row = PaymentRow {
+        payment_id,
+        customer_id: customer_id.clone(),
+        amount_minor,
+        currency: currency.clone(),
+        status: Status::Declined,
+        decline_reason: None,
+        provider_reference: None,
+        changed: true,
+    };
+    if state.abandoned.reason(order_id).is_some() {
+        // Given up before payment was asked: never call the provider.
+        row.decline_reason = Some(give_up::REFUSED.to_string());
+        state.payments.insert(order_id.clone(), row);
+        return Ok(vec![EventBody::PaymentDeclined(PaymentDeclined {
+            customer_id,
+            amount_minor,
+            currency,
+            reason: give_up::REFUSED.to_string(),
+        })]);
+    }
+    let decision = match answers.get(payment_id) {
+        None => {
+            return Err(Decline::Ask(Call::Authorize(AuthorizationRequest {
+                idempotency_key: payment_id,
+                customer_id,
+                amount_minor,
+                currency,
+            })))
+        }
+        Some(Err(failure)) => return Err(Decline::Fail(failure.to_error())),
+        Some(Ok(Answer::Authorization(decision))) => decision.clone(),
+        Some(Ok(other)) => {
+            return Err(Decline::Fail(HandlerError::Rule(format!(
+                "the provider answered {other:?} to the authorization of order {order_id}"
+            ))))
+        }
+    };
+    let (entry, reply) = match decision {
+        AuthorizationDecision::Authorized { provider_reference } => {
+            row.status = Status::Authorized;
+            row.provider_reference = Some(provider_reference.clone());
+            (
+                "authorization",
+                EventBody::PaymentAuthorized(PaymentAuthorized {
+                    payment_id,
+                    customer_id,
+                    amount_minor,
+                    currency: currency.clone(),
+                    provider_reference,
+                }),
+            )
+        }
+        AuthorizationDecision::Declined { reason } => {
+            row.decline_reason = Some(reason.clone());
+            (
+                "decline",
+                EventBody::PaymentDeclined(PaymentDeclined {
+                    customer_id,
+                    amount_minor,
+                    currency: currency.clone(),
+                    reason,
+                }),
+            )
+        }
+    };
+    state.payments.insert(order_id.clone(), row);
+    state.ledger.push(Entry {
+        payment_id,
+        order_id: order_id.clone(),
+        entry,
+        amount_minor,
+        currency,
+        caused_by: event.meta.event_id,
+    });
+    Ok(vec![reply])
+}
+
+/// Compensation: void an authorization. Voiding twice, or an order never authorized, emits
+/// nothing.
+fn void(
+    state: &mut State,
+    event: &Event,
+    reason: &str,
+    answers: &Answers<Answer>,
+) -> Result<Vec<EventBody>, Decline<Call>> {
+    let order_id = &event.meta.order_id;
+    let Some(payment) = state.payments.get_mut(order_id) else {
+        if give_up::is_marker(event.event_type()) {
+            // Given up before payment was asked: nothing to void.
+            return Ok(Vec::new());
+        }
+        return Err(Decline::Fail(HandlerError::Rule(format!(
+            "order {order_id} has no payment to void"
+        ))));
+    };
+    if payment.status != Status::Authorized {
+        tracing::info!(%order_id, status = payment.status.as_str(), "nothing to void");
+        return Ok(Vec::new());
+    }
+    let key = events::reply_event_id(event.meta.event_id, "payment-void");
+    match answers.get(key) {
+        None => {
+            return Err(Decline::Ask(Call::Void {
+                reference: payment.provider_reference.clone().unwrap_or_default(),
+                key,
+            }))
+        }
+        Some(Err(failure)) => return Err(Decline::Fail(failure.to_error())),
+        Some(Ok(_)) => {}
+    }
+    payment.status = Status::Voided;
+    payment.changed = true;
+    let (payment_id, amount_minor, currency) = (
+        payment.payment_id,
+        payment.amount_minor,
+        payment.currency.clone(),
+    );
+    state.ledger.push(Entry {
+        payment_id,
+        order_id: order_id.clone(),
+        entry: "void",
+        amount_minor: -amount_minor,
+        currency: currency.clone(),
+        caused_by: event.meta.event_id,
+    });
+    Ok(vec![EventBody::PaymentVoided(PaymentVoided {
+        payment_id,
+        amount_minor,
+        currency,
+        reason: reason.to_string(),
+    })])
+}
+
+/// Write what a batch decided: new terms, new and changed payments, ledger entries, give-ups;
+/// one statement per table.
+async fn store(tx: &mut PgConnection, state: &State) -> Result<(), sqlx::Error> {
+    let new_terms: Vec<(&String, &Terms)> = state.terms.iter().filter(|(_, t)| t.new).collect();
+    if !new_terms.is_empty() {
+        let orders: Vec<&str> = new_terms.iter().map(|(o, _)| o.as_str()).collect();
+        let customers: Vec<&str> = new_terms
+            .iter()
+            .map(|(_, t)| t.customer_id.as_str())
+            .collect();
+        let amounts: Vec<i64> = new_terms.iter().map(|(_, t)| t.amount_minor).collect();
+        let currencies: Vec<&str> = new_terms.iter().map(|(_, t)| t.currency.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO payment.orders (order_id, customer_id, amount_minor, currency)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[])
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(&orders)
+        .bind(&customers)
+        .bind(&amounts)
+        .bind(&currencies)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let changed: Vec<(&String, &PaymentRow)> =
+        state.payments.iter().filter(|(_, p)| p.changed).collect();
+    if !changed.is_empty() {
+        let orders: Vec<&str> = changed.iter().map(|(o, _)| o.as_str()).collect();
+        let ids: Vec<Uuid> = changed.iter().map(|(_, p)| p.payment_id).collect();
+        let customers: Vec<&str> = changed
+            .iter()
+            .map(|(_, p)| p.customer_id.as_str())
+            .collect();
+        let amounts: Vec<i64> = changed.iter().map(|(_, p)| p.amount_minor).collect();
+        let currencies: Vec<&str> = changed.iter().map(|(_, p)| p.currency.as_str()).collect();
+        let statuses: Vec<&str> = changed.iter().map(|(_, p)| p.status.as_str()).collect();
+        let reasons: Vec<Option<&str>> = changed
+            .iter()
+            .map(|(_, p)| p.decline_reason.as_deref())
+            .collect();
+        let references: Vec<Option<&str>> = changed
+            .iter()
+            .map(|(_, p)| p.provider_reference.as_deref())
+            .collect();
+        sqlx::query(
+            "INSERT INTO payment.payments (order_id, payment_id, customer_id, amount_minor, currency, status,
+                                           decline_reason, provider_reference)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[])
+             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()",
+        )
+        .bind(&orders)
+        .bind(&ids)
+        .bind(&customers)
+        .bind(&amounts)
+        .bind(&currencies)
+        .bind(&statuses)
+        .bind(&reasons)
+        .bind(&references)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !state.ledger.is_empty() {
+        let ledger = &state.ledger;
+        let ids: Vec<Uuid> = ledger.iter().map(|e| e.payment_id).collect();
+        let orders: Vec<&str> = ledger.iter().map(|e| e.order_id.as_str()).collect();
+        let entries: Vec<&str> = ledger.iter().map(|e| e.entry).collect();
+        let amounts: Vec<i64> = ledger.iter().map(|e| e.amount_minor).collect();
+        let currencies: Vec<&str> = ledger.iter().map(|e| e.currency.as_str()).collect();
+        let causes: Vec<Uuid> = ledger.iter().map(|e| e.caused_by).collect();
+        // WITH ORDINALITY keeps the entries' ids in decision order.
+        sqlx::query(
+            "INSERT INTO payment.ledger (payment_id, order_id, entry, amount_minor, currency, caused_by)
+             SELECT p, o, e, a, c, b FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                                                 $6::uuid[]) WITH ORDINALITY AS x(p, o, e, a, c, b, n)
+             ORDER BY n",
+        )
+        .bind(&ids)
+        .bind(&orders)
+        .bind(&entries)
+        .bind(&amounts)
+        .bind(&currencies)
+        .bind(&causes)
+        .execute(&mut *tx)
+        .await?;
+    }
+    state.abandoned.store(tx, SCHEMA).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::given::{self, cancel_accepted, created, reserved, ship_failed, timed_out};
+    use crate::ports::Failure;
+
+    fn authorization_key(order: &str) -> Uuid {
+        events::reply_event_id(reserved(order).meta.event_id, "payment-id")
+    }
+
+    fn void_key(event: &Event) -> Uuid {
+        events::reply_event_id(event.meta.event_id, "payment-void")
+    }
+
+    fn authorized_answer(order: &str) -> (Uuid, Result<Answer, Failure>) {
+        (
+            authorization_key(order),
+            Ok(Answer::Authorization(AuthorizationDecision::Authorized {
+                provider_reference: format!("ref-{order}"),
+            })),
+        )
+    }
+
+    fn failure(retryable: bool, unavailable: bool) -> Failure {
+        Failure {
+            service: "payment provider",
+            message: "503".into(),
+            retryable,
+            unavailable,
+        }
+    }
+
+    /// Given answers from the provider, when these events arrive, then these outcomes.
+    #[test]
+    fn decisions() {
+        let step = Payment::new(Arc::new(NoProvider));
+        let void_after_ship = void_key(&ship_failed("o1"));
+        let void_after_timeout = void_key(&timed_out("o1", "shipping"));
+        type Case = (
+            &'static str,
+            Vec<(Uuid, Result<Answer, Failure>)>,
+            Vec<Event>,
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "asks the provider once the stock is reserved",
+                vec![],
+                vec![created("o1", &[("A", 1, 100)], "DE"), reserved("o1")],
+                &["-", "ask"],
+            ),
+            (
+                "authorized",
+                vec![authorized_answer("o1")],
+                vec![created("o1", &[("A", 1, 100)], "DE"), reserved("o1")],
+                &["-", "PaymentAuthorized"],
+            ),
+            (
+                "declined",
+                vec![(
+                    authorization_key("o1"),
+                    Ok(Answer::Authorization(AuthorizationDecision::Declined {
+                        reason: "customer_blocked".into(),
+                    })),
+                )],
+                vec![created("o1", &[("A", 1, 100)], "DE"), reserved("o1")],
+                &["-", "PaymentDeclined"],
+            ),
+            (
+                "the provider failed: retryable",
+                vec![(authorization_key("o1"), Err(failure(true, false)))],
+                vec![created("o1", &[("A", 1, 100)], "DE"), reserved("o1")],
+                &["-", "fail:provider"],
+            ),
+            (
+                "the breaker is open: unavailable",
+                vec![(authorization_key("o1"), Err(failure(true, true)))],
+                vec![created("o1", &[("A", 1, 100)], "DE"), reserved("o1")],
+                &["-", "fail:unavailable"],
+            ),
+            (
+                "reserved for an order payment never saw",
+                vec![],
+                vec![reserved("o1")],
+                &["fail:rule"],
+            ),
+            (
+                "a second authorization is refused",
+                vec![authorized_answer("o1")],
+                vec![
+                    created("o1", &[("A", 1, 100)], "DE"),
+                    reserved("o1"),
+                    given::event("o1", "reserved-again", reserved("o1").body),
+                ],
+                &["-", "PaymentAuthorized", "fail:rule"],
+            ),
+            (
+                "given up before payment: declined without asking",
+                vec![],
+                vec![
+                    created("o1", &[("A", 1, 100)], "DE"),
+                    timed_out("o1", "inventory"),
+                    reserved("o1"),
+                ],
+                &["-", "-", "PaymentDeclined"],
+            ),
+            (
+                "shipment failed: the authorization is voided, once",
+                vec![
+                    authorized_answer("o1"),
+                    (void_after_ship, Ok(Answer::Voided)),
+                ],
+                vec![
+                    created("o1", &[("A", 1, 100)], "DE"),
+                    reserved("o1"),
+                    ship_failed("o1"),
+                    timed_out("o1", "shipping"),
+                ],
+                &["-", "PaymentAuthorized", "PaymentVoided", "-"],
+            ),
+            (
+                "given up after authorization: asks to void",
+                vec![authorized_answer("o1")],
+                vec![
+                    created("o1", &[("A", 1, 100)], "DE"),
+                    reserved("o1"),
+                    timed_out("o1", "shipping"),
+                ],
+                &["-", "PaymentAuthorized", "ask"],
+            ),
+            (
+                "given up after authorization: voided",
+                vec![
+                    authorized_answer("o1"),
+                    (void_after_timeout, Ok(Answer::Voided)),
+                ],
+                vec![
+                    created("o1", &[("A", 1, 100)], "DE"),
+                    reserved("o1"),
+                    timed_out("o1", "shipping"),
+                ],
+                &["-", "PaymentAuthorized", "PaymentVoided"],
+            ),
+            (
+                "cancelled before payment: nothing to void",
+                vec![],
+                vec![created("o1", &[("A", 1, 100)], "DE"), cancel_accepted("o1")],
+                &["-", "-"],
+            ),
+            (
+                "shipment failed for an order without payment",
+                vec![],
+                vec![ship_failed("o1")],
+                &["fail:rule"],
+            ),
+        ];
+        for (name, answers, events, outcomes) in cases {
+            let mut known = Answers::new();
+            for (key, answer) in answers {
+                known.insert(key, answer);
+            }
+            let mut state = State::default();
+            let got = given::run(&step, &mut state, &known, &events);
+            assert_eq!(got, outcomes, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_question_and_the_ledger_carry_the_order_terms() {
+        let mut state = State::default();
+        let order = created("o1", &[("A", 2, 150), ("B", 1, 200)], "DE");
+        decide(&mut state, &order, &Answers::new()).unwrap();
+        // A duplicate OrderCreated changes nothing: the first one stands.
+        let again = given::event("o1", "again", created("o1", &[("A", 9, 1)], "DE").body);
+        decide(&mut state, &again, &Answers::new()).unwrap();
+        let Err(Decline::Ask(Call::Authorize(request))) =
+            decide(&mut state.clone(), &reserved("o1"), &Answers::new())
+        else {
+            panic!("expected a question");
+        };
+        assert_eq!(
+            request,
+            AuthorizationRequest {
+                idempotency_key: authorization_key("o1"),
+                customer_id: "c1".into(),
+                amount_minor: 500,
+                currency: "EUR".into(),
+            }
+        );
+        let mut answers = Answers::new();
+        let (key, answer) = authorized_answer("o1");
+        answers.insert(key, answer);
+        decide(&mut state, &reserved("o1"), &answers).unwrap();
+        let marker = timed_out("o1", "shipping");
+        answers.insert(void_key(&marker), Ok(Answer::Voided));
+        decide(&mut state, &marker, &answers).unwrap();
+        let ledger: Vec<(&str, i64)> = state
+            .ledger
+            .iter()
+            .map(|e| (e.entry, e.amount_minor))
+            .collect();
+        assert_eq!(ledger, [("authorization", 500), ("void", -500)]);
+        assert_eq!(state.payments["o1"].status, Status::Voided);
+        assert_eq!(state.abandoned.reason("o1"), Some("step_timed_out"));
+    }
+
+    struct NoProvider;
+
+    #[async_trait]
+    impl PaymentProvider for NoProvider {
+        async fn authorize(
+            &self,
+            _: &AuthorizationRequest,
+        ) -> Result<AuthorizationDecision, HandlerError> {
+            unreachable!("deciders never call the provider")
+        }
+        async fn void(&self, _: &str, _: Uuid) -> Result<(), HandlerError> {
+            unreachable!("deciders never call the provider")
+        }
+    }
 }

@@ -5,8 +5,6 @@
 //! Only saga steps are redriven; a projection dead-letters nothing but undecodable records.
 
 use anyhow::Context;
-use chrono::Utc;
-use platform::deadletter::{ErrorClass, FailedAttempt};
 use platform::outbox;
 use platform::Settings;
 use rdkafka::message::{OwnedMessage, Timestamp};
@@ -14,8 +12,8 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::runner::{attempt_batch, identity, BatchError, Disposition, Mode};
-use crate::Step;
+use crate::runner::{attempt, failed_attempt, identity, Attempted, BatchError, Disposition, Mode};
+use crate::{HandlerError, Step};
 
 /// What redriving one dead letter did (or would do, in a dry run).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +32,9 @@ pub enum RedriveOutcome {
     AlreadyApplied,
     /// It failed again; the attempt was appended to its history (not in a dry run).
     FailedAgain { error: String },
+    /// Dry run: applying it needs an answer from an outside service, which a dry run does not
+    /// ask.
+    WouldAsk { question: String },
 }
 
 impl std::fmt::Display for RedriveOutcome {
@@ -49,6 +50,12 @@ impl std::fmt::Display for RedriveOutcome {
                 write!(f, "already applied (duplicate), nothing to do")
             }
             RedriveOutcome::FailedAgain { error } => write!(f, "failed again: {error}"),
+            RedriveOutcome::WouldAsk { question } => {
+                write!(
+                    f,
+                    "would call an outside service (not in a dry run): {question}"
+                )
+            }
         }
     }
 }
@@ -88,34 +95,33 @@ pub async fn redrive(
             None,
         );
         let batch = [message];
-        let mut tx = pool.begin().await?;
-        sqlx::query("UPDATE pipeline.dead_letters SET redriven_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let outcome = match attempt_batch(
-            step,
-            &identity,
-            &mut tx,
-            &batch,
-            &Default::default(),
-            Mode::Release,
-        )
-        .await
-        {
-            Ok((done, rows)) if done.dead_lettered == 0 => {
-                let outcome = if done.duplicates > 0 {
-                    RedriveOutcome::AlreadyApplied
-                } else {
-                    RedriveOutcome::Applied {
-                        replies: rows.iter().map(|r| r.record.event_type.clone()).collect(),
+        let no_exclusions = Default::default();
+        let mode = Mode::Redrive {
+            letter: id,
+            dry_run,
+        };
+        let outcome = match attempt(step, &identity, pool, &batch, &no_exclusions, mode).await {
+            Ok(Attempted {
+                mut tx,
+                outcome: done,
+                rows,
+            }) => {
+                let outcome = if done.dead_lettered > 0 {
+                    // Still undecodable: it was dead-lettered again, its history appended.
+                    RedriveOutcome::FailedAgain {
+                        error: last_error(&mut tx, id).await?,
                     }
+                } else {
+                    let outcome = if done.duplicates > 0 {
+                        RedriveOutcome::AlreadyApplied
+                    } else {
+                        RedriveOutcome::Applied {
+                            replies: rows.iter().map(|r| r.record.event_type.clone()).collect(),
+                        }
+                    };
+                    record_outcome(&mut tx, id, &outcome).await?;
+                    outcome
                 };
-                sqlx::query("UPDATE pipeline.dead_letters SET redrive_outcome = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(outcome.to_string())
-                    .execute(&mut *tx)
-                    .await?;
                 if dry_run {
                     tx.rollback().await?;
                 } else {
@@ -124,44 +130,30 @@ pub async fn redrive(
                 }
                 outcome
             }
-            // Still undecodable: attempt_batch dead-lettered it again, appending to its history.
-            Ok((_, rows)) => {
-                let error = last_error(&mut tx, id).await?;
-                if dry_run {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                    outbox::publish(pool, producer, &rows).await?;
+            Err(BatchError::Records(failures)) => {
+                let Some((position, error)) = failures.into_iter().next() else {
+                    anyhow::bail!("redriving dead letter {id}: a failure without a record");
+                };
+                if let (true, HandlerError::Unanswered(question)) = (dry_run, &error) {
+                    reports.push(RedriveReport {
+                        id,
+                        partition,
+                        offset,
+                        outcome: RedriveOutcome::WouldAsk {
+                            question: question.clone(),
+                        },
+                    });
+                    continue;
                 }
-                RedriveOutcome::FailedAgain { error }
-            }
-            Err(BatchError::Record { position, error }) => {
-                tx.rollback().await?;
                 let text = error.to_string();
                 if !dry_run {
-                    let class = if error.is_retryable() {
-                        ErrorClass::Retryable
-                    } else {
-                        ErrorClass::Permanent
-                    };
-                    let attempt = FailedAttempt {
-                        at: Utc::now(),
-                        class,
-                        kind: error.kind().into(),
-                        error: text.clone(),
-                    };
-                    let excluded =
-                        std::iter::once((position, Disposition::DeadLetter(vec![attempt])))
-                            .collect();
-                    let mut tx = pool.begin().await?;
-                    sqlx::query(
-                        "UPDATE pipeline.dead_letters SET redriven_at = now() WHERE id = $1",
-                    )
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    let (_, rows) =
-                        attempt_batch(step, &identity, &mut tx, &batch, &excluded, Mode::Release)
+                    let excluded = std::iter::once((
+                        position,
+                        Disposition::DeadLetter(vec![failed_attempt(&error)]),
+                    ))
+                    .collect();
+                    let Attempted { tx, rows, .. } =
+                        attempt(step, &identity, pool, &batch, &excluded, mode)
                             .await
                             .map_err(|e| anyhow::anyhow!("recording the failed redrive: {e}"))?;
                     tx.commit().await?;
@@ -182,6 +174,20 @@ pub async fn redrive(
         });
     }
     Ok(reports)
+}
+
+/// Note what came of redriving the dead letter.
+async fn record_outcome(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    outcome: &RedriveOutcome,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE pipeline.dead_letters SET redrive_outcome = $2 WHERE id = $1")
+        .bind(id)
+        .bind(outcome.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 async fn last_error(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<String, sqlx::Error> {

@@ -34,6 +34,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::step::ApplyError;
 use crate::{HandlerError, Step};
 
 /// How often a member looks for parked orders whose next attempt is due.
@@ -231,26 +232,59 @@ pub(crate) fn unbounded_backoff(policy: RetryPolicy) -> ExponentialBuilder {
 /// Why an attempt at a batch did not commit.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    /// The handler failed on the record at `position` (partition, offset).
-    #[error("handling the record at partition {} offset {}: {error}", .position.0, .position.1)]
-    Record {
-        position: (i32, i64),
-        error: HandlerError,
-    },
+    /// Deciding these records failed, each at its position (partition, offset); the batch's
+    /// other records were fine.
+    #[error("{}", describe(.0))]
+    Records(Vec<((i32, i64), HandlerError)>),
     /// Infrastructure failed outside any one record (database unreachable, a bug).
     #[error("{0:#}")]
     Batch(#[from] anyhow::Error),
 }
 
+fn describe(failures: &[((i32, i64), HandlerError)]) -> String {
+    failures
+        .iter()
+        .map(|((partition, offset), error)| {
+            format!("handling the record at partition {partition} offset {offset}: {error}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl BatchError {
     fn retryable(&self) -> bool {
         match self {
-            BatchError::Record { error, .. } => error.is_retryable(),
+            BatchError::Records(failures) => failures.iter().all(|(_, e)| e.is_retryable()),
             BatchError::Batch(error) => error
                 .chain()
                 .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
                 .is_some_and(platform::db::is_retryable),
         }
+    }
+}
+
+/// One failed attempt at a record, as its history records it. Every mode classifies here.
+pub fn failed_attempt(error: &HandlerError) -> FailedAttempt {
+    FailedAttempt {
+        at: Utc::now(),
+        class: if error.is_retryable() {
+            ErrorClass::Retryable
+        } else {
+            ErrorClass::Permanent
+        },
+        kind: error.kind().into(),
+        error: error.to_string(),
+    }
+}
+
+/// What the policy does with a record whose handling failed: a permanent failure is
+/// dead-lettered at once; a retryable one parks its order.
+pub fn disposition(error: &HandlerError) -> Disposition {
+    let attempt = failed_attempt(error);
+    if error.is_retryable() {
+        Disposition::Park(vec![attempt])
+    } else {
+        Disposition::DeadLetter(vec![attempt])
     }
 }
 
@@ -272,12 +306,14 @@ pub enum Disposition {
 /// Records to treat specially in the next attempt, by (partition, offset).
 pub type Excluded = HashMap<(i32, i64), Disposition>;
 
-/// Whether an attempt consumes fresh records (and holds those of parked orders) or releases
-/// one parked record (which is, by definition, of a parked order).
+/// Whether an attempt consumes fresh records (and holds those of parked orders), releases one
+/// parked record (which is, by definition, of a parked order), or redrives a dead letter
+/// (closed first, in the same transaction, so that failing again reopens it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Consume,
     Release,
+    Redrive { letter: Uuid, dry_run: bool },
 }
 
 /// Apply `batch`; returns the outcome and the committed outbox rows. A record whose handler
@@ -296,40 +332,27 @@ pub async fn apply_with_retry(
     let mut excluded: Excluded = HashMap::new();
     let mut infra_delays = unbounded_backoff(policy).build();
     loop {
-        let error = match pool.begin().await {
-            Err(e) => BatchError::from(e),
-            Ok(mut tx) => {
-                match attempt_batch(step, identity, &mut tx, batch, &excluded, Mode::Consume).await
-                {
-                    Ok(done) => match tx.commit().await {
-                        Ok(()) => return Ok(done),
-                        Err(e) => BatchError::from(e),
-                    },
-                    // Dropping the transaction rolls it back.
-                    Err(e) => e,
-                }
-            }
-        };
-        let attempt = |error: &HandlerError, class| FailedAttempt {
-            at: Utc::now(),
-            class,
-            kind: error.kind().into(),
-            error: error.to_string(),
+        let error = match attempt(step, identity, pool, batch, &excluded, Mode::Consume).await {
+            Ok(Attempted { tx, outcome, rows }) => match tx.commit().await {
+                Ok(()) => return Ok((outcome, rows)),
+                Err(e) => BatchError::from(e),
+            },
+            Err(e) => e,
         };
         match error {
-            BatchError::Record { position, error } if !error.is_retryable() => {
-                tracing::warn!(step = name, ?position, %error, "permanent failure; dead-lettering the record");
-                excluded.insert(
-                    position,
-                    Disposition::DeadLetter(vec![attempt(&error, ErrorClass::Permanent)]),
-                );
-            }
-            BatchError::Record { position, error } => {
-                tracing::warn!(step = name, ?position, %error, "retryable failure; parking the order");
-                excluded.insert(
-                    position,
-                    Disposition::Park(vec![attempt(&error, ErrorClass::Retryable)]),
-                );
+            BatchError::Records(failures) => {
+                for (position, error) in failures {
+                    let disposition = disposition(&error);
+                    match &disposition {
+                        Disposition::DeadLetter(_) => {
+                            tracing::warn!(step = name, ?position, %error, "permanent failure; dead-lettering the record")
+                        }
+                        Disposition::Park(_) => {
+                            tracing::warn!(step = name, ?position, %error, "retryable failure; parking the order")
+                        }
+                    }
+                    excluded.insert(position, disposition);
+                }
             }
             error if error.retryable() => {
                 if shutdown.is_cancelled() {
@@ -348,6 +371,104 @@ pub async fn apply_with_retry(
             }
         }
     }
+}
+
+/// An applied batch in its open transaction: the caller adds what its mode needs, then
+/// commits (or rolls back, for a dry run).
+pub struct Attempted {
+    pub tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub outcome: BatchOutcome,
+    pub rows: Vec<OutboxRow>,
+}
+
+/// Times a batch is tried again because an answer it needs was not asked before its
+/// transaction (the state moved in between); then the records fail as retryable.
+const ANSWER_ROUNDS: usize = 3;
+
+/// The engine's one way to apply a batch, in every mode: ask the questions its records raise
+/// outside any transaction ([`Step::prepare`]), then open a transaction and apply it
+/// ([`attempt_batch`]). Returns the open transaction.
+pub async fn attempt(
+    step: &dyn Step,
+    identity: &Identity,
+    pool: &PgPool,
+    batch: &[OwnedMessage],
+    excluded: &Excluded,
+    mode: Mode,
+) -> Result<Attempted, BatchError> {
+    // A dry run calls no one: a decision that needs an answer fails as unanswered.
+    let asks = !matches!(mode, Mode::Redrive { dry_run: true, .. });
+    let mut round = 0;
+    loop {
+        round += 1;
+        if asks {
+            ask_first(step, identity, pool, batch, excluded, mode).await?;
+        }
+        let mut tx = pool.begin().await?;
+        match attempt_batch(step, identity, &mut tx, batch, excluded, mode).await {
+            Ok((outcome, rows)) => return Ok(Attempted { tx, outcome, rows }),
+            Err(BatchError::Records(failures))
+                if asks
+                    && round < ANSWER_ROUNDS
+                    && failures
+                        .iter()
+                        .any(|(_, e)| matches!(e, HandlerError::Unanswered(_))) =>
+            {
+                tracing::debug!(
+                    step = identity.name,
+                    "answers missing after prepare; asking again"
+                );
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Ask the step's ports what the batch's records (those it would handle) need to know.
+async fn ask_first(
+    step: &dyn Step,
+    identity: &Identity,
+    pool: &PgPool,
+    batch: &[OwnedMessage],
+    excluded: &Excluded,
+    mode: Mode,
+) -> Result<(), BatchError> {
+    let events: Vec<Event> = batch
+        .iter()
+        .filter(|m| !excluded.contains_key(&(m.partition(), m.offset())))
+        .filter_map(|m| events::decode(m.payload()?).ok())
+        .filter(|e| step.wants(e.event_type()))
+        .collect();
+    if !events.iter().any(|e| step.may_ask(e)) {
+        return Ok(());
+    }
+    let parked = match mode {
+        Mode::Consume => {
+            let mut conn = pool.acquire().await?;
+            crate::parking::parked_orders(
+                &mut conn,
+                identity.name,
+                events.iter().map(|e| e.meta.order_id.as_str()),
+            )
+            .await?
+        }
+        Mode::Release | Mode::Redrive { .. } => HashSet::new(),
+    };
+    let events: Vec<&Event> = events
+        .iter()
+        .filter(|e| !parked.contains(&e.meta.order_id))
+        .collect();
+    let calls = step
+        .prepare(pool, &events)
+        .await
+        .map_err(|error| match error {
+            HandlerError::Database(e) => BatchError::from(e),
+            other => BatchError::Batch(anyhow::Error::new(other)),
+        })?;
+    if calls > 0 {
+        tracing::debug!(step = identity.name, calls, "asked the step's ports");
+    }
+    Ok(())
 }
 
 /// One attempt at a batch inside `tx`; the caller commits or rolls back.
@@ -396,6 +517,10 @@ pub async fn attempt_batch(
             .await?
         }
         Mode::Release => HashSet::new(),
+        Mode::Redrive { letter, .. } => {
+            platform::deadletter::mark_redriven(tx, letter).await?;
+            HashSet::new()
+        }
     };
     // Dead-lettered and held records stay out of the inbox, so that they can still be applied.
     let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(wanted.len());
@@ -430,16 +555,19 @@ pub async fn attempt_batch(
         keep
     });
     let events: Vec<&Event> = to_handle.iter().map(|(_, event)| *event).collect();
-    let bodies = step
-        .handle_batch(tx, &events)
-        .await
-        .map_err(|(index, error)| {
-            let message = to_handle[index.min(to_handle.len().saturating_sub(1))].0;
-            BatchError::Record {
-                position: (message.partition(), message.offset()),
-                error,
-            }
-        })?;
+    let bodies = step.apply(tx, &events).await.map_err(|error| match error {
+        ApplyError::Events(failures) => BatchError::Records(
+            failures
+                .into_iter()
+                .map(|(index, error)| {
+                    let message = to_handle[index.min(to_handle.len().saturating_sub(1))].0;
+                    ((message.partition(), message.offset()), error)
+                })
+                .collect(),
+        ),
+        ApplyError::State(HandlerError::Database(e)) => BatchError::from(e),
+        ApplyError::State(other) => BatchError::Batch(anyhow::Error::new(other)),
+    })?;
     let now = Utc::now();
     for (event, bodies) in events.iter().zip(bodies) {
         outcome.applied += 1;

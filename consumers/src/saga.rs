@@ -18,7 +18,9 @@ use platform::outbox::{self, OutboxRecord, OutboxRow};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::{HandlerError, Step};
+use crate::ports::Answers;
+use crate::step::{Decider, Decline, Never};
+use crate::HandlerError;
 use machine::{decide, time_out, Command, SagaState};
 
 pub const NAME: &str = "saga";
@@ -40,7 +42,8 @@ impl OrderSaga {
 }
 
 /// One order's saga row, as loaded and as it will be stored.
-struct Entry {
+#[derive(Debug, Clone)]
+pub struct Entry {
     state: SagaState,
     customer_id: String,
     total_minor: i64,
@@ -111,8 +114,15 @@ fn entry_from_row(row: Row) -> Result<(String, Entry), HandlerError> {
     ))
 }
 
+/// The saga state of one batch's orders.
+pub type State = HashMap<String, Entry>;
+
 #[async_trait]
-impl Step for OrderSaga {
+impl Decider for OrderSaga {
+    type State = State;
+    type Question = Never;
+    type Answer = ();
+
     fn name(&self) -> &'static str {
         NAME
     }
@@ -128,127 +138,127 @@ impl Step for OrderSaga {
         )
     }
 
-    async fn handle(
+    async fn load(
         &self,
-        tx: &mut PgConnection,
-        event: &Event,
-    ) -> Result<Vec<EventBody>, HandlerError> {
-        let mut replies = self
-            .handle_batch(tx, &[event])
-            .await
-            .map_err(|(_, error)| error)?;
-        Ok(replies.pop().unwrap_or_default())
-    }
-
-    async fn handle_batch(
-        &self,
-        tx: &mut PgConnection,
+        conn: &mut PgConnection,
         events: &[&Event],
-    ) -> Result<Vec<Vec<EventBody>>, (usize, HandlerError)> {
-        let mut order_ids: Vec<&str> = events.iter().map(|e| e.meta.order_id.as_str()).collect();
-        order_ids.sort_unstable();
-        order_ids.dedup();
+        lock: bool,
+    ) -> Result<State, HandlerError> {
+        let order_ids = crate::step::order_ids(events);
         // Sorted ids, so that concurrent members (and the deadline check) lock rows in the
         // same order. Planned per call: a generic plan cached while the table was small would
         // keep scanning it whole as it grows.
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "{SELECT_ROWS} WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
-        ))
-        .persistent(false)
-        .bind(&order_ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| (0, e.into()))?;
-        let mut entries: HashMap<String, Entry> = HashMap::with_capacity(order_ids.len());
+        let lock = if lock {
+            " ORDER BY order_id FOR UPDATE"
+        } else {
+            ""
+        };
+        let rows: Vec<Row> =
+            sqlx::query_as(&format!("{SELECT_ROWS} WHERE order_id = ANY($1){lock}"))
+                .persistent(false)
+                .bind(&order_ids)
+                .fetch_all(&mut *conn)
+                .await?;
+        let mut entries: State = HashMap::with_capacity(order_ids.len());
         for row in rows {
-            let (order_id, entry) = entry_from_row(row).map_err(|e| (0, e))?;
+            let (order_id, entry) = entry_from_row(row)?;
             entries.insert(order_id, entry);
         }
+        Ok(entries)
+    }
 
-        let mut replies = Vec::with_capacity(events.len());
-        for event in events {
-            let order_id = &event.meta.order_id;
-            let transition = match decide(entries.get(order_id).map(|e| &e.state), &event.body) {
-                Ok(transition) => transition,
-                Err(ignored) => {
-                    tracing::info!(%order_id, event_type = %event.event_type(), reason = %ignored, "saga ignored event");
-                    replies.push(Vec::new());
-                    continue;
-                }
-            };
-            let mut total_minor = 0;
-            let mut currency = String::new();
-            if let Some(next) = transition.next {
-                let entry = match (entries.get_mut(order_id), &event.body) {
-                    (Some(entry), _) => entry,
-                    (None, EventBody::OrderCreated(order)) => {
-                        entries.entry(order_id.clone()).or_insert(Entry {
-                            state: SagaState::AwaitingInventory,
-                            customer_id: order.customer_id.clone(),
-                            total_minor: order.total_minor(),
-                            currency: order.currency.clone(),
-                            correlation_id: Some(event.meta.correlation_id),
-                            deadline: None,
-                            attempts: 0,
-                            last_event_type: "",
-                            last_event_id: event.meta.event_id,
-                            last_event_at: None,
-                            changed: true,
-                        })
-                    }
-                    // decide() starts a saga only from OrderCreated.
-                    (None, _) => {
-                        replies.push(Vec::new());
-                        continue;
-                    }
-                };
-                // A new wait starts a new deadline, counted from the event that started it.
-                let moved = next.name() != entry.state.name()
-                    || matches!(event.body, EventBody::OrderCreated(_));
-                if moved {
-                    entry.deadline = self.deadline(&next, event.meta.occurred_at);
-                }
-                entry.state = next;
-                entry.last_event_type = event.event_type().as_str();
-                entry.last_event_id = event.meta.event_id;
-                entry.last_event_at = Some(event.meta.occurred_at);
-                entry.changed = true;
-                total_minor = entry.total_minor;
-                currency = entry.currency.clone();
-            }
-            replies.push(
-                transition
-                    .commands
-                    .into_iter()
-                    .map(|command| match command {
-                        Command::Complete => EventBody::OrderCompleted(OrderCompleted {
-                            total_minor,
-                            currency: currency.clone(),
-                        }),
-                        Command::Cancel { reason, detail } => {
-                            EventBody::OrderCancelled(OrderCancelled { reason, detail })
-                        }
-                        Command::AcceptCancellation {
-                            reason,
-                            requested_by,
-                        } => EventBody::OrderCancellationAccepted(OrderCancellationAccepted {
-                            reason,
-                            requested_by,
-                        }),
-                        Command::RejectCancellation { reason, detail } => {
-                            EventBody::OrderCancellationRejected(OrderCancellationRejected {
-                                reason,
-                                detail,
-                            })
-                        }
-                    })
-                    .collect(),
-            );
-        }
-        store(tx, &entries).await.map_err(|e| (0, e.into()))?;
-        Ok(replies)
+    fn decide(
+        &self,
+        entries: &mut State,
+        event: &Event,
+        _answers: &Answers<()>,
+    ) -> Result<Vec<EventBody>, Decline<Never>> {
+        Ok(self.apply(entries, event))
+    }
+
+    async fn store(&self, tx: &mut PgConnection, entries: &State) -> Result<(), HandlerError> {
+        store(tx, entries).await?;
+        Ok(())
     }
 }
+
+impl OrderSaga {
+    /// Apply one event to the batch's saga state; the saga's replies.
+    pub fn apply(&self, entries: &mut State, event: &Event) -> Vec<EventBody> {
+        let order_id = &event.meta.order_id;
+        let transition = match decide(entries.get(order_id).map(|e| &e.state), &event.body) {
+            Ok(transition) => transition,
+            Err(ignored) => {
+                tracing::info!(%order_id, event_type = %event.event_type(), reason = %ignored, "saga ignored event");
+                return Vec::new();
+            }
+        };
+        let mut total_minor = 0;
+        let mut currency = String::new();
+        if let Some(next) = transition.next {
+            let entry = match (entries.get_mut(order_id), &event.body) {
+                (Some(entry), _) => entry,
+                (None, EventBody::OrderCreated(order)) => {
+                    entries.entry(order_id.clone()).or_insert(Entry {
+                        state: SagaState::AwaitingInventory,
+                        customer_id: order.customer_id.clone(),
+                        total_minor: order.total_minor(),
+                        currency: order.currency.clone(),
+                        correlation_id: Some(event.meta.correlation_id),
+                        deadline: None,
+                        attempts: 0,
+                        last_event_type: "",
+                        last_event_id: event.meta.event_id,
+                        last_event_at: None,
+                        changed: true,
+                    })
+                }
+                // decide() starts a saga only from OrderCreated.
+                (None, _) => return Vec::new(),
+            };
+            // A new wait starts a new deadline, counted from the event that started it.
+            let moved = next.name() != entry.state.name()
+                || matches!(event.body, EventBody::OrderCreated(_));
+            if moved {
+                entry.deadline = self.deadline(&next, event.meta.occurred_at);
+            }
+            entry.state = next;
+            entry.last_event_type = event.event_type().as_str();
+            entry.last_event_id = event.meta.event_id;
+            entry.last_event_at = Some(event.meta.occurred_at);
+            entry.changed = true;
+            total_minor = entry.total_minor;
+            currency = entry.currency.clone();
+        }
+        transition
+            .commands
+            .into_iter()
+            .map(|command| match command {
+                Command::Complete => EventBody::OrderCompleted(OrderCompleted {
+                    total_minor,
+                    currency: currency.clone(),
+                }),
+                Command::Cancel { reason, detail } => {
+                    EventBody::OrderCancelled(OrderCancelled { reason, detail })
+                }
+                Command::AcceptCancellation {
+                    reason,
+                    requested_by,
+                } => EventBody::OrderCancellationAccepted(OrderCancellationAccepted {
+                    reason,
+                    requested_by,
+                }),
+                Command::RejectCancellation { reason, detail } => {
+                    EventBody::OrderCancellationRejected(OrderCancellationRejected {
+                        reason,
+                        detail,
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
 async fn store(tx: &mut PgConnection, entries: &HashMap<String, Entry>) -> Result<(), sqlx::Error> {
     let changed: Vec<(&String, &Entry)> = entries.iter().filter(|(_, e)| e.changed).collect();
     if changed.is_empty() {

@@ -53,16 +53,22 @@ impl Component {
 /// The step behind a component, wired to the simulated providers configured in `settings`.
 pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<Arc<dyn Step>> {
     Some(match component {
-        Component::Inventory => Arc::new(Inventory::new()),
-        Component::Payment => Arc::new(Payment::new(Arc::new(SimulatedProvider::new(
-            pool.clone(),
-            settings.payment.decline_over_minor,
-        )))),
-        Component::Shipping => Arc::new(Shipping::new(Arc::new(SimulatedCarrier::new(
-            settings.shipping.carrier.clone(),
-            settings.shipping.unserved_countries.clone(),
-        )))),
-        Component::Saga => Arc::new(OrderSaga::new(settings.saga.clone())),
+        Component::Inventory => consumers::step(Inventory::new()),
+        Component::Payment => consumers::step(Payment::with_calls(
+            Arc::new(SimulatedProvider::new(
+                pool.clone(),
+                settings.payment.decline_over_minor,
+            )),
+            &settings.payment.calls,
+        )),
+        Component::Shipping => consumers::step(Shipping::with_calls(
+            Arc::new(SimulatedCarrier::new(
+                settings.shipping.carrier.clone(),
+                settings.shipping.unserved_countries.clone(),
+            )),
+            &settings.shipping.calls,
+        )),
+        Component::Saga => consumers::step(OrderSaga::new(settings.saga.clone())),
         Component::Projections | Component::Archiver => return None,
     })
 }

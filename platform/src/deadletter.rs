@@ -200,3 +200,13 @@ pub async fn dead_letter(
         .await?
         .pop())
 }
+
+/// Close dead letter `id` as redriven (a failure of the redrive reopens it, see
+/// [`dead_letter`]).
+pub async fn mark_redriven(tx: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE pipeline.dead_letters SET redriven_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}

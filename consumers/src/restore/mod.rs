@@ -20,8 +20,6 @@ mod recorded;
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use platform::deadletter::{ErrorClass, FailedAttempt};
 use platform::Settings;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -30,7 +28,7 @@ use uuid::Uuid;
 
 use crate::inventory::Inventory;
 use crate::payment::Payment;
-use crate::runner::{self, attempt_batch, BatchError, Disposition, Excluded, Identity, Mode};
+use crate::runner::{self, attempt, disposition, Attempted, BatchError, Excluded, Identity, Mode};
 use crate::saga::{self, OrderSaga};
 use crate::shipping::Shipping;
 use crate::{HandlerError, Step};
@@ -69,17 +67,17 @@ impl StepReplay {
     pub fn new(settings: &Settings, recorded: Recorded) -> StepReplay {
         let recorded = Arc::new(recorded);
         let steps: Vec<Arc<dyn Step>> = vec![
-            Arc::new(Inventory::replaying(Arc::new(
+            crate::step(Inventory::replaying(Arc::new(
                 recorded.reservations.clone(),
             ))),
-            Arc::new(Payment::new(Arc::new(RecordedProvider {
+            crate::step(Payment::new(Arc::new(RecordedProvider {
                 recorded: recorded.clone(),
             }))),
-            Arc::new(Shipping::new(Arc::new(RecordedCarrier {
+            crate::step(Shipping::new(Arc::new(RecordedCarrier {
                 name: settings.shipping.carrier.clone(),
                 recorded: recorded.clone(),
             }))),
-            Arc::new(OrderSaga::new(settings.saga.clone())),
+            crate::step(OrderSaga::new(settings.saga.clone())),
         ];
         StepReplay {
             steps: steps
@@ -193,18 +191,21 @@ async fn apply_step(
     let (mut start, mut end) = (0, batch.len());
     while start < batch.len() {
         let slice = &batch[start..end];
-        let mut tx = pool.begin().await?;
-        let attempt = attempt_batch(
+        let tried = attempt(
             replayed.step.as_ref(),
             &replayed.identity,
-            &mut tx,
+            pool,
             slice,
             &excluded,
             Mode::Consume,
         )
         .await;
-        let (position, error) = match attempt {
-            Ok((outcome, rows)) => {
+        let failures = match tried {
+            Ok(Attempted {
+                mut tx,
+                outcome,
+                rows,
+            }) => {
                 let mut archived = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let record = &row.record;
@@ -238,42 +239,34 @@ async fn apply_step(
                 (start, end) = (end, batch.len());
                 continue;
             }
-            Err(BatchError::Record { position, error }) => (position, error),
+            Err(BatchError::Records(failures)) => failures,
             Err(BatchError::Batch(error)) => {
                 return Err(error.context(format!("{name} cannot replay a batch")))
             }
         };
-        drop(tx);
-        if let Some(i) = slice
-            .iter()
-            .position(|m| (m.partition(), m.offset()) == position)
-        {
-            end = start + i + 1;
+        // Every failure of the attempt is known: the next attempt sets them all aside and
+        // ends right after the last one, so what precedes it commits once.
+        let mut last = start;
+        for (position, error) in failures {
+            if let Some(i) = slice
+                .iter()
+                .position(|m| (m.partition(), m.offset()) == position)
+            {
+                last = last.max(start + i + 1);
+            }
+            match &error {
+                HandlerError::Diverged(_) | HandlerError::Database(_) => anyhow::bail!(
+                    "{name} cannot replay the record at partition {} offset {}: {error}",
+                    position.0,
+                    position.1
+                ),
+                _ => {
+                    excluded.insert(position, disposition(&error));
+                }
+            }
         }
-        let attempt = |class| FailedAttempt {
-            at: Utc::now(),
-            class,
-            kind: error.kind().into(),
-            error: error.to_string(),
-        };
-        match &error {
-            HandlerError::Diverged(_) | HandlerError::Database(_) => anyhow::bail!(
-                "{name} cannot replay the record at partition {} offset {}: {error}",
-                position.0,
-                position.1
-            ),
-            e if e.is_retryable() => {
-                excluded.insert(
-                    position,
-                    Disposition::Park(vec![attempt(ErrorClass::Retryable)]),
-                );
-            }
-            _ => {
-                excluded.insert(
-                    position,
-                    Disposition::DeadLetter(vec![attempt(ErrorClass::Permanent)]),
-                );
-            }
+        if last > start {
+            end = last;
         }
     }
     Ok(())

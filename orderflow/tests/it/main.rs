@@ -5,6 +5,7 @@
 mod analytics;
 mod archive;
 mod bench;
+mod breaker;
 mod check;
 mod cli;
 mod deadletters;

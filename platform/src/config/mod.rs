@@ -173,6 +173,33 @@ impl ConsumerSettings {
 pub struct PaymentSettings {
     /// Orders whose total is above this many minor units are declined (`amount_over_limit`).
     pub decline_over_minor: i64,
+    /// Timeout and circuit breaker of calls to the provider (`[payment.calls]`).
+    #[serde(default)]
+    pub calls: CallSettings,
+}
+
+/// How a step calls an outside service: each call is bounded by `timeout_ms`;
+/// `breaker_failures` failed calls (timeouts, retryable errors) within `breaker_window_ms` open
+/// the circuit breaker, which then refuses calls at once (the orders park) until, after
+/// `breaker_open_ms`, one probe call goes through and closes it again if it succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallSettings {
+    pub timeout_ms: u64,
+    pub breaker_failures: u32,
+    pub breaker_window_ms: u64,
+    pub breaker_open_ms: u64,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            timeout_ms: 5_000,
+            breaker_failures: 5,
+            breaker_window_ms: 10_000,
+            breaker_open_ms: 5_000,
+        }
+    }
 }
 
 /// Rules of the simulated carrier.
@@ -182,6 +209,9 @@ pub struct ShippingSettings {
     pub carrier: String,
     /// ISO country codes the carrier does not deliver to (`destination_not_served`).
     pub unserved_countries: Vec<String>,
+    /// Timeout and circuit breaker of calls to the carrier (`[shipping.calls]`).
+    #[serde(default)]
+    pub calls: CallSettings,
 }
 
 /// Deadlines of the order saga. A step that has not answered `<step>_timeout_ms` after the
@@ -266,10 +296,12 @@ impl Default for Settings {
             },
             payment: PaymentSettings {
                 decline_over_minor: 500_000,
+                calls: CallSettings::default(),
             },
             shipping: ShippingSettings {
                 carrier: "simulated-post".into(),
                 unserved_countries: vec!["AQ".into()],
+                calls: CallSettings::default(),
             },
             saga: SagaSettings {
                 inventory_timeout_ms: 300_000,
