@@ -782,7 +782,7 @@ mod tests {
             &Inventory::replaying(Arc::new(recorded.clone())),
             &mut state,
             &Answers::new(),
-            &[order.clone()],
+            std::slice::from_ref(&order),
         );
         assert_eq!(got, ["fail:diverged"]);
         let mut state = State::with_stock(&[("A", 2)]);

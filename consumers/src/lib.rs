@@ -3,18 +3,20 @@
 //!
 //! A step is a [`Decider`]: a pure function from the state of a batch's orders, the batch's
 //! events and the answers of its ports (payment provider, carrier) to new state and reply
-//! events, plus how that state is loaded and stored (one statement per table). The engine
-//! ([`runner`], with [`parking`], [`redrive`] and [`restore`] as its other modes) owns
+//! events, plus how that state is loaded and stored (one statement per table). The [`engine`]
+//! (live in [`runner`]; [`parking`], [`redrive`] and [`restore`] are its other modes) owns
 //! everything else: batching, asking the ports outside any transaction ([`ports`]: timeouts,
 //! circuit breakers), the inbox, the outbox, publishing, offset commits and the failure
 //! policy. Steps never touch Kafka.
 
 pub mod audit;
+pub mod engine;
 pub mod error;
 pub mod give_up;
 #[cfg(test)]
 mod given;
 pub mod inventory;
+pub mod parked;
 pub mod parking;
 pub mod payment;
 pub mod ports;

@@ -9,8 +9,6 @@
 //! rows are in Postgres, so a parked order survives a restart, and any member of the step
 //! may release it.
 
-use std::collections::HashSet;
-
 use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use platform::config::RetryPolicy;
@@ -18,67 +16,12 @@ use platform::deadletter::FailedAttempt;
 use platform::outbox;
 use rdkafka::message::{OwnedMessage, Timestamp};
 use rdkafka::producer::FutureProducer;
-use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
 
-use crate::runner::{
+use crate::engine::{
     attempt, failed_attempt, unbounded_backoff, Attempted, BatchError, Disposition, Identity, Mode,
 };
 use crate::Step;
-
-/// Which of `orders` are parked for `step`.
-pub async fn parked_orders<'a>(
-    tx: &mut PgConnection,
-    step: &str,
-    orders: impl Iterator<Item = &'a str>,
-) -> Result<HashSet<String>, sqlx::Error> {
-    let mut orders: Vec<&str> = orders.collect();
-    if orders.is_empty() {
-        return Ok(HashSet::new());
-    }
-    orders.sort_unstable();
-    orders.dedup();
-    let parked: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT order_id FROM pipeline.parked WHERE step = $1 AND order_id = ANY($2)",
-    )
-    .bind(step)
-    .bind(&orders)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(parked.into_iter().collect())
-}
-
-/// Store `message` behind the order's other held events. `history` is non-empty for the event
-/// that failed (it is retried first), empty for events held behind it.
-pub async fn hold(
-    tx: &mut PgConnection,
-    step: &str,
-    order_id: &str,
-    message: &OwnedMessage,
-    history: &[FailedAttempt],
-) -> Result<(), sqlx::Error> {
-    let first_failed_at = history.first().map(|a| a.at);
-    tracing::info!(step, %order_id, partition = message.partition(), offset = message.offset(), "event held: order parked");
-    sqlx::query(
-        "INSERT INTO pipeline.parked (step, order_id, topic, partition, \"offset\", record_key, payload, attempts, history,
-                                      first_failed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (step, topic, partition, \"offset\") DO NOTHING",
-    )
-    .bind(step)
-    .bind(order_id)
-    .bind(message.topic())
-    .bind(message.partition())
-    .bind(message.offset())
-    .bind(message.key())
-    .bind(message.payload().unwrap_or_default())
-    .bind(i32::try_from(history.len()).unwrap_or(i32::MAX))
-    .bind(serde_json::to_value(history).unwrap_or_default())
-    .bind(first_failed_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
 
 type HeldRow = (
     i64,

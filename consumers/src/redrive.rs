@@ -12,7 +12,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::runner::{attempt, failed_attempt, identity, Attempted, BatchError, Disposition, Mode};
+use crate::engine::{attempt, failed_attempt, identity, Attempted, BatchError, Disposition, Mode};
 use crate::{HandlerError, Step};
 
 /// What redriving one dead letter did (or would do, in a dry run).

@@ -26,9 +26,9 @@ use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::engine::{self, attempt, disposition, Attempted, BatchError, Excluded, Identity, Mode};
 use crate::inventory::Inventory;
 use crate::payment::Payment;
-use crate::runner::{self, attempt, disposition, Attempted, BatchError, Excluded, Identity, Mode};
 use crate::saga::{self, OrderSaga};
 use crate::shipping::Shipping;
 use crate::{HandlerError, Step};
@@ -83,7 +83,7 @@ impl StepReplay {
             steps: steps
                 .into_iter()
                 .map(|step| Replayed {
-                    identity: runner::identity(step.as_ref(), settings),
+                    identity: engine::identity(step.as_ref(), settings),
                     step,
                     totals: StepTotals::default(),
                 })

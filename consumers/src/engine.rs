@@ -1,0 +1,505 @@
+//! The batch engine: the one way records become exactly-once effects, in every mode — live
+//! consumption ([`crate::runner`]), the parking releaser ([`crate::parking`]), redrive and dry
+//! run ([`crate::redrive`]) and restore ([`crate::restore`]).
+//!
+//! For each bounded batch: the questions its records raise for the step's ports (payment
+//! provider, carrier) are asked first, outside any transaction ([`Step::prepare`]). Then, in
+//! one Postgres transaction: the ids of the wanted events go into the step's inbox (a repeat
+//! is skipped); the step loads the state of the batch's orders, decides every new event in
+//! memory and stores what changed ([`Step::apply`]); the replies go into the outbox; records
+//! that cannot be applied are dead-lettered (table and dead-letter topic, through the same
+//! outbox) or held behind their parked order. The caller commits, publishes the outbox rows,
+//! and only then commits the batch's offsets. A crash at any point re-delivers the batch and
+//! the inbox absorbs what was already applied.
+//!
+//! Failures are classified once, here ([`disposition`]): a permanent one dead-letters its
+//! record on the first attempt; a retryable one parks the record's order (the releaser retries
+//! it with backoff until the step's retry budget is spent; an open circuit breaker spends
+//! none). Every failure of a batch is known after one attempt: the next one sets them all
+//! aside. A failure that names no record (the database is down) is retried without limit:
+//! nothing can be recorded until it is back.
+
+use std::collections::{HashMap, HashSet};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use events::Event;
+use platform::config::RetryPolicy;
+use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt};
+use platform::outbox::{self, OutboxRecord, OutboxRow};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use platform::Settings;
+
+use crate::step::ApplyError;
+use crate::{HandlerError, Step};
+
+/// What one batch did, for logs, metrics and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub ignored: usize,
+    pub dead_lettered: usize,
+    /// Records held because their order is parked (or parked by this batch).
+    pub parked: usize,
+    pub replies: usize,
+}
+
+/// Names a step runs under: its component name (inbox, outbox, dead letters) and its group.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: &'static str,
+    pub group: String,
+    pub topic: String,
+}
+
+/// The names `step` runs under with `settings`.
+pub fn identity(step: &dyn Step, settings: &Settings) -> Identity {
+    Identity {
+        name: step.name(),
+        group: settings.group_id(step.name()),
+        topic: settings.kafka.topic.clone(),
+    }
+}
+
+pub fn unbounded_backoff(policy: RetryPolicy) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(policy.delay_min)
+        .with_max_delay(policy.delay_max)
+        .with_jitter()
+        .without_max_times()
+}
+
+/// Why an attempt at a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Deciding these records failed, each at its position (partition, offset); the batch's
+    /// other records were fine.
+    #[error("{}", describe(.0))]
+    Records(Vec<((i32, i64), HandlerError)>),
+    /// Infrastructure failed outside any one record (database unreachable, a bug).
+    #[error("{0:#}")]
+    Batch(#[from] anyhow::Error),
+}
+
+fn describe(failures: &[((i32, i64), HandlerError)]) -> String {
+    failures
+        .iter()
+        .map(|((partition, offset), error)| {
+            format!("handling the record at partition {partition} offset {offset}: {error}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl BatchError {
+    fn retryable(&self) -> bool {
+        match self {
+            BatchError::Records(failures) => failures.iter().all(|(_, e)| e.is_retryable()),
+            BatchError::Batch(error) => error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+                .is_some_and(platform::db::is_retryable),
+        }
+    }
+}
+
+/// One failed attempt at a record, as its history records it. Every mode classifies here.
+pub fn failed_attempt(error: &HandlerError) -> FailedAttempt {
+    FailedAttempt {
+        at: Utc::now(),
+        class: if error.is_retryable() {
+            ErrorClass::Retryable
+        } else {
+            ErrorClass::Permanent
+        },
+        kind: error.kind().into(),
+        error: error.to_string(),
+    }
+}
+
+/// What the policy does with a record whose handling failed: a permanent failure is
+/// dead-lettered at once; a retryable one parks its order.
+pub fn disposition(error: &HandlerError) -> Disposition {
+    let attempt = failed_attempt(error);
+    if error.is_retryable() {
+        Disposition::Park(vec![attempt])
+    } else {
+        Disposition::DeadLetter(vec![attempt])
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        BatchError::Batch(anyhow::Error::new(error))
+    }
+}
+
+/// What the next attempt does with a record instead of handling it.
+#[derive(Debug, Clone)]
+pub enum Disposition {
+    /// Dead-letter it with these failed attempts.
+    DeadLetter(Vec<FailedAttempt>),
+    /// Park its order, with this first failed attempt; later events of the order wait behind.
+    Park(Vec<FailedAttempt>),
+}
+
+/// Records to treat specially in the next attempt, by (partition, offset).
+pub type Excluded = HashMap<(i32, i64), Disposition>;
+
+/// Whether an attempt consumes fresh records (and holds those of parked orders), releases one
+/// parked record (which is, by definition, of a parked order), or redrives a dead letter
+/// (closed first, in the same transaction, so that failing again reopens it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Consume,
+    Release,
+    Redrive { letter: Uuid, dry_run: bool },
+}
+
+/// Apply `batch`; returns the outcome and the committed outbox rows. A record whose handler
+/// fails permanently is dead-lettered; one that fails with a retryable error parks its order
+/// (the [`crate::parking`] releaser retries it with backoff). Failures that name no record
+/// are retried here without limit.
+pub async fn apply_with_retry(
+    step: &dyn Step,
+    identity: &Identity,
+    pool: &PgPool,
+    batch: &[OwnedMessage],
+    policy: RetryPolicy,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(BatchOutcome, Vec<OutboxRow>)> {
+    let name = identity.name;
+    let mut excluded: Excluded = HashMap::new();
+    let mut infra_delays = unbounded_backoff(policy).build();
+    loop {
+        let error = match attempt(step, identity, pool, batch, &excluded, Mode::Consume).await {
+            Ok(Attempted { tx, outcome, rows }) => match tx.commit().await {
+                Ok(()) => return Ok((outcome, rows)),
+                Err(e) => BatchError::from(e),
+            },
+            Err(e) => e,
+        };
+        match error {
+            BatchError::Records(failures) => {
+                for (position, error) in failures {
+                    let disposition = disposition(&error);
+                    match &disposition {
+                        Disposition::DeadLetter(_) => {
+                            tracing::warn!(step = name, ?position, %error, "permanent failure; dead-lettering the record")
+                        }
+                        Disposition::Park(_) => {
+                            tracing::warn!(step = name, ?position, %error, "retryable failure; parking the order")
+                        }
+                    }
+                    excluded.insert(position, disposition);
+                }
+            }
+            error if error.retryable() => {
+                if shutdown.is_cancelled() {
+                    return Err(anyhow::Error::new(error).context(format!(
+                        "step {name} stopped while its database was failing"
+                    )));
+                }
+                let delay = infra_delays.next().unwrap_or(policy.delay_max);
+                tracing::warn!(step = name, %error, ?delay, "batch failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            error => {
+                return Err(
+                    anyhow::Error::new(error).context(format!("step {name} cannot apply a batch"))
+                )
+            }
+        }
+    }
+}
+
+/// An applied batch in its open transaction: the caller adds what its mode needs, then
+/// commits (or rolls back, for a dry run).
+pub struct Attempted {
+    pub tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub outcome: BatchOutcome,
+    pub rows: Vec<OutboxRow>,
+}
+
+/// Times a batch is tried again because an answer it needs was not asked before its
+/// transaction (the state moved in between); then the records fail as retryable.
+const ANSWER_ROUNDS: usize = 3;
+
+/// The engine's one way to apply a batch, in every mode: ask the questions its records raise
+/// outside any transaction ([`Step::prepare`]), then open a transaction and apply it
+/// ([`attempt_batch`]). Returns the open transaction.
+pub async fn attempt(
+    step: &dyn Step,
+    identity: &Identity,
+    pool: &PgPool,
+    batch: &[OwnedMessage],
+    excluded: &Excluded,
+    mode: Mode,
+) -> Result<Attempted, BatchError> {
+    // A dry run calls no one: a decision that needs an answer fails as unanswered.
+    let asks = !matches!(mode, Mode::Redrive { dry_run: true, .. });
+    let mut round = 0;
+    loop {
+        round += 1;
+        if asks {
+            ask_first(step, identity, pool, batch, excluded, mode).await?;
+        }
+        let mut tx = pool.begin().await?;
+        match attempt_batch(step, identity, &mut tx, batch, excluded, mode).await {
+            Ok((outcome, rows)) => return Ok(Attempted { tx, outcome, rows }),
+            Err(BatchError::Records(failures))
+                if asks
+                    && round < ANSWER_ROUNDS
+                    && failures
+                        .iter()
+                        .any(|(_, e)| matches!(e, HandlerError::Unanswered(_))) =>
+            {
+                tracing::debug!(
+                    step = identity.name,
+                    "answers missing after prepare; asking again"
+                );
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Ask the step's ports what the batch's records (those it would handle) need to know.
+async fn ask_first(
+    step: &dyn Step,
+    identity: &Identity,
+    pool: &PgPool,
+    batch: &[OwnedMessage],
+    excluded: &Excluded,
+    mode: Mode,
+) -> Result<(), BatchError> {
+    let events: Vec<Event> = batch
+        .iter()
+        .filter(|m| !excluded.contains_key(&(m.partition(), m.offset())))
+        .filter_map(|m| events::decode(m.payload()?).ok())
+        .filter(|e| step.wants(e.event_type()))
+        .collect();
+    if !events.iter().any(|e| step.may_ask(e)) {
+        return Ok(());
+    }
+    let parked = match mode {
+        Mode::Consume => {
+            let mut conn = pool.acquire().await?;
+            crate::parked::parked_orders(
+                &mut conn,
+                identity.name,
+                events.iter().map(|e| e.meta.order_id.as_str()),
+            )
+            .await?
+        }
+        Mode::Release | Mode::Redrive { .. } => HashSet::new(),
+    };
+    let events: Vec<&Event> = events
+        .iter()
+        .filter(|e| !parked.contains(&e.meta.order_id))
+        .collect();
+    let calls = step
+        .prepare(pool, &events)
+        .await
+        .map_err(|error| match error {
+            HandlerError::Database(e) => BatchError::from(e),
+            other => BatchError::Batch(anyhow::Error::new(other)),
+        })?;
+    if calls > 0 {
+        tracing::debug!(step = identity.name, calls, "asked the step's ports");
+    }
+    Ok(())
+}
+
+/// One attempt at a batch inside `tx`; the caller commits or rolls back.
+pub async fn attempt_batch(
+    step: &dyn Step,
+    identity: &Identity,
+    tx: &mut PgConnection,
+    batch: &[OwnedMessage],
+    excluded: &Excluded,
+    mode: Mode,
+) -> Result<(BatchOutcome, Vec<OutboxRow>), BatchError> {
+    let name = identity.name;
+    let mut outcome = BatchOutcome::default();
+    let mut to_outbox: Vec<OutboxRecord> = Vec::new();
+    let mut dead_rows: Vec<OutboxRow> = Vec::new();
+    let mut wanted: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(batch.len());
+    for message in batch {
+        let decoded = match message.payload() {
+            None => Err("record has no value".to_string()),
+            Some(payload) => events::decode(payload).map_err(|e| e.to_string()),
+        };
+        match decoded {
+            Ok(event) if step.wants(event.event_type()) => wanted.push((message, event)),
+            Ok(_) => outcome.ignored += 1,
+            Err(reason) => {
+                let history = vec![FailedAttempt {
+                    at: Utc::now(),
+                    class: ErrorClass::Permanent,
+                    kind: "decode".into(),
+                    error: reason,
+                }];
+                dead_rows.extend(dead_letter(tx, identity, message, history).await?);
+                outcome.dead_lettered += 1;
+            }
+        }
+    }
+
+    // Orders already parked hold every later event of theirs, in log order.
+    let mut parked: HashSet<String> = match mode {
+        Mode::Consume => {
+            crate::parked::parked_orders(
+                tx,
+                name,
+                wanted.iter().map(|(_, e)| e.meta.order_id.as_str()),
+            )
+            .await?
+        }
+        Mode::Release => HashSet::new(),
+        Mode::Redrive { letter, .. } => {
+            platform::deadletter::mark_redriven(tx, letter).await?;
+            HashSet::new()
+        }
+    };
+    // Dead-lettered and held records stay out of the inbox, so that they can still be applied.
+    let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(wanted.len());
+    for (message, event) in &wanted {
+        let order_id = &event.meta.order_id;
+        match excluded.get(&(message.partition(), message.offset())) {
+            Some(Disposition::DeadLetter(history)) => {
+                dead_rows.extend(dead_letter(tx, identity, message, history.clone()).await?);
+                outcome.dead_lettered += 1;
+            }
+            Some(Disposition::Park(history)) => {
+                crate::parked::hold(tx, name, order_id, message, history).await?;
+                parked.insert(order_id.clone());
+                outcome.parked += 1;
+            }
+            None if parked.contains(order_id) => {
+                crate::parked::hold(tx, name, order_id, message, &[]).await?;
+                outcome.parked += 1;
+            }
+            None => to_handle.push((message, event)),
+        }
+    }
+    let fresh = record_in_inbox(tx, name, &to_handle).await?;
+    let mut handled: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
+    to_handle.retain(|(_, event)| {
+        let id = event.meta.event_id;
+        let keep = fresh.contains(&id) && handled.insert(id);
+        if !keep {
+            tracing::debug!(step = name, event_id = %id, "duplicate delivery skipped");
+            outcome.duplicates += 1;
+        }
+        keep
+    });
+    let events: Vec<&Event> = to_handle.iter().map(|(_, event)| *event).collect();
+    let bodies = step.apply(tx, &events).await.map_err(|error| match error {
+        ApplyError::Events(failures) => BatchError::Records(
+            failures
+                .into_iter()
+                .map(|(index, error)| {
+                    let message = to_handle[index.min(to_handle.len().saturating_sub(1))].0;
+                    ((message.partition(), message.offset()), error)
+                })
+                .collect(),
+        ),
+        ApplyError::State(HandlerError::Database(e)) => BatchError::from(e),
+        ApplyError::State(other) => BatchError::Batch(anyhow::Error::new(other)),
+    })?;
+    let now = Utc::now();
+    for (event, bodies) in events.iter().zip(bodies) {
+        outcome.applied += 1;
+        for (i, body) in bodies.into_iter().enumerate() {
+            let reply_id = events::reply_event_id(event.meta.event_id, &format!("{name}/{i}"));
+            let reply = Event::caused_by(event, reply_id, now, body);
+            let payload = events::encode(&reply).map_err(|e| {
+                BatchError::Batch(anyhow::anyhow!(
+                    "encoding a {} reply: {e}",
+                    reply.event_type()
+                ))
+            })?;
+            to_outbox.push(OutboxRecord {
+                event_id: reply_id,
+                event_type: reply.event_type().as_str().to_string(),
+                order_id: reply.meta.order_id.clone(),
+                topic: identity.topic.clone(),
+                key: None,
+                payload: Some(payload),
+                headers: vec![
+                    ("event_type".into(), reply.event_type().as_str().into()),
+                    ("event_id".into(), reply_id.to_string()),
+                ],
+            });
+        }
+    }
+    let mut rows = outbox::insert(tx, name, to_outbox).await?;
+    outcome.replies = rows.len();
+    rows.extend(dead_rows);
+    rows.sort_by_key(|r| r.id);
+    Ok((outcome, rows))
+}
+
+pub(crate) async fn dead_letter(
+    tx: &mut PgConnection,
+    identity: &Identity,
+    message: &OwnedMessage,
+    history: Vec<FailedAttempt>,
+) -> Result<Option<OutboxRow>, sqlx::Error> {
+    deadletter::dead_letter(
+        tx,
+        DeadLetter::of(identity.name, &identity.group, message, history),
+    )
+    .await
+}
+
+/// Insert the events' ids into the inbox in one statement; returns the ids that were not
+/// there yet (the ones to handle).
+async fn record_in_inbox(
+    tx: &mut PgConnection,
+    step: &str,
+    wanted: &[(&OwnedMessage, &Event)],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    if wanted.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut ids = Vec::with_capacity(wanted.len());
+    let mut types = Vec::with_capacity(wanted.len());
+    let mut orders = Vec::with_capacity(wanted.len());
+    let mut topics = Vec::with_capacity(wanted.len());
+    let mut partitions = Vec::with_capacity(wanted.len());
+    let mut offsets = Vec::with_capacity(wanted.len());
+    for (message, event) in wanted {
+        ids.push(event.meta.event_id);
+        types.push(event.event_type().as_str());
+        orders.push(event.meta.order_id.as_str());
+        topics.push(message.topic());
+        partitions.push(message.partition());
+        offsets.push(message.offset());
+    }
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO pipeline.inbox (step, event_id, event_type, order_id, topic, partition, \"offset\")
+         SELECT $1, e.id, e.ty, e.ord, e.topic, e.part, e.off
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bigint[])
+              AS e(id, ty, ord, topic, part, off)
+         ON CONFLICT (step, event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(step)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&orders)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(fresh.into_iter().collect())
+}
