@@ -1,7 +1,10 @@
 //! The bulk phase of a rebuild: read a slice of the log (from the broker or an archive), fold
-//! it in memory from empty, and write every table once with `COPY`.
+//! it in memory from empty, and write every table once with `COPY`. It knows nothing of
+//! generations or switching (`rebuild.rs` and `restore.rs` call it).
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use events::Event;
@@ -14,8 +17,36 @@ use uuid::Uuid;
 use crate::archive;
 use crate::fold::{self, EventRow, Fold, LogPosition};
 use crate::log::{LogSlice, Range};
-use crate::rebuild::{Options, Progress};
 use crate::store::{self, Advance, Target};
+
+/// Progress of a phase, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub phase: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Where and how the bulk phase reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading<'a> {
+    /// Read this archive directory instead of the broker (up to the stop offsets).
+    pub archive: Option<&'a Path>,
+    /// Records per read.
+    pub batch: usize,
+    /// How long a read of the broker may wait for a record before the log counts as ended.
+    pub stall: Duration,
+}
+
+impl Default for Reading<'_> {
+    fn default() -> Self {
+        Reading {
+            archive: None,
+            batch: 20_000,
+            stall: Duration::from_secs(30),
+        }
+    }
+}
 
 /// What the bulk phase folded.
 pub(crate) struct Bulk {
@@ -30,7 +61,7 @@ pub(crate) struct Bulk {
 
 pub(crate) async fn read_and_fold(
     settings: &Settings,
-    options: &Options,
+    reading: &Reading<'_>,
     progress: &(dyn Fn(Progress) + Sync),
     ranges: &BTreeMap<i32, Range>,
     time_limit: Option<DateTime<Utc>>,
@@ -38,12 +69,12 @@ pub(crate) async fn read_and_fold(
     let topic = settings.kafka.topic.as_str();
     // Partitions read to the end stop at their stop offset (or where the archive ends).
     let mut next: BTreeMap<i32, i64> = ranges.iter().map(|(p, r)| (*p, r.stop)).collect();
-    let mut source = match &options.archive {
+    let mut source = match reading.archive {
         None => Source::Log(LogSlice::open(
             &settings.kafka,
             topic,
             ranges,
-            options.stall,
+            reading.stall,
         )?),
         Some(dir) => {
             let manifest = archive::Manifest::load(dir, topic)?;
@@ -73,7 +104,7 @@ pub(crate) async fn read_and_fold(
     };
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut stopped: HashSet<i32> = HashSet::new();
-    while let Some(batch) = source.next_batch(options.batch).await? {
+    while let Some(batch) = source.next_batch(reading.batch).await? {
         for message in &batch {
             let partition = message.partition();
             if stopped.contains(&partition) {

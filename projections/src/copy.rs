@@ -8,7 +8,8 @@ use uuid::Uuid;
 use crate::fold::{Changes, EventRow};
 use crate::store::Target;
 
-/// Bulk-load a fold from empty into empty tables with `COPY`: the rebuild's speed path.
+/// Bulk-load a fold from empty into empty tables with `COPY`: the rebuild's speed path. A fold
+/// from empty only creates rows, so every row of `changes` is new.
 /// Secondary indexes are dropped first and built again at the end (one sort each instead of a
 /// tree insert per row), inside the caller's transaction. Returns the number of rows written.
 pub async fn copy_all(
@@ -46,11 +47,12 @@ async fn copy_tables(
     changes: &Changes,
     events: &[EventRow],
 ) -> Result<u64, sqlx::Error> {
+    debug_assert!(changes.orders.changed.is_empty() && changes.steps.changed.is_empty());
     let mut rows = 0;
     rows += copy_events(conn, &target.table("order_events"), events).await?;
     rows += copy(conn, &target.table("orders"),
         "order_id, customer_id, status, currency, total_minor, line_count, units, ship_country, created_at, reserved_at, paid_at, shipment_scheduled_at, carrier, completed_at, cancelled_at, cancel_reason, event_count, last_event_type, last_event_at",
-        &changes.orders, |w, r| {
+        &changes.orders.created, |w, r| {
             w.text(&r.order_id).text(&r.customer_id).text(&r.status).text(&r.currency)
                 .int(r.total_minor).int(r.line_count.into()).int(r.units).text(&r.ship_country)
                 .time(Some(r.created_at)).time(r.reserved_at).time(r.paid_at)
@@ -69,7 +71,7 @@ async fn copy_tables(
         conn,
         &target.table("saga_step_durations"),
         "order_id, step, started_at, ended_at, outcome",
-        &changes.steps,
+        &changes.steps.created,
         |w, r| {
             w.text(&r.order_id)
                 .text(&r.step)

@@ -2,9 +2,11 @@
 //!
 //! [`Fold`] holds the state of the orders it knows (loaded from the target generation for an
 //! incremental batch, or empty for a rebuild) and accumulates what the events change: full rows
-//! for `orders` and `saga_step_durations`, new `order_lines`, and additive deltas for the
-//! aggregate models. Folding a whole log from empty and folding it batch by batch onto stored
-//! rows give the same tables; `orderflow replay` verifies exactly that.
+//! for `orders` and `saga_step_durations` (split into rows it created and stored rows it changed,
+//! so the writer inserts the first and updates the second without asking the table), new
+//! `order_lines`, and additive deltas for the aggregate models. Folding a whole log from empty
+//! and folding it batch by batch onto stored rows give the same tables; `orderflow replay`
+//! verifies exactly that.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -188,15 +190,43 @@ pub struct CancellationDelta {
     pub value_minor: i64,
 }
 
+/// Full rows of one table that a fold touched, sorted by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rows<T> {
+    /// Rows the folded events created: not in the table before (insert).
+    pub created: Vec<T>,
+    /// Stored rows (given to [`Fold::resume`]) the folded events changed (update).
+    pub changed: Vec<T>,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Rows {
+            created: Vec::new(),
+            changed: Vec::new(),
+        }
+    }
+}
+
+impl<T> Rows<T> {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.changed.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.created.len() + self.changed.len()
+    }
+}
+
 /// What a fold changes, ready to be written.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Changes {
     /// Full rows of every order an event touched.
-    pub orders: Vec<OrderRow>,
-    /// Lines of orders created by these events.
+    pub orders: Rows<OrderRow>,
+    /// Lines of orders created by these events (always new: lines come with `OrderCreated`).
     pub lines: Vec<LineRow>,
     /// Full rows of every step row an event touched.
-    pub steps: Vec<StepRow>,
+    pub steps: Rows<StepRow>,
     /// Keyed by (customer_id, currency).
     pub customers: BTreeMap<(String, String), CustomerDelta>,
     /// Keyed by (day, currency).
@@ -213,6 +243,9 @@ pub struct Fold {
     orders: HashMap<String, OrderRow>,
     lines: HashMap<String, Vec<LineRow>>,
     steps: HashMap<(String, &'static str), StepRow>,
+    /// Keys of the rows given to [`Fold::resume`]: these exist in the table.
+    stored_orders: HashSet<String>,
+    stored_steps: HashSet<(String, &'static str)>,
     touched_orders: HashSet<String>,
     touched_steps: HashSet<(String, &'static str)>,
     new_lines: Vec<LineRow>,
@@ -240,6 +273,7 @@ impl Fold {
     pub fn resume(orders: Vec<OrderRow>, lines: Vec<LineRow>, steps: Vec<StepRow>) -> Fold {
         let mut fold = Fold::new();
         for order in orders {
+            fold.stored_orders.insert(order.order_id.clone());
             fold.orders.insert(order.order_id.clone(), order);
         }
         for line in lines {
@@ -250,6 +284,7 @@ impl Fold {
         }
         for step in steps {
             if let Some(name) = step_name(&step.step) {
+                fold.stored_steps.insert((step.order_id.clone(), name));
                 fold.steps.insert((step.order_id.clone(), name), step);
             }
         }
@@ -458,18 +493,32 @@ impl Fold {
 
     /// Everything the folded events changed.
     pub fn into_changes(mut self) -> Changes {
-        let mut orders: Vec<OrderRow> = self
-            .touched_orders
-            .iter()
-            .filter_map(|id| self.orders.remove(id))
-            .collect();
-        orders.sort_by(|a, b| a.order_id.cmp(&b.order_id));
-        let mut steps: Vec<StepRow> = self
-            .touched_steps
-            .iter()
-            .filter_map(|key| self.steps.remove(key))
-            .collect();
-        steps.sort_by(|a, b| (&a.order_id, &a.step).cmp(&(&b.order_id, &b.step)));
+        let mut orders = Rows::default();
+        for id in &self.touched_orders {
+            if let Some(row) = self.orders.remove(id) {
+                if self.stored_orders.contains(id) {
+                    orders.changed.push(row);
+                } else {
+                    orders.created.push(row);
+                }
+            }
+        }
+        let mut steps = Rows::default();
+        for key in &self.touched_steps {
+            if let Some(row) = self.steps.remove(key) {
+                if self.stored_steps.contains(key) {
+                    steps.changed.push(row);
+                } else {
+                    steps.created.push(row);
+                }
+            }
+        }
+        for rows in [&mut orders.created, &mut orders.changed] {
+            rows.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+        }
+        for rows in [&mut steps.created, &mut steps.changed] {
+            rows.sort_by(|a, b| (&a.order_id, &a.step).cmp(&(&b.order_id, &b.step)));
+        }
         Changes {
             orders,
             lines: self.new_lines,
@@ -663,7 +712,7 @@ mod tests {
             event("o1", at(0, 6), scheduled()),
             event("o1", at(0, 7), completed()),
         ]);
-        let order = &changes.orders[0];
+        let order = &changes.orders.created[0];
         assert_eq!(
             (
                 order.status.as_str(),
@@ -692,6 +741,7 @@ mod tests {
         assert_eq!(changes.lines[0].line_total_minor, 300);
         let steps: Vec<(&str, Option<i64>, Option<&str>)> = changes
             .steps
+            .created
             .iter()
             .map(|s| {
                 (
@@ -744,7 +794,7 @@ mod tests {
             event("o2", at(0, 2), declined()),
             event("o2", at(0, 4), cancelled("payment_declined")),
         ]);
-        let order = &changes.orders[0];
+        let order = &changes.orders.created[0];
         assert_eq!(order.status, "cancelled");
         assert_eq!(order.cancel_reason.as_deref(), Some("payment_declined"));
         let customer = &changes.customers[&("c2".to_string(), "EUR".to_string())];
@@ -774,13 +824,14 @@ mod tests {
         ]);
         let payment = changes
             .steps
+            .created
             .iter()
             .find(|s| s.step == "payment")
             .expect("payment row");
         assert_eq!(payment.outcome.as_deref(), Some("timed_out"));
         assert_eq!(payment.ended_at, Some(at(0, 30)));
-        assert!(changes.steps.iter().all(|s| s.step != "shipping"));
-        assert_eq!(changes.orders[0].status, "cancelling");
+        assert!(changes.steps.created.iter().all(|s| s.step != "shipping"));
+        assert_eq!(changes.orders.created[0].status, "cancelling");
     }
 
     #[test]
@@ -791,7 +842,7 @@ mod tests {
             event("o4", at(0, 2), completed()),
             event("o4", at(0, 3), created("someone else")),
         ]);
-        let order = &changes.orders[0];
+        let order = &changes.orders.created[0];
         assert_eq!(
             (order.status.as_str(), order.completed_at),
             ("cancelled", None)
@@ -813,34 +864,272 @@ mod tests {
         assert_eq!(changes, Changes::default());
     }
 
+    /// Stored rows after `first`, then the rows `second` created and changed on top of them.
+    fn merged<T: Clone>(first: &Rows<T>, second: &Rows<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+        let mut rows: BTreeMap<String, T> = BTreeMap::new();
+        for row in first.created.iter().chain(&first.changed) {
+            rows.insert(key(row), row.clone());
+        }
+        for row in &second.changed {
+            assert!(
+                rows.contains_key(&key(row)),
+                "changed {} was not stored",
+                key(row)
+            );
+            rows.insert(key(row), row.clone());
+        }
+        for row in &second.created {
+            assert!(
+                rows.insert(key(row), row.clone()).is_none(),
+                "created {} was already stored",
+                key(row)
+            );
+        }
+        rows.into_values().collect()
+    }
+
+    /// Deltas of several folds added up per key, as the writer adds them to stored rows.
+    fn sum<'a, K: Ord + Clone + 'a, D: Default + 'a>(
+        parts: impl IntoIterator<Item = &'a BTreeMap<K, D>>,
+        add: fn(&mut D, &D),
+    ) -> BTreeMap<K, D> {
+        let mut total = BTreeMap::new();
+        for part in parts {
+            for (key, delta) in part {
+                add(total.entry(key.clone()).or_default(), delta);
+            }
+        }
+        total
+    }
+
+    fn add_daily(a: &mut DailyDelta, b: &DailyDelta) {
+        a.orders_placed += b.orders_placed;
+        a.orders_completed += b.orders_completed;
+        a.orders_cancelled += b.orders_cancelled;
+        a.revenue_minor += b.revenue_minor;
+    }
+
+    fn add_customer(a: &mut CustomerDelta, b: &CustomerDelta) {
+        a.orders_placed += b.orders_placed;
+        a.orders_completed += b.orders_completed;
+        a.orders_cancelled += b.orders_cancelled;
+        a.payment_declines += b.payment_declines;
+        a.revenue_minor += b.revenue_minor;
+        // LEAST in SQL: NULL only when both are.
+        a.first_order_at = match (a.first_order_at, b.first_order_at) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        a.last_order_at = a.last_order_at.max(b.last_order_at);
+    }
+
+    fn add_sku(a: &mut SkuDelta, b: &SkuDelta) {
+        a.units_ordered += b.units_ordered;
+        a.units_sold += b.units_sold;
+        a.revenue_minor += b.revenue_minor;
+    }
+
+    fn add_cancellation(a: &mut CancellationDelta, b: &CancellationDelta) {
+        a.orders_cancelled += b.orders_cancelled;
+        a.value_minor += b.value_minor;
+    }
+
     #[test]
     fn folding_in_batches_onto_stored_rows_equals_folding_at_once() {
-        let events = [
-            event("o5", at(0, 0), created("c5")),
-            event("o5", at(0, 1), reserved()),
-            event("o5", at(0, 2), authorized()),
-            event("o5", at(23, 59), scheduled()),
-            event("o5", at(23, 59), completed()),
+        let histories: [(&str, Vec<Event>); 4] = [
+            (
+                "completed across midnight",
+                vec![
+                    event("o5", at(0, 0), created("c5")),
+                    event("o5", at(0, 1), reserved()),
+                    event("o5", at(0, 2), authorized()),
+                    event("o5", at(23, 59), scheduled()),
+                    event("o5", at(23, 59), completed()),
+                ],
+            ),
+            (
+                "declined",
+                vec![
+                    event("o6", at(0, 0), created("c6")),
+                    event("o6", at(0, 1), reserved()),
+                    event("o6", at(0, 2), declined()),
+                    event("o6", at(0, 4), cancelled("payment_declined")),
+                ],
+            ),
+            (
+                "late reply after a timeout",
+                vec![
+                    event("o7", at(0, 0), created("c7")),
+                    event("o7", at(0, 1), reserved()),
+                    event("o7", at(0, 30), timed_out("payment")),
+                    event("o7", at(0, 31), authorized()),
+                    event("o7", at(0, 40), cancelled("timed_out")),
+                ],
+            ),
+            (
+                "two orders interleaved, one customer",
+                vec![
+                    event("o8", at(0, 0), created("c8")),
+                    event("o9", at(0, 1), created("c8")),
+                    event("o8", at(0, 2), reserved()),
+                    event("o9", at(0, 3), reserved()),
+                    event("o9", at(0, 4), declined()),
+                    event("o8", at(0, 5), authorized()),
+                    event("o8", at(0, 6), scheduled()),
+                    event("o9", at(0, 7), cancelled("payment_declined")),
+                    event("o8", at(0, 8), completed()),
+                ],
+            ),
         ];
-        let whole = fold_all(&events);
-        let first = fold_all(&events[..2]);
-        let mut second = Fold::resume(
-            first.orders.clone(),
-            first.lines.clone(),
-            first.steps.clone(),
-        );
-        for event in &events[2..] {
-            second.apply(event);
+        for (name, events) in &histories {
+            let whole = fold_all(events);
+            assert!(whole.orders.changed.is_empty() && whole.steps.changed.is_empty());
+            for split in 0..=events.len() {
+                let first = fold_all(&events[..split]);
+                let mut second = Fold::resume(
+                    first.orders.created.clone(),
+                    first.lines.clone(),
+                    first.steps.created.clone(),
+                );
+                for event in &events[split..] {
+                    second.apply(event);
+                }
+                let second = second.into_changes();
+                let case = format!("{name}, stored after {split} events");
+                let order_key = |o: &OrderRow| o.order_id.clone();
+                let step_key = |s: &StepRow| format!("{}/{}", s.order_id, s.step);
+                assert_eq!(
+                    merged(&first.orders, &second.orders, order_key),
+                    whole.orders.created,
+                    "{case}: orders"
+                );
+                assert_eq!(
+                    merged(&first.steps, &second.steps, step_key),
+                    whole.steps.created,
+                    "{case}: steps"
+                );
+                let mut lines = first.lines.clone();
+                lines.extend(second.lines.clone());
+                assert_eq!(lines, whole.lines, "{case}: lines");
+                assert_eq!(
+                    sum([&first.daily, &second.daily], add_daily),
+                    whole.daily,
+                    "{case}: daily"
+                );
+                assert_eq!(
+                    sum([&first.customers, &second.customers], add_customer),
+                    whole.customers,
+                    "{case}: customers"
+                );
+                assert_eq!(
+                    sum([&first.sku_daily, &second.sku_daily], add_sku),
+                    whole.sku_daily,
+                    "{case}: skus"
+                );
+                assert_eq!(
+                    sum(
+                        [&first.cancellations, &second.cancellations],
+                        add_cancellation
+                    ),
+                    whole.cancellations,
+                    "{case}: cancellations"
+                );
+            }
         }
-        let second = second.into_changes();
-        assert_eq!(second.orders, whole.orders);
-        let mut steps = first.steps.clone();
-        steps.retain(|s| !second.steps.iter().any(|t| t.step == s.step));
-        steps.extend(second.steps.clone());
-        steps.sort_by(|a, b| a.step.cmp(&b.step));
-        assert_eq!(steps, whole.steps);
-        let revenue = |c: &Changes| c.daily.values().map(|d| d.revenue_minor).sum::<i64>();
-        assert_eq!(revenue(&first) + revenue(&second), revenue(&whole));
+    }
+
+    #[test]
+    fn rows_of_stored_orders_are_changed_and_the_others_created() {
+        // (stored before the batch, batch) -> (orders created, orders changed, steps created,
+        // steps changed), each as order or order/step keys.
+        type Keys = Vec<&'static str>;
+        let stored = fold_all(&[
+            event("s1", at(0, 0), created("c")),
+            event("s2", at(0, 0), created("c")),
+            event("s2", at(0, 1), reserved()),
+        ]);
+        let table: [(Vec<Event>, Keys, Keys, Keys, Keys); 4] = [
+            (
+                vec![event("n1", at(1, 0), created("c"))],
+                vec!["n1"],
+                vec![],
+                vec!["n1/inventory"],
+                vec![],
+            ),
+            (
+                vec![event("s1", at(1, 0), reserved())],
+                vec![],
+                vec!["s1"],
+                vec!["s1/payment"],
+                vec!["s1/inventory"],
+            ),
+            (
+                vec![
+                    event("s2", at(1, 0), authorized()),
+                    event("n2", at(1, 0), created("c")),
+                    event("n2", at(1, 1), reserved()),
+                ],
+                vec!["n2"],
+                vec!["s2"],
+                vec!["n2/inventory", "n2/payment", "s2/shipping"],
+                vec!["s2/payment"],
+            ),
+            (
+                // A second OrderCreated and an event of an unknown order change nothing.
+                vec![
+                    event("s1", at(1, 0), created("someone else")),
+                    event("ghost", at(1, 0), completed()),
+                ],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+            ),
+        ];
+        for (batch, orders_created, orders_changed, steps_created, steps_changed) in table {
+            let mut fold = Fold::resume(
+                stored.orders.created.clone(),
+                stored.lines.clone(),
+                stored.steps.created.clone(),
+            );
+            for event in &batch {
+                fold.apply(event);
+            }
+            let changes = fold.into_changes();
+            let orders = |rows: &[OrderRow]| -> Vec<String> {
+                rows.iter().map(|o| o.order_id.clone()).collect()
+            };
+            let steps = |rows: &[StepRow]| -> Vec<String> {
+                rows.iter()
+                    .map(|s| format!("{}/{}", s.order_id, s.step))
+                    .collect()
+            };
+            let owned = |keys: &Keys| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+            let case = format!(
+                "{:?}",
+                batch.iter().map(|e| &e.meta.order_id).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                orders(&changes.orders.created),
+                owned(&orders_created),
+                "{case}"
+            );
+            assert_eq!(
+                orders(&changes.orders.changed),
+                owned(&orders_changed),
+                "{case}"
+            );
+            assert_eq!(
+                steps(&changes.steps.created),
+                owned(&steps_created),
+                "{case}"
+            );
+            assert_eq!(
+                steps(&changes.steps.changed),
+                owned(&steps_changed),
+                "{case}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! the log into a new generation, verifies it and switches. Projections never produce to
 //! Kafka and never write step state.
 
+pub mod apply;
 pub mod archive;
 pub mod audit;
 mod bulk;

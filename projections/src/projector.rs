@@ -1,37 +1,37 @@
-//! The projector: a consumer group member that applies bounded batches of the log to the read
-//! models, one Postgres transaction per batch holding the rows and the next offsets.
+//! The projector: a consumer group member that applies bounded batches of the log to the live
+//! read models, one Postgres transaction per batch holding the rows and the next offsets.
+//!
+//! Reading is pipelined with writing: a reader task polls the next batch and decodes it while
+//! the current one is written ([`apply`]), with one decoded batch at most waiting. Batches are
+//! `consumer.batch_max_events` records, and up to [`CATCH_UP_BATCH_MAX_EVENTS`] while the
+//! projector is behind (the previous batch came back full), so a cold start catches up in
+//! fewer, larger transactions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
-use events::Event;
-use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt};
 use platform::outbox::OutboxRow;
 use platform::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
-use rdkafka::Message;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::fold::{self, EventRow, Fold, LogPosition};
+use crate::apply::{self, Decoded};
+pub use crate::apply::{dead_letter_undecodable, ProjectionOutcome};
 use crate::generations;
 use crate::offsets::DbOffsets;
-use crate::store::{self, Advance, Target};
 use crate::NAME;
 
-/// What one batch did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ProjectionOutcome {
-    pub applied: usize,
-    pub duplicates: usize,
-    pub rejected: usize,
-}
+/// Records per batch while the projector is behind. Bounded: this batch, the one decoded ahead
+/// and the one being polled are all the projector holds (about 10 MB at this size).
+pub const CATCH_UP_BATCH_MAX_EVENTS: usize = 10_000;
+
+/// Decoded batches waiting for the writer: one, so that reading and decoding overlap writing.
+const READ_AHEAD_BATCHES: usize = 1;
 
 pub struct Projector {
     pool: PgPool,
@@ -73,7 +73,6 @@ impl Projector {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(topic = %self.settings.kafka.topic, "projector started");
         platform::outbox::relay(&self.pool, &self.producer, NAME, Duration::ZERO).await?;
-        let max_wait = Duration::from_millis(self.settings.consumer.batch_max_wait_ms);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(
                 self.settings.consumer.retry_delay_ms_min,
@@ -84,42 +83,82 @@ impl Projector {
             .with_jitter()
             // A database outage pauses the projection; it never skips records.
             .without_max_times();
-        loop {
-            let batch = platform::kafka::poll_batch(
-                &self.consumer,
-                self.settings.consumer.batch_max_events,
-                max_wait,
-                &shutdown,
-            )
-            .await;
-            if !batch.is_empty() {
-                let attempt = || apply_batch(&self.pool, &self.group, &batch);
-                let (outcome, dead) = attempt
-                    .retry(backoff)
-                    .when(|error: &anyhow::Error| is_retryable(error) && !shutdown.is_cancelled())
-                    .notify(|error, delay| tracing::warn!(%error, ?delay, "projection batch failed; retrying"))
-                    .await
-                    .context("projection cannot apply a batch")?;
-                tracing::debug!(?outcome, "projection batch applied");
-                let publish = || platform::outbox::publish(&self.pool, &self.producer, &dead);
-                publish
-                    .retry(backoff)
-                    .notify(|error, delay| tracing::warn!(%error, ?delay, "publishing dead letters failed; retrying"))
-                    .await
-                    .context("publishing dead letters")?;
-                // A hint only: the stored offsets in Postgres are what assignment uses.
-                platform::kafka::commit_offsets(
-                    &self.consumer,
-                    &platform::kafka::next_offsets(&batch),
-                );
-            }
+        let consumer = Arc::new(self.consumer);
+        let (ready, mut batches) = mpsc::channel(READ_AHEAD_BATCHES);
+        // Stops the reader however this function ends.
+        let reading = shutdown.child_token();
+        let _stop_reading = reading.clone().drop_guard();
+        let reader = tokio::spawn(read(
+            Arc::clone(&consumer),
+            self.settings.clone(),
+            reading.clone(),
+            ready,
+        ));
+        // `None` once the reader stopped: on shutdown, or because it failed.
+        while let Some(batch) = batches.recv().await {
+            let attempt = || apply_batch(&self.pool, &self.group, &batch);
+            let (outcome, dead) = attempt
+                .retry(backoff)
+                .when(|error: &anyhow::Error| is_retryable(error) && !shutdown.is_cancelled())
+                .notify(|error, delay| tracing::warn!(%error, ?delay, "projection batch failed; retrying"))
+                .await
+                .context("projection cannot apply a batch")?;
+            tracing::debug!(?outcome, records = batch.len(), "projection batch applied");
+            let publish = || platform::outbox::publish(&self.pool, &self.producer, &dead);
+            publish
+                .retry(backoff)
+                .notify(|error, delay| tracing::warn!(%error, ?delay, "publishing dead letters failed; retrying"))
+                .await
+                .context("publishing dead letters")?;
+            // A hint only: the stored offsets in Postgres are what assignment uses.
+            platform::kafka::commit_offsets(
+                &consumer,
+                &platform::kafka::next_offsets(batch.messages()),
+            );
             if shutdown.is_cancelled() {
                 break;
             }
         }
+        // A batch read ahead and not applied is read again from the stored positions.
+        reading.cancel();
+        drop(batches);
+        reader.await.context("the projector's reader panicked")??;
         tracing::info!("projector stopped; leaving the group");
         Ok(())
     }
+}
+
+/// Poll and decode batches until `reading` is cancelled or the writer is gone.
+async fn read(
+    consumer: Arc<StreamConsumer<DbOffsets>>,
+    settings: Settings,
+    reading: CancellationToken,
+    ready: mpsc::Sender<Decoded>,
+) -> anyhow::Result<()> {
+    let max_wait = Duration::from_millis(settings.consumer.batch_max_wait_ms);
+    let live_max = settings.consumer.batch_max_events.max(1);
+    let catch_up_max = CATCH_UP_BATCH_MAX_EVENTS.max(live_max);
+    let mut max = live_max;
+    while !reading.is_cancelled() {
+        let messages = platform::kafka::poll_batch(&consumer, max, max_wait, &reading).await;
+        if messages.is_empty() {
+            max = live_max;
+            continue;
+        }
+        max = if messages.len() >= max {
+            catch_up_max
+        } else {
+            live_max
+        };
+        // Decoding is CPU work; keep it off the runtime's workers.
+        let batch = tokio::task::spawn_blocking(move || Decoded::decode(messages))
+            .await
+            .context("decoding a batch panicked")?;
+        if ready.send(batch).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn is_retryable(error: &anyhow::Error) -> bool {
@@ -134,138 +173,11 @@ fn is_retryable(error: &anyhow::Error) -> bool {
 pub async fn apply_batch(
     pool: &PgPool,
     group: &str,
-    batch: &[OwnedMessage],
+    batch: &Decoded,
 ) -> anyhow::Result<(ProjectionOutcome, Vec<OutboxRow>)> {
     let mut tx = pool.begin().await?;
     let live = generations::live(&mut tx, true).await?;
-    let result = apply_records(&mut tx, &live.target()?, batch, Some(group)).await?;
+    let result = apply::apply(&mut tx, &live.target()?, batch, Some(group)).await?;
     tx.commit().await?;
     Ok(result)
-}
-
-/// Set an undecodable record aside for the projections group `group`: the dead-letter row and
-/// its outbox record (returned, to publish).
-pub async fn dead_letter_undecodable(
-    tx: &mut PgConnection,
-    group: &str,
-    message: &OwnedMessage,
-    reason: String,
-) -> Result<Option<OutboxRow>, sqlx::Error> {
-    let history = vec![FailedAttempt {
-        at: Utc::now(),
-        class: ErrorClass::Permanent,
-        kind: "decode".into(),
-        error: reason,
-    }];
-    deadletter::dead_letter(&mut *tx, DeadLetter::of(NAME, group, message, history)).await
-}
-
-/// Apply records to `target` inside the caller's transaction: timeline rows, every read model,
-/// positions. Records before the target's stored position and events already in its timeline
-/// change nothing. Undecodable records are dead-lettered when `dead_letter_group` is given
-/// (the live projector) and only counted otherwise (a rebuild: the live one already set them
-/// aside); either way the position moves past them.
-pub async fn apply_records(
-    tx: &mut PgConnection,
-    target: &Target,
-    batch: &[OwnedMessage],
-    dead_letter_group: Option<&str>,
-) -> anyhow::Result<(ProjectionOutcome, Vec<OutboxRow>)> {
-    let mut outcome = ProjectionOutcome::default();
-    let mut dead = Vec::new();
-    let stored: HashMap<(String, i32), i64> = store::positions(tx, target, false)
-        .await?
-        .into_iter()
-        .map(|p| ((p.topic, p.partition), p.next_offset))
-        .collect();
-    let pending: Vec<&OwnedMessage> = batch
-        .iter()
-        .filter(|m| {
-            stored
-                .get(&(m.topic().to_string(), m.partition()))
-                .is_none_or(|next| m.offset() >= *next)
-        })
-        .collect();
-    outcome.duplicates += batch.len() - pending.len();
-    let mut decoded: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(pending.len());
-    for message in pending.iter().copied() {
-        let result = match message.payload() {
-            None => Err("record has no value".to_string()),
-            Some(payload) => events::decode(payload).map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(event) => decoded.push((message, event)),
-            Err(reason) => {
-                outcome.rejected += 1;
-                let Some(group) = dead_letter_group else {
-                    continue;
-                };
-                // Undecodable records are the only failure a projection dead-letters:
-                // everything that decodes can be folded.
-                dead.extend(dead_letter_undecodable(tx, group, message, reason).await?);
-            }
-        }
-    }
-    let rows: Vec<EventRow> = decoded
-        .iter()
-        .map(|(message, event)| {
-            fold::timeline_row(
-                event,
-                &LogPosition {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                },
-            )
-        })
-        .collect();
-    let fresh = store::insert_events(tx, target, &rows).await?;
-    let mut seen: HashSet<Uuid> = HashSet::with_capacity(fresh.len());
-    let new_events: Vec<&(&OwnedMessage, Event)> = decoded
-        .iter()
-        .filter(|(_, event)| {
-            fresh.contains(&event.meta.event_id) && seen.insert(event.meta.event_id)
-        })
-        .collect();
-    outcome.applied = new_events.len();
-    outcome.duplicates += decoded.len() - new_events.len();
-    let mut order_ids: Vec<&str> = new_events
-        .iter()
-        .map(|(_, event)| event.meta.order_id.as_str())
-        .collect();
-    order_ids.sort_unstable();
-    order_ids.dedup();
-    let (orders, lines, steps) = store::load(tx, target, &order_ids).await?;
-    let mut folding = Fold::resume(orders, lines, steps);
-    for (_, event) in &new_events {
-        folding.apply(event);
-    }
-    store::write(tx, target, &folding.into_changes()).await?;
-    store::advance(tx, target, &advances(&pending, &new_events)).await?;
-    Ok((outcome, dead))
-}
-
-/// Per partition of `records`: the next offset, the latest event time and how many new events
-/// were applied.
-fn advances(records: &[&OwnedMessage], applied: &[&(&OwnedMessage, Event)]) -> Vec<Advance> {
-    let mut per_partition: BTreeMap<(&str, i32), Advance> = BTreeMap::new();
-    for message in records {
-        let entry = per_partition
-            .entry((message.topic(), message.partition()))
-            .or_insert_with(|| Advance {
-                topic: message.topic().to_string(),
-                partition: message.partition(),
-                next_offset: 0,
-                last_event_at: None,
-                events_applied: 0,
-            });
-        entry.next_offset = entry.next_offset.max(message.offset() + 1);
-    }
-    for (message, event) in applied {
-        if let Some(entry) = per_partition.get_mut(&(message.topic(), message.partition())) {
-            entry.events_applied += 1;
-            entry.last_event_at = entry.last_event_at.max(Some(event.meta.occurred_at));
-        }
-    }
-    per_partition.into_values().collect()
 }

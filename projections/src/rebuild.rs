@@ -5,7 +5,7 @@
 //! 1. **Bulk**: read the log up to the live generation's positions, fold it in memory from
 //!    empty, and load every table with `COPY`.
 //! 2. **Catch up**: apply what the live projector applied meanwhile, batch by batch, with the
-//!    projector's own code ([`apply_records`]), until little is left.
+//!    projector's own code ([`apply::apply`]), until little is left.
 //! 3. **Switch**: lock `analytics_meta.live` (projector batches wait; analysts' reads do not),
 //!    apply the rest up to the live positions, compare every table of both generations, and
 //!    only if they are equal move the views and the projector to the new generation, all in
@@ -28,11 +28,12 @@ use chrono::{DateTime, Utc};
 use platform::Settings;
 use sqlx::{PgConnection, PgPool};
 
+use crate::apply::{self, Decoded};
 use crate::bulk;
+pub use crate::bulk::Progress;
 use crate::fold::EventRow;
 use crate::generations::{self, Generation, Purpose};
 use crate::log::{LogSlice, Range};
-use crate::projector::apply_records;
 use crate::store::{self, Target};
 use crate::verify::{self, Verification};
 
@@ -109,24 +110,27 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        let reading = bulk::Reading::default();
         Options {
             until: None,
             force_switch: false,
             compare_copy: false,
-            batch: 20_000,
-            stall: Duration::from_secs(30),
+            batch: reading.batch,
+            stall: reading.stall,
             archive: None,
             verify_only: false,
         }
     }
 }
 
-/// Progress of a phase, for a progress bar.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    pub phase: &'static str,
-    pub done: u64,
-    pub total: u64,
+impl Options {
+    fn reading(&self) -> bulk::Reading<'_> {
+        bulk::Reading {
+            archive: self.archive.as_deref(),
+            batch: self.batch,
+            stall: self.stall,
+        }
+    }
 }
 
 /// How a replay ended.
@@ -362,7 +366,8 @@ async fn build(
         .iter()
         .map(|(p, s)| (*p, Range { start: 0, stop: *s }))
         .collect();
-    let bulk = bulk::read_and_fold(settings, options, progress, &ranges, time_limit).await?;
+    let bulk =
+        bulk::read_and_fold(settings, &options.reading(), progress, &ranges, time_limit).await?;
     let read_and_fold = started.elapsed();
 
     let load_started = Instant::now();
@@ -529,13 +534,14 @@ async fn catch_up(
     let total = u64::try_from(slice.remaining()).unwrap_or(0);
     let mut done = 0u64;
     while let Some(batch) = slice.next_batch(options.batch).await? {
+        let batch = Decoded::decode(batch);
         match locked.as_deref_mut() {
             Some(conn) => {
-                apply_records(conn, target, &batch, None).await?;
+                apply::apply(conn, target, &batch, None).await?;
             }
             None => {
                 let mut tx = pool.begin().await?;
-                apply_records(&mut tx, target, &batch, None).await?;
+                apply::apply(&mut tx, target, &batch, None).await?;
                 tx.commit().await?;
             }
         }

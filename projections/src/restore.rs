@@ -19,7 +19,6 @@ use sqlx::PgPool;
 use crate::archive::{self, ArchiveReader, Manifest};
 use crate::generations;
 use crate::log::Range;
-use crate::rebuild::Options;
 use crate::store;
 
 /// What [`republish`] wrote.
@@ -179,11 +178,11 @@ pub async fn read_models(
             )
         })
         .collect();
-    let options = Options {
-        archive: Some(dir.to_path_buf()),
-        ..Options::default()
+    let reading = crate::bulk::Reading {
+        archive: Some(dir),
+        ..crate::bulk::Reading::default()
     };
-    let bulk = crate::bulk::read_and_fold(settings, &options, &|_| {}, &ranges, None).await?;
+    let bulk = crate::bulk::read_and_fold(settings, &reading, &|_| {}, &ranges, None).await?;
     let (loaded, rows) = crate::bulk::load(pool, &target, topic, bulk).await?;
     Ok(RestoredModels {
         events_read: loaded.read,

@@ -1,5 +1,6 @@
-//! Reading and writing the read models of one generation schema: incremental upserts for the
-//! live projector and catch-up, `COPY` for bulk rebuilds. The SQL of every model is here.
+//! Reading and writing the read models of one generation schema: the loads and writes of a
+//! batch (the live projector and a rebuild's catch-up), positions. The SQL of every model is
+//! here, but for the `COPY` of a bulk rebuild (`copy.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -7,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::fold::{Changes, EventRow, LineRow, OrderRow, StepRow};
+use crate::fold::{Changes, EventRow, LineRow, OrderRow, Rows, StepRow};
 
 /// A generation schema the projection code may write: `analytics_g<N>` or a point-in-time
 /// `analytics_pit_<N>`. The name is checked once here, so SQL can embed it.
@@ -119,7 +120,7 @@ pub async fn advance(
 pub async fn insert_events(
     conn: &mut PgConnection,
     target: &Target,
-    rows: &[EventRow],
+    rows: &[&EventRow],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     if rows.is_empty() {
         return Ok(HashSet::new());
@@ -144,7 +145,7 @@ pub async fn insert_events(
         .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.partition).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.offset).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.detail.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &r.detail).collect::<Vec<_>>())
         .fetch_all(conn)
         .await?;
     Ok(fresh.into_iter().collect())
@@ -190,14 +191,16 @@ pub async fn load(
     Ok((orders, lines, steps))
 }
 
-/// Write a batch's changes onto stored rows: full rows replace, aggregates add up.
+/// Write a batch's changes: created rows are inserted and stored rows updated (the fold knows
+/// which is which, so no statement asks the table), aggregates add up. At most one statement
+/// per table and kind of change, none for what did not change.
 pub async fn write(
     conn: &mut PgConnection,
     target: &Target,
     changes: &Changes,
 ) -> Result<(), sqlx::Error> {
     write_orders(conn, target, &changes.orders).await?;
-    write_lines(conn, target, &changes.lines).await?;
+    insert_lines(conn, target, &changes.lines).await?;
     write_steps(conn, target, &changes.steps).await?;
     write_customers(conn, target, &changes.customers).await?;
     write_daily(conn, target, changes).await?;
@@ -207,61 +210,106 @@ pub async fn write(
 async fn write_orders(
     conn: &mut PgConnection,
     target: &Target,
-    rows: &[OrderRow],
+    rows: &Rows<OrderRow>,
 ) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
+    if !rows.created.is_empty() {
+        let sql = format!(
+            "INSERT INTO {}
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[],
+                                  $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[],
+                                  $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[],
+                                  $15::timestamptz[], $16::text[], $17::int[], $18::text[], $19::timestamptz[])",
+            target.table("orders")
+        );
+        let rows = &rows.created;
+        let text = |f: fn(&OrderRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        let time =
+            |f: fn(&OrderRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(&sql)
+            .bind(text(|r| &r.order_id))
+            .bind(text(|r| &r.customer_id))
+            .bind(text(|r| &r.status))
+            .bind(text(|r| &r.currency))
+            .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.line_count).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.units).collect::<Vec<_>>())
+            .bind(text(|r| &r.ship_country))
+            .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+            .bind(time(|r| r.reserved_at))
+            .bind(time(|r| r.paid_at))
+            .bind(time(|r| r.shipment_scheduled_at))
+            .bind(
+                rows.iter()
+                    .map(|r| r.carrier.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(time(|r| r.completed_at))
+            .bind(time(|r| r.cancelled_at))
+            .bind(
+                rows.iter()
+                    .map(|r| r.cancel_reason.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
+            .bind(text(|r| &r.last_event_type))
+            .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
     }
-    let sql = format!(
-        "INSERT INTO {} AS o
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[],
-                              $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[],
-                              $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[],
-                              $15::timestamptz[], $16::text[], $17::int[], $18::text[], $19::timestamptz[])
-         ON CONFLICT (order_id) DO UPDATE SET
-             status = EXCLUDED.status, reserved_at = EXCLUDED.reserved_at, paid_at = EXCLUDED.paid_at,
-             shipment_scheduled_at = EXCLUDED.shipment_scheduled_at, carrier = EXCLUDED.carrier,
-             completed_at = EXCLUDED.completed_at, cancelled_at = EXCLUDED.cancelled_at,
-             cancel_reason = EXCLUDED.cancel_reason, event_count = EXCLUDED.event_count,
-             last_event_type = EXCLUDED.last_event_type, last_event_at = EXCLUDED.last_event_at",
-        target.table("orders")
-    );
-    let text = |f: fn(&OrderRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-    let time = |f: fn(&OrderRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(&sql)
-        .bind(text(|r| &r.order_id))
-        .bind(text(|r| &r.customer_id))
-        .bind(text(|r| &r.status))
-        .bind(text(|r| &r.currency))
-        .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.line_count).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.units).collect::<Vec<_>>())
-        .bind(text(|r| &r.ship_country))
-        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(time(|r| r.reserved_at))
-        .bind(time(|r| r.paid_at))
-        .bind(time(|r| r.shipment_scheduled_at))
-        .bind(
-            rows.iter()
-                .map(|r| r.carrier.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(time(|r| r.completed_at))
-        .bind(time(|r| r.cancelled_at))
-        .bind(
-            rows.iter()
-                .map(|r| r.cancel_reason.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
-        .bind(text(|r| &r.last_event_type))
-        .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
+    if !rows.changed.is_empty() {
+        // Only what an event after `OrderCreated` can change.
+        let sql = format!(
+            "UPDATE {} AS o SET
+                 status = d.status, reserved_at = d.reserved_at, paid_at = d.paid_at,
+                 shipment_scheduled_at = d.shipment_scheduled_at, carrier = d.carrier,
+                 completed_at = d.completed_at, cancelled_at = d.cancelled_at,
+                 cancel_reason = d.cancel_reason, event_count = d.event_count,
+                 last_event_type = d.last_event_type, last_event_at = d.last_event_at
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                         $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[],
+                         $11::text[], $12::timestamptz[])
+                  AS d(order_id, status, reserved_at, paid_at, shipment_scheduled_at, carrier,
+                       completed_at, cancelled_at, cancel_reason, event_count, last_event_type,
+                       last_event_at)
+             WHERE o.order_id = d.order_id",
+            target.table("orders")
+        );
+        let rows = &rows.changed;
+        let time =
+            |f: fn(&OrderRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(&sql)
+            .persistent(false)
+            .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(time(|r| r.reserved_at))
+            .bind(time(|r| r.paid_at))
+            .bind(time(|r| r.shipment_scheduled_at))
+            .bind(
+                rows.iter()
+                    .map(|r| r.carrier.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(time(|r| r.completed_at))
+            .bind(time(|r| r.cancelled_at))
+            .bind(
+                rows.iter()
+                    .map(|r| r.cancel_reason.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.last_event_type.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
-async fn write_lines(
+async fn insert_lines(
     conn: &mut PgConnection,
     target: &Target,
     rows: &[LineRow],
@@ -272,8 +320,7 @@ async fn write_lines(
     let sql = format!(
         "INSERT INTO {}
          SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::bigint[],
-                              $7::text[], $8::timestamptz[])
-         ON CONFLICT DO NOTHING",
+                              $7::text[], $8::timestamptz[])",
         target.table("order_lines")
     );
     sqlx::query(&sql)
@@ -293,30 +340,45 @@ async fn write_lines(
 async fn write_steps(
     conn: &mut PgConnection,
     target: &Target,
-    rows: &[StepRow],
+    rows: &Rows<StepRow>,
 ) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
+    let table = target.table("saga_step_durations");
+    let statements = [
+        (
+            &rows.created,
+            format!(
+                "INSERT INTO {table} (order_id, step, started_at, ended_at, outcome)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])"
+            ),
+        ),
+        (
+            &rows.changed,
+            format!(
+                "UPDATE {table} AS s SET started_at = d.started_at, ended_at = d.ended_at, outcome = d.outcome
+                 FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
+                      AS d(order_id, step, started_at, ended_at, outcome)
+                 WHERE s.order_id = d.order_id AND s.step = d.step"
+            ),
+        ),
+    ];
+    for (rows, sql) in statements {
+        if rows.is_empty() {
+            continue;
+        }
+        sqlx::query(&sql)
+            .persistent(false)
+            .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.ended_at).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.outcome.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *conn)
+            .await?;
     }
-    let sql = format!(
-        "INSERT INTO {} (order_id, step, started_at, ended_at, outcome)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
-         ON CONFLICT (order_id, step) DO UPDATE SET
-             started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, outcome = EXCLUDED.outcome",
-        target.table("saga_step_durations")
-    );
-    sqlx::query(&sql)
-        .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.ended_at).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.outcome.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
