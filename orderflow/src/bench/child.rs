@@ -151,6 +151,11 @@ impl Running {
 
     fn died(&self, status: ExitStatus, during: &str) -> anyhow::Error {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = if text.trim().is_empty() {
+            "(nothing: it logged no warning or error)".to_string()
+        } else {
+            text
+        };
         anyhow::anyhow!(
             "the pipeline process (orderflow run, pid {}) exited with {status} during {during}; \
              the last lines of its log {}:\n{}",

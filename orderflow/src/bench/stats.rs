@@ -96,11 +96,22 @@ pub fn quarter_medians(latencies_in_publish_order: &[Option<f64>]) -> Option<(f6
 /// kept up: noise, not a queue.
 pub const GROWTH_ALLOWANCE_MS: f64 = 500.0;
 
-/// Whether an open loop kept up with its offered rate: the median latency of the orders sent
-/// last is at most twice that of the orders sent first plus [`GROWTH_ALLOWANCE_MS`]. A pipeline
-/// slower than the offered rate builds a queue, so its latency climbs through the phase.
-pub fn kept_up(first_quarter_p50_ms: f64, last_quarter_p50_ms: f64) -> bool {
+/// The share of the offered rate an open loop must complete to count as kept up.
+pub const ACHIEVED_SHARE_MIN: f64 = 0.85;
+
+/// Whether an open loop kept up with its offered rate: it completed at least
+/// [`ACHIEVED_SHARE_MIN`] of the offered orders/s, and the median latency of the orders sent
+/// last is at most twice that of the orders sent first plus [`GROWTH_ALLOWANCE_MS`]. A
+/// pipeline slower than the offered rate builds a queue, so its latency climbs through the
+/// phase and its completions fall behind.
+pub fn kept_up(
+    first_quarter_p50_ms: f64,
+    last_quarter_p50_ms: f64,
+    achieved_per_s: f64,
+    offered_per_s: f64,
+) -> bool {
     last_quarter_p50_ms <= 2.0 * first_quarter_p50_ms + GROWTH_ALLOWANCE_MS
+        && achieved_per_s >= ACHIEVED_SHARE_MIN * offered_per_s
 }
 
 #[cfg(test)]
@@ -189,22 +200,30 @@ mod tests {
     fn a_growing_queue_is_not_kept_up() {
         let steady: Vec<Option<f64>> = (0..100).map(|i| Some(40.0 + f64::from(i % 7))).collect();
         let (first, last) = quarter_medians(&steady).expect("enough orders");
-        assert!(kept_up(first, last), "{first} → {last}");
+        assert!(kept_up(first, last, 100.0, 100.0), "{first} → {last}");
 
         let growing: Vec<Option<f64>> = (0..100)
             .map(|i| Some(100.0 + 50.0 * f64::from(i)))
             .collect();
         let (first, last) = quarter_medians(&growing).expect("enough orders");
-        assert!(!kept_up(first, last), "{first} → {last}");
+        assert!(!kept_up(first, last, 100.0, 100.0), "{first} → {last}");
 
+        // (first-quarter p50, last-quarter p50, achieved/s, offered/s)
         let cases = [
-            (2000.0, 2400.0, true),
-            (20.0, 530.0, true),
-            (20.0, 541.0, false),
-            (1000.0, 2600.0, false),
+            (2000.0, 2400.0, 250.0, 250.0, true),
+            (20.0, 530.0, 990.0, 1000.0, true),
+            (20.0, 541.0, 1000.0, 1000.0, false),
+            (1000.0, 2600.0, 500.0, 500.0, false),
+            (50.0, 60.0, 850.0, 1000.0, true),
+            (50.0, 60.0, 849.0, 1000.0, false),
+            (900.0, 1500.0, 250.0, 300.0, false),
         ];
-        for (first, last, want) in cases {
-            assert_eq!(kept_up(first, last), want, "{first} → {last}");
+        for (first, last, achieved, offered, want) in cases {
+            assert_eq!(
+                kept_up(first, last, achieved, offered),
+                want,
+                "{first} → {last} ms, {achieved} of {offered}/s"
+            );
         }
         assert_eq!(
             quarter_medians(&[Some(1.0), Some(2.0)]),
