@@ -16,7 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::give_up::{self, Abandoned};
-use crate::ports::{Answers, BreakerState, Guard};
+use crate::ports::{Answers, BreakerState, Failure, Guard};
 use crate::step::{Decider, Decline, Question};
 use crate::HandlerError;
 
@@ -50,6 +50,24 @@ pub trait PaymentProvider: Send + Sync {
         provider_reference: &str,
         idempotency_key: Uuid,
     ) -> Result<(), HandlerError>;
+
+    /// Whether [`PaymentProvider::authorize_all`] answers many requests in one call; then the
+    /// step makes one guarded call per batch instead of one per order.
+    fn answers_batches(&self) -> bool {
+        false
+    }
+
+    /// Authorize `requests` in one call: one decision per request, in order. Only called when
+    /// [`PaymentProvider::answers_batches`] says so.
+    async fn authorize_all(
+        &self,
+        requests: &[AuthorizationRequest],
+    ) -> Result<Vec<AuthorizationDecision>, HandlerError> {
+        let _ = requests;
+        Err(HandlerError::Rule(
+            "this payment provider does not answer batches".into(),
+        ))
+    }
 }
 
 /// A provider with deterministic, documented rules, for demos and tests.
@@ -73,30 +91,53 @@ impl PaymentProvider for SimulatedProvider {
         &self,
         request: &AuthorizationRequest,
     ) -> Result<AuthorizationDecision, HandlerError> {
-        if request.amount_minor > self.decline_over_minor {
-            return Ok(AuthorizationDecision::Declined {
-                reason: "amount_over_limit".into(),
-            });
-        }
-        let blocked: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM payment.blocked_customers WHERE customer_id = $1)",
+        let mut decisions = self.authorize_all(std::slice::from_ref(request)).await?;
+        decisions.pop().ok_or_else(|| HandlerError::Provider {
+            provider: "simulated",
+            message: "no decision".into(),
+            retryable: true,
+        })
+    }
+
+    fn answers_batches(&self) -> bool {
+        true
+    }
+
+    /// One query for the whole batch: which of its customers are blocked.
+    async fn authorize_all(
+        &self,
+        requests: &[AuthorizationRequest],
+    ) -> Result<Vec<AuthorizationDecision>, HandlerError> {
+        let customers: Vec<&str> = requests.iter().map(|r| r.customer_id.as_str()).collect();
+        let blocked: Vec<String> = sqlx::query_scalar(
+            "SELECT customer_id FROM payment.blocked_customers WHERE customer_id = ANY($1)",
         )
-        .bind(&request.customer_id)
-        .fetch_one(&self.pool)
+        .bind(&customers)
+        .fetch_all(&self.pool)
         .await
         .map_err(|e| HandlerError::Provider {
             provider: "simulated",
             message: e.to_string(),
             retryable: platform::db::is_retryable(&e),
         })?;
-        if blocked {
-            return Ok(AuthorizationDecision::Declined {
-                reason: "customer_blocked".into(),
-            });
-        }
-        Ok(AuthorizationDecision::Authorized {
-            provider_reference: format!("sim-{}", request.idempotency_key.simple()),
-        })
+        Ok(requests
+            .iter()
+            .map(|request| {
+                if request.amount_minor > self.decline_over_minor {
+                    AuthorizationDecision::Declined {
+                        reason: "amount_over_limit".into(),
+                    }
+                } else if blocked.contains(&request.customer_id) {
+                    AuthorizationDecision::Declined {
+                        reason: "customer_blocked".into(),
+                    }
+                } else {
+                    AuthorizationDecision::Authorized {
+                        provider_reference: format!("sim-{}", request.idempotency_key.simple()),
+                    }
+                }
+            })
+            .collect())
     }
 
     async fn void(
@@ -346,6 +387,67 @@ impl Decider for Payment {
     async fn store(&self, tx: &mut PgConnection, state: &State) -> Result<(), HandlerError> {
         store(tx, state).await?;
         Ok(())
+    }
+
+    async fn ask_all(&self, questions: Vec<Call>) -> Vec<(Uuid, Result<Answer, HandlerError>)> {
+        if !self.provider.answers_batches() {
+            return crate::step::ask_each(self, questions).await;
+        }
+        let (authorizations, others): (Vec<Call>, Vec<Call>) = questions
+            .into_iter()
+            .partition(|q| matches!(q, Call::Authorize(_)));
+        let requests: Vec<AuthorizationRequest> = authorizations
+            .into_iter()
+            .filter_map(|q| match q {
+                Call::Authorize(request) => Some(request),
+                Call::Void { .. } => None,
+            })
+            .collect();
+        let mut answers = crate::step::ask_each(self, others).await;
+        let Some(first) = requests.first() else {
+            return answers;
+        };
+        // One guarded call for the batch: its timeout and the breaker count it once.
+        let decisions = self
+            .guard
+            .call(first.idempotency_key, self.provider.authorize_all(&requests))
+            .await;
+        match decisions {
+            Ok(decisions) if decisions.len() == requests.len() => {
+                answers.extend(
+                    requests
+                        .iter()
+                        .zip(decisions)
+                        .map(|(r, d)| (r.idempotency_key, Ok(Answer::Authorization(d)))),
+                );
+            }
+            Ok(decisions) => {
+                let message = format!(
+                    "{} decisions for {} authorization requests",
+                    decisions.len(),
+                    requests.len()
+                );
+                answers.extend(requests.iter().map(|r| {
+                    (
+                        r.idempotency_key,
+                        Err(HandlerError::Provider {
+                            provider: "payment provider",
+                            message: message.clone(),
+                            retryable: true,
+                        }),
+                    )
+                }));
+            }
+            Err(error) => {
+                let failure = Failure::of(&error, self.guard.name());
+                answers.extend(
+                    requests
+                        .iter()
+                        .map(|r| (r.idempotency_key, Err(failure.to_error()))),
+                );
+            }
+        }
+        answers
     }
 
     async fn ask(&self, question: &Call) -> Result<Answer, HandlerError> {

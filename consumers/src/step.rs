@@ -104,6 +104,16 @@ pub trait Decider: Send + Sync + 'static {
         )))
     }
 
+    /// Ask several questions; one answer per question, by its key. The default asks them one
+    /// by one, up to 16 at a time ([`ask_each`]); a step whose service answers batches may
+    /// ask them together.
+    async fn ask_all(
+        &self,
+        questions: Vec<Self::Question>,
+    ) -> Vec<(Uuid, Result<Self::Answer, HandlerError>)> {
+        ask_each(self, questions).await
+    }
+
     /// The name of the service a question goes to (for failures and logs).
     fn service(&self) -> &'static str {
         self.name()
@@ -200,6 +210,18 @@ impl<D: Decider> Decided<D> {
     }
 }
 
+/// Ask `questions` one by one through [`Decider::ask`], up to 16 at a time.
+pub async fn ask_each<D: Decider + ?Sized>(
+    decider: &D,
+    questions: Vec<D::Question>,
+) -> Vec<(Uuid, Result<D::Answer, HandlerError>)> {
+    futures::stream::iter(questions)
+        .map(|question| async move { (question.key(), decider.ask(&question).await) })
+        .buffer_unordered(CALLS_IN_FLIGHT)
+        .collect()
+        .await
+}
+
 /// Wrap a decider for the engine.
 pub fn step<D: Decider>(decider: D) -> std::sync::Arc<dyn Step> {
     std::sync::Arc::new(Decided::new(decider))
@@ -237,24 +259,13 @@ impl<D: Decider> Step for Decided<D> {
             }
             calls += questions.len();
             let service = self.decider.service();
-            let answered: Vec<(Uuid, Result<D::Answer, Failure>)> =
-                futures::stream::iter(questions)
-                    .map(|question| async move {
-                        let answer = self.decider.ask(&question).await;
-                        (
-                            question.key(),
-                            answer.map_err(|error| Failure::of(&error, service)),
-                        )
-                    })
-                    .buffer_unordered(CALLS_IN_FLIGHT)
-                    .collect()
-                    .await;
+            let answered = self.decider.ask_all(questions).await;
             let mut answers = self.answers();
             if answers.len() > ANSWERS_KEPT {
                 *answers = Answers::new();
             }
             for (key, answer) in answered {
-                answers.insert(key, answer);
+                answers.insert(key, answer.map_err(|error| Failure::of(&error, service)));
             }
         }
         Ok(calls)

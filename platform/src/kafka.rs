@@ -432,9 +432,10 @@ pub fn commit_offsets<C>(
             return;
         }
     }
-    // A synchronous commit blocks this thread for one broker round trip; tell the runtime.
-    let result = tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync));
-    if let Err(error) = result {
+    // Asynchronous: the next batch does not wait for the group coordinator. A commit that is
+    // lost (a crash, a failed request) only re-delivers records the inbox already holds; the
+    // effects are exactly-once without it.
+    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::warn!(%error, "offset commit failed; records since the last commit will be re-delivered");
     }
 }

@@ -113,7 +113,9 @@ pub fn redact_url(url: &str) -> String {
 pub struct ConsumerSettings {
     /// Most records handled in one Postgres transaction.
     pub batch_max_events: usize,
-    /// Longest wait for a batch to fill once its first record arrived.
+    /// Longest wait for a batch to fill once its first record arrived. Short: under load the
+    /// records pile up while the previous batch is applied, so batches grow by themselves;
+    /// when the log is quiet a record is not held back waiting for company.
     pub batch_max_wait_ms: u64,
     /// Retry delays for a batch that failed with a retryable error.
     pub retry_delay_ms_min: u64,
@@ -286,7 +288,7 @@ impl Default for Settings {
             },
             consumer: ConsumerSettings {
                 batch_max_events: 500,
-                batch_max_wait_ms: 50,
+                batch_max_wait_ms: 5,
                 retry_delay_ms_min: 100,
                 retry_delay_ms_max: 5_000,
                 outbox_relay_after_ms: 5_000,
