@@ -149,6 +149,23 @@ impl PaymentProvider for SimulatedProvider {
     }
 }
 
+/// Have the simulated provider decline `customer_id` from now on (`customer_blocked`).
+pub async fn block_customer(
+    pool: &PgPool,
+    customer_id: &str,
+    note: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payment.blocked_customers (customer_id, note) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET note = EXCLUDED.note",
+    )
+    .bind(customer_id)
+    .bind(note)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The payment step: its provider, behind a timeout and a circuit breaker.
 pub struct Payment {
     provider: Arc<dyn PaymentProvider>,
@@ -410,7 +427,10 @@ impl Decider for Payment {
         // One guarded call for the batch: its timeout and the breaker count it once.
         let decisions = self
             .guard
-            .call(first.idempotency_key, self.provider.authorize_all(&requests))
+            .call(
+                first.idempotency_key,
+                self.provider.authorize_all(&requests),
+            )
             .await;
         match decisions {
             Ok(decisions) if decisions.len() == requests.len() => {

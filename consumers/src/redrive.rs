@@ -5,8 +5,8 @@
 //! Only saga steps are redriven; a projection dead-letters nothing but undecodable records.
 
 use anyhow::Context;
-use platform::outbox;
 use platform::Settings;
+use platform::{deadletter, outbox};
 use rdkafka::message::{OwnedMessage, Timestamp};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
@@ -60,8 +60,6 @@ impl std::fmt::Display for RedriveOutcome {
     }
 }
 
-type Letter = (Uuid, String, i32, i64, Option<Vec<u8>>, Option<Vec<u8>>);
-
 /// Redrive the open dead letters of `step` (all of them, or those in `only`), oldest position
 /// first. Effects are committed and replies published unless `dry_run`.
 pub async fn redrive(
@@ -73,18 +71,19 @@ pub async fn redrive(
     dry_run: bool,
 ) -> anyhow::Result<Vec<RedriveReport>> {
     let identity = identity(step, settings);
-    let letters: Vec<Letter> = sqlx::query_as(
-        "SELECT id, topic, partition, \"offset\", record_key, payload FROM pipeline.dead_letters
-         WHERE consumer = $1 AND redriven_at IS NULL AND (cardinality($2::uuid[]) = 0 OR id = ANY($2))
-         ORDER BY topic, partition, \"offset\"",
-    )
-    .bind(identity.name)
-    .bind(only)
-    .fetch_all(pool)
-    .await
-    .context("reading dead letters")?;
+    let letters = deadletter::open(pool, identity.name, only)
+        .await
+        .context("reading dead letters")?;
     let mut reports = Vec::with_capacity(letters.len());
-    for (id, topic, partition, offset, key, payload) in letters {
+    for letter in letters {
+        let deadletter::Open {
+            id,
+            topic,
+            partition,
+            offset,
+            record_key: key,
+            payload,
+        } = letter;
         let message = OwnedMessage::new(
             payload,
             key,
@@ -109,7 +108,7 @@ pub async fn redrive(
                 let outcome = if done.dead_lettered > 0 {
                     // Still undecodable: it was dead-lettered again, its history appended.
                     RedriveOutcome::FailedAgain {
-                        error: last_error(&mut tx, id).await?,
+                        error: deadletter::last_error(&mut tx, id).await?,
                     }
                 } else {
                     let outcome = if done.duplicates > 0 {
@@ -119,7 +118,7 @@ pub async fn redrive(
                             replies: rows.iter().map(|r| r.record.event_type.clone()).collect(),
                         }
                     };
-                    record_outcome(&mut tx, id, &outcome).await?;
+                    deadletter::record_redrive_outcome(&mut tx, id, &outcome.to_string()).await?;
                     outcome
                 };
                 if dry_run {
@@ -174,25 +173,4 @@ pub async fn redrive(
         });
     }
     Ok(reports)
-}
-
-/// Note what came of redriving the dead letter.
-async fn record_outcome(
-    tx: &mut sqlx::PgConnection,
-    id: Uuid,
-    outcome: &RedriveOutcome,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE pipeline.dead_letters SET redrive_outcome = $2 WHERE id = $1")
-        .bind(id)
-        .bind(outcome.to_string())
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-async fn last_error(tx: &mut sqlx::PgConnection, id: Uuid) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT error FROM pipeline.dead_letters WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
 }

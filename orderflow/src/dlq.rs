@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
-use platform::Settings;
+use platform::{deadletter, Settings};
 use uuid::Uuid;
 
 use crate::components::{self, Component};
@@ -24,96 +23,51 @@ pub enum Request {
     },
 }
 
-type ShowRow = (
-    String,
-    String,
-    i32,
-    i64,
-    String,
-    String,
-    String,
-    i32,
-    serde_json::Value,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-);
-
-type ListRow = (
-    Uuid,
-    String,
-    i32,
-    i64,
-    String,
-    String,
-    i32,
-    DateTime<Utc>,
-    String,
-    Option<String>,
-);
-
 pub async fn run(settings: &Settings, request: Request) -> anyhow::Result<ExitCode> {
     let pool = components::prepare_database(settings, false).await?;
     match request {
         Request::List { consumer, all } => {
-            let rows: Vec<ListRow> = sqlx::query_as(
-                "SELECT id, consumer, partition, \"offset\", error_class, error_kind, attempts, last_failed_at, error,
-                        redrive_outcome
-                 FROM pipeline.dead_letters
-                 WHERE ($1::text IS NULL OR consumer = $1) AND ($2 OR redriven_at IS NULL)
-                 ORDER BY consumer, topic, partition, \"offset\"",
-            )
-            .bind(consumer.map(Component::name))
-            .bind(all)
-            .fetch_all(&pool)
-            .await
-            .context("reading dead letters")?;
+            let rows = deadletter::list(&pool, consumer.map(Component::name), all)
+                .await
+                .context("reading dead letters")?;
             println!(
                 "{:<36}  {:<11}  {:>9}  {:<17}  {:>8}  {:<20}  error",
                 "id", "consumer", "part/off", "class", "attempts", "last failure"
             );
-            for (id, consumer, partition, offset, class, kind, attempts, last, error, redriven) in
-                &rows
-            {
-                let mut error = format!("{kind}: {error}");
-                if let Some(outcome) = redriven {
+            for row in &rows {
+                let mut error = format!("{}: {}", row.error_kind, row.error);
+                if let Some(outcome) = &row.redrive_outcome {
                     error = format!("[redriven: {outcome}] {error}");
                 }
                 println!(
-                    "{id}  {consumer:<11}  {:>9}  {class:<17}  {attempts:>8}  {:<20}  {}",
-                    format!("{partition}/{offset}"),
-                    last.format("%Y-%m-%d %H:%M:%S"),
+                    "{}  {:<11}  {:>9}  {:<17}  {:>8}  {:<20}  {}",
+                    row.id,
+                    row.consumer,
+                    format!("{}/{}", row.partition, row.offset),
+                    row.error_class,
+                    row.attempts,
+                    row.last_failed_at.format("%Y-%m-%d %H:%M:%S"),
                     truncate(&error, 100)
                 );
             }
             eprintln!("{} dead letters", rows.len());
         }
         Request::Show { id } => {
-            let row: Option<ShowRow> =
-                sqlx::query_as(
-                    "SELECT consumer, topic, partition, \"offset\", dlq_topic, error_class, error, attempts, history,
-                            record_key, payload, redriven_at, redrive_outcome
-                     FROM pipeline.dead_letters WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&pool)
-                .await?;
-            let Some((
+            let Some(deadletter::Letter {
                 consumer,
                 topic,
                 partition,
                 offset,
-                dlq,
-                class,
+                dlq_topic: dlq,
+                error_class: class,
                 error,
                 attempts,
                 history,
-                key,
+                record_key: key,
                 payload,
                 redriven_at,
-                outcome,
-            )) = row
+                redrive_outcome: outcome,
+            }) = deadletter::find(&pool, id).await?
             else {
                 eprintln!("no dead letter {id} (list them with `orderflow dlq list --all`)");
                 return Ok(ExitCode::from(1));

@@ -375,14 +375,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             action: CustomerAction::Block { customer_id, note },
         } => {
             let pool = components::prepare_database(&settings, false).await?;
-            sqlx::query(
-                "INSERT INTO payment.blocked_customers (customer_id, note) VALUES ($1, $2)
-                 ON CONFLICT (customer_id) DO UPDATE SET note = EXCLUDED.note",
-            )
-            .bind(&customer_id)
-            .bind(&note)
-            .execute(&pool)
-            .await?;
+            consumers::payment::block_customer(&pool, &customer_id, &note).await?;
             eprintln!("customer {customer_id} is blocked");
         }
         Command::Replay {

@@ -210,3 +210,117 @@ pub async fn mark_redriven(tx: &mut PgConnection, id: Uuid) -> Result<(), sqlx::
         .await?;
     Ok(())
 }
+
+/// A dead letter as operators list it (`orderflow dlq list`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Listed {
+    pub id: Uuid,
+    pub consumer: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub error_class: String,
+    pub error_kind: String,
+    pub attempts: i32,
+    pub last_failed_at: DateTime<Utc>,
+    pub error: String,
+    pub redrive_outcome: Option<String>,
+}
+
+/// Dead letters of `consumer` (all consumers when `None`), open ones only unless `all`, in
+/// log order per consumer.
+pub async fn list(
+    pool: &sqlx::PgPool,
+    consumer: Option<&str>,
+    all: bool,
+) -> Result<Vec<Listed>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, consumer, partition, \"offset\", error_class, error_kind, attempts, last_failed_at, error,
+                redrive_outcome
+         FROM pipeline.dead_letters
+         WHERE ($1::text IS NULL OR consumer = $1) AND ($2 OR redriven_at IS NULL)
+         ORDER BY consumer, topic, partition, \"offset\"",
+    )
+    .bind(consumer)
+    .bind(all)
+    .fetch_all(pool)
+    .await
+}
+
+/// One dead letter in full (`orderflow dlq show`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Letter {
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub dlq_topic: String,
+    pub error_class: String,
+    pub error: String,
+    pub attempts: i32,
+    pub history: serde_json::Value,
+    pub record_key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub redriven_at: Option<DateTime<Utc>>,
+    pub redrive_outcome: Option<String>,
+}
+
+pub async fn find(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Letter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT consumer, topic, partition, \"offset\", dlq_topic, error_class, error, attempts, history,
+                record_key, payload, redriven_at, redrive_outcome
+         FROM pipeline.dead_letters WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// An open dead letter to redrive: its id and the record as it was read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Open {
+    pub id: Uuid,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub record_key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// `consumer`'s open dead letters (all, or those in `only`), oldest position first.
+pub async fn open(
+    pool: &sqlx::PgPool,
+    consumer: &str,
+    only: &[Uuid],
+) -> Result<Vec<Open>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, topic, partition, \"offset\", record_key, payload FROM pipeline.dead_letters
+         WHERE consumer = $1 AND redriven_at IS NULL AND (cardinality($2::uuid[]) = 0 OR id = ANY($2))
+         ORDER BY topic, partition, \"offset\"",
+    )
+    .bind(consumer)
+    .bind(only)
+    .fetch_all(pool)
+    .await
+}
+
+/// Note what came of redriving dead letter `id`.
+pub async fn record_redrive_outcome(
+    tx: &mut PgConnection,
+    id: Uuid,
+    outcome: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE pipeline.dead_letters SET redrive_outcome = $2 WHERE id = $1")
+        .bind(id)
+        .bind(outcome)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The error dead letter `id` holds now.
+pub async fn last_error(tx: &mut PgConnection, id: Uuid) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT error FROM pipeline.dead_letters WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+}

@@ -147,14 +147,28 @@ pub async fn publish(
         }
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("marking outbox rows published")?;
+    mark_published(&mut conn, &ids)
+        .await
+        .context("marking outbox rows published")?;
+    Ok(())
+}
+
+/// Mark outbox rows as published (by the caller, or found already on the log by a restore).
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     // Planned per call: a generic plan cached while the outbox was small would keep scanning
     // it whole as it grows.
     sqlx::query("UPDATE pipeline.outbox SET published_at = now() WHERE id = ANY($1)")
         .persistent(false)
-        .bind(&ids)
-        .execute(pool)
-        .await
-        .context("marking outbox rows published")?;
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -20,10 +20,11 @@ mod recorded;
 
 use std::sync::Arc;
 
+use platform::outbox;
 use platform::Settings;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::engine::{self, attempt, disposition, Attempted, BatchError, Excluded, Identity, Mode};
@@ -165,7 +166,7 @@ async fn replay_batch(
         let rows = saga::replay_timeout(&mut tx, topic, marker)
             .await
             .map_err(|e| anyhow::anyhow!("saga: {e}"))?;
-        mark_published(&mut tx, &rows.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
+        outbox::mark_published(&mut tx, &rows.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
         tx.commit().await?;
         replayed.totals.replies_archived += rows.len();
     }
@@ -228,7 +229,7 @@ async fn apply_step(
                     );
                     archived.push(row.id);
                 }
-                mark_published(&mut tx, &archived).await?;
+                outbox::mark_published(&mut tx, &archived).await?;
                 tx.commit().await?;
                 let totals = &mut replayed.totals;
                 totals.applied += outcome.applied;
@@ -269,17 +270,5 @@ async fn apply_step(
             end = last;
         }
     }
-    Ok(())
-}
-
-async fn mark_published(tx: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("UPDATE pipeline.outbox SET published_at = now() WHERE id = ANY($1)")
-        .persistent(false)
-        .bind(ids)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
