@@ -259,6 +259,7 @@ async fn exhausted_retries_dead_letter_with_history_and_redrive_finishes_the_ord
     let step = consumers::step(Payment::new(provider.clone()));
     let producer =
         platform::kafka::producer(&env.settings.kafka, "test-redrive").expect("producer");
+    let calls_before = provider.calls.load(Ordering::SeqCst);
     let dry = consumers::redrive::redrive(
         step.as_ref(),
         &env.settings,
@@ -269,6 +270,11 @@ async fn exhausted_retries_dead_letter_with_history_and_redrive_finishes_the_ord
     )
     .await
     .expect("dry run");
+    assert_eq!(
+        provider.calls.load(Ordering::SeqCst),
+        calls_before,
+        "a dry run asks no provider"
+    );
     assert_eq!(dry.len(), 1);
     // It would have to ask the provider, which a dry run does not do.
     let outcome = dry[0].outcome.to_string();
