@@ -108,6 +108,7 @@ pub async fn apply(
 ) -> anyhow::Result<(ProjectionOutcome, Vec<OutboxRow>)> {
     let mut outcome = ProjectionOutcome::default();
     let mut dead = Vec::new();
+    store::plan_key_lookups(tx, true).await?;
     let stored: HashMap<(String, i32), i64> = store::positions(tx, target, false)
         .await?
         .into_iter()
@@ -167,6 +168,7 @@ pub async fn apply(
     }
     store::write(tx, target, &folding.into_changes()).await?;
     store::advance(tx, target, &advances(batch, &pending, &new_events)).await?;
+    store::plan_key_lookups(tx, false).await?;
     Ok((outcome, dead))
 }
 
