@@ -83,6 +83,9 @@ pub struct Tracker {
     pub phases: Vec<PhaseTrack>,
     /// Orders terminal on the log and not yet visible: (terminal occurred_at µs, phase, index).
     pending: BTreeSet<(i64, usize, usize)>,
+    /// Every cancel reason seen on the log: the read-model poll looks up cancelled orders
+    /// through the `(cancel_reason, cancelled_at)` index.
+    reasons: BTreeSet<String>,
 }
 
 impl Tracker {
@@ -295,15 +298,24 @@ pub async fn watch(
             Some(EventType::OrderCancelled) => Some(Outcome::Cancelled),
             _ => None,
         };
-        // Decoded only for terminal records: where the read-model poll must look from.
-        let occurred_us = outcome.and_then(|_| {
-            events::decode(message.payload()?)
-                .ok()
-                .map(|e| e.meta.occurred_at.timestamp_micros())
-        });
+        // Decoded only for terminal records: where the read-model poll must look from, and
+        // under which cancel reason.
+        let decoded = outcome.and_then(|_| events::decode(message.payload()?).ok());
+        let occurred_us = decoded
+            .as_ref()
+            .map(|e| e.meta.occurred_at.timestamp_micros());
+        let reason = match decoded.map(|e| e.body) {
+            Some(events::EventBody::OrderCancelled(cancelled)) => Some(cancelled.reason),
+            _ => None,
+        };
         let stamp_ms = message.timestamp().to_millis();
         let mut guard = lock(&tracker);
         let tracker = &mut *guard;
+        if let Some(reason) = reason {
+            if !tracker.reasons.contains(&reason) {
+                tracker.reasons.insert(reason);
+            }
+        }
         let Some(track) = tracker.phases.get_mut(phase) else {
             continue;
         };
@@ -340,8 +352,11 @@ pub struct PollStats {
 }
 
 /// Poll `analytics.orders` every `interval` while any published order is not yet visible,
-/// with one query: the orders that reached a terminal status at or after the oldest terminal
-/// event still unseen (so the window is only as wide as the projection's lag).
+/// with one statement: the orders completed, or cancelled under a reason seen on the log, at or
+/// after the oldest terminal event still unseen (so the window is only as wide as the
+/// projection's lag). Both halves use the read model's own indexes (`completed_at`;
+/// `(cancel_reason, cancelled_at)`) and are planned per call, so a poll stays cheap as the
+/// table grows; the status is checked here.
 pub async fn poll_visible(
     pool: PgPool,
     prefix: String,
@@ -357,12 +372,13 @@ pub async fn poll_visible(
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let oldest_pending = {
+        let (oldest_pending, reasons) = {
             let tracker = lock(&tracker);
             if tracker.phases.iter().all(|p| p.visible == p.published()) {
                 continue;
             }
-            tracker.pending.first().map(|p| p.0)
+            let reasons: Vec<String> = tracker.reasons.iter().cloned().collect();
+            (tracker.pending.first().map(|p| p.0), reasons)
         };
         let recent = Utc::now() - HORIZON;
         let from = match oldest_pending.and_then(DateTime::from_timestamp_micros) {
@@ -371,12 +387,15 @@ pub async fn poll_visible(
             None => recent,
         };
         let started = Instant::now();
-        let rows: Result<Vec<(String,)>, sqlx::Error> = sqlx::query_as(
-            "SELECT order_id FROM analytics.orders
-             WHERE (completed_at >= $1 OR cancelled_at >= $1)
-               AND status IN ('completed', 'cancelled')",
+        let rows: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
+            "SELECT order_id, status FROM analytics.orders WHERE completed_at >= $1
+             UNION ALL
+             SELECT order_id, status FROM analytics.orders
+             WHERE cancel_reason = ANY($2) AND cancelled_at >= $1",
         )
+        .persistent(false)
         .bind(from)
+        .bind(&reasons)
         .fetch_all(&pool)
         .await;
         stats.polls.fetch_add(1, Ordering::Relaxed);
@@ -395,7 +414,10 @@ pub async fn poll_visible(
         stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
         let mut guard = lock(&tracker);
         let tracker = &mut *guard;
-        for (id,) in rows {
+        for (id, status) in rows {
+            if status != "completed" && status != "cancelled" {
+                continue;
+            }
             let Some((phase, index)) = parse_order_id(&prefix, &id) else {
                 continue;
             };
