@@ -55,6 +55,8 @@ pub struct Entry {
     last_event_id: Uuid,
     last_event_at: Option<DateTime<Utc>>,
     changed: bool,
+    /// The row exists in `saga.orders` (loaded), so storing it is an update.
+    stored: bool,
 }
 
 type Row = (
@@ -110,6 +112,7 @@ fn entry_from_row(row: Row) -> Result<(String, Entry), HandlerError> {
             last_event_id,
             last_event_at,
             changed: false,
+            stored: true,
         },
     ))
 }
@@ -211,6 +214,7 @@ impl OrderSaga {
                         last_event_id: event.meta.event_id,
                         last_event_at: None,
                         changed: true,
+                        stored: false,
                     })
                 }
                 // decide() starts a saga only from OrderCreated.
@@ -259,83 +263,124 @@ impl OrderSaga {
     }
 }
 
+/// Write the changed rows: new orders with one `INSERT`, known ones with one `UPDATE … FROM
+/// UNNEST` (no `ON CONFLICT`, whose speculative insert costs every updated row an index probe
+/// and a retry).
 async fn store(tx: &mut PgConnection, entries: &HashMap<String, Entry>) -> Result<(), sqlx::Error> {
-    let changed: Vec<(&String, &Entry)> = entries.iter().filter(|(_, e)| e.changed).collect();
-    if changed.is_empty() {
-        return Ok(());
+    let (updated, inserted): (Changed, Changed) = entries
+        .iter()
+        .filter(|(_, e)| e.changed)
+        .partition(|(_, e)| e.stored);
+    if !inserted.is_empty() {
+        let rows = Columns::of(&inserted);
+        sqlx::query(
+            "INSERT INTO saga.orders (order_id, state, awaiting, pending, cancel_reason, cancel_detail, customer_id,
+                                      total_minor, currency, last_event_type, last_event_id, correlation_id,
+                                      deadline, attempts, last_event_at)
+             SELECT id, st, aw, COALESCE(string_to_array(NULLIF(pe, ''), ','), '{}'), re, de, cu, tot, cur, ty, ev,
+                    co, dl, at, lt
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::bigint[], $9::text[], $10::text[], $11::uuid[], $12::uuid[], $13::timestamptz[],
+                         $14::int[], $15::timestamptz[])
+                  AS x(id, st, aw, pe, re, de, cu, tot, cur, ty, ev, co, dl, at, lt)",
+        )
+        .bind(&rows.ids)
+        .bind(&rows.states)
+        .bind(&rows.awaiting)
+        .bind(&rows.pending)
+        .bind(&rows.reasons)
+        .bind(&rows.details)
+        .bind(&rows.customers)
+        .bind(&rows.totals)
+        .bind(&rows.currencies)
+        .bind(&rows.types)
+        .bind(&rows.event_ids)
+        .bind(&rows.correlations)
+        .bind(&rows.deadlines)
+        .bind(&rows.attempts)
+        .bind(&rows.event_times)
+        .execute(&mut *tx)
+        .await?;
     }
-    let ids: Vec<&str> = changed.iter().map(|(id, _)| id.as_str()).collect();
-    let states: Vec<&str> = changed.iter().map(|(_, e)| e.state.name()).collect();
-    let awaiting: Vec<Option<&str>> = changed.iter().map(|(_, e)| e.state.awaiting()).collect();
-    // Postgres arrays cannot nest ragged arrays, so pending compensations travel as one
-    // comma-separated string per row.
-    let pending: Vec<String> = changed
-        .iter()
-        .map(|(_, e)| {
-            e.state
-                .pending()
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect();
-    let reasons: Vec<Option<&str>> = changed
-        .iter()
-        .map(|(_, e)| e.state.cancellation().0)
-        .collect();
-    let details: Vec<Option<&str>> = changed
-        .iter()
-        .map(|(_, e)| e.state.cancellation().1)
-        .collect();
-    let customers: Vec<&str> = changed
-        .iter()
-        .map(|(_, e)| e.customer_id.as_str())
-        .collect();
-    let totals: Vec<i64> = changed.iter().map(|(_, e)| e.total_minor).collect();
-    let currencies: Vec<&str> = changed.iter().map(|(_, e)| e.currency.as_str()).collect();
-    let types: Vec<&str> = changed.iter().map(|(_, e)| e.last_event_type).collect();
-    let event_ids: Vec<Uuid> = changed.iter().map(|(_, e)| e.last_event_id).collect();
-    let correlations: Vec<Option<Uuid>> = changed.iter().map(|(_, e)| e.correlation_id).collect();
-    let deadlines: Vec<Option<DateTime<Utc>>> = changed.iter().map(|(_, e)| e.deadline).collect();
-    let attempts: Vec<i32> = changed.iter().map(|(_, e)| e.attempts).collect();
-    let event_times: Vec<Option<DateTime<Utc>>> =
-        changed.iter().map(|(_, e)| e.last_event_at).collect();
-    sqlx::query(
-        "INSERT INTO saga.orders (order_id, state, awaiting, pending, cancel_reason, cancel_detail, customer_id,
-                                  total_minor, currency, last_event_type, last_event_id, correlation_id,
-                                  deadline, attempts, last_event_at)
-         SELECT id, st, aw, COALESCE(string_to_array(NULLIF(pe, ''), ','), '{}'), re, de, cu, tot, cur, ty, ev,
-                co, dl, at, lt
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::bigint[], $9::text[], $10::text[], $11::uuid[], $12::uuid[], $13::timestamptz[],
-                     $14::int[], $15::timestamptz[])
-              AS x(id, st, aw, pe, re, de, cu, tot, cur, ty, ev, co, dl, at, lt)
-         ON CONFLICT (order_id) DO UPDATE SET
-             state = EXCLUDED.state, awaiting = EXCLUDED.awaiting,
-             pending = EXCLUDED.pending, cancel_reason = EXCLUDED.cancel_reason,
-             cancel_detail = EXCLUDED.cancel_detail, last_event_type = EXCLUDED.last_event_type,
-             last_event_id = EXCLUDED.last_event_id, deadline = EXCLUDED.deadline,
-             attempts = EXCLUDED.attempts, last_event_at = EXCLUDED.last_event_at, updated_at = now()",
-    )
-    .bind(&ids)
-    .bind(&states)
-    .bind(&awaiting)
-    .bind(&pending)
-    .bind(&reasons)
-    .bind(&details)
-    .bind(&customers)
-    .bind(&totals)
-    .bind(&currencies)
-    .bind(&types)
-    .bind(&event_ids)
-    .bind(&correlations)
-    .bind(&deadlines)
-    .bind(&attempts)
-    .bind(&event_times)
-    .execute(&mut *tx)
-    .await?;
+    if !updated.is_empty() {
+        let rows = Columns::of(&updated);
+        sqlx::query(
+            "UPDATE saga.orders AS o SET state = x.st, awaiting = x.aw,
+                 pending = COALESCE(string_to_array(NULLIF(x.pe, ''), ','), '{}'), cancel_reason = x.re,
+                 cancel_detail = x.de, last_event_type = x.ty, last_event_id = x.ev, deadline = x.dl,
+                 attempts = x.at, last_event_at = x.lt, updated_at = now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::uuid[], $9::timestamptz[], $10::int[], $11::timestamptz[])
+                  AS x(id, st, aw, pe, re, de, ty, ev, dl, at, lt)
+             WHERE o.order_id = x.id",
+        )
+        .persistent(false)
+        .bind(&rows.ids)
+        .bind(&rows.states)
+        .bind(&rows.awaiting)
+        .bind(&rows.pending)
+        .bind(&rows.reasons)
+        .bind(&rows.details)
+        .bind(&rows.types)
+        .bind(&rows.event_ids)
+        .bind(&rows.deadlines)
+        .bind(&rows.attempts)
+        .bind(&rows.event_times)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
+}
+
+type Changed<'a> = Vec<(&'a String, &'a Entry)>;
+
+/// Saga rows as one array per column.
+struct Columns<'a> {
+    ids: Vec<&'a str>,
+    states: Vec<&'a str>,
+    awaiting: Vec<Option<&'a str>>,
+    /// Postgres arrays cannot nest ragged arrays, so pending compensations travel as one
+    /// comma-separated string per row.
+    pending: Vec<String>,
+    reasons: Vec<Option<&'a str>>,
+    details: Vec<Option<&'a str>>,
+    customers: Vec<&'a str>,
+    totals: Vec<i64>,
+    currencies: Vec<&'a str>,
+    types: Vec<&'a str>,
+    event_ids: Vec<Uuid>,
+    correlations: Vec<Option<Uuid>>,
+    deadlines: Vec<Option<DateTime<Utc>>>,
+    attempts: Vec<i32>,
+    event_times: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &[(&'a String, &'a Entry)]) -> Self {
+        Columns {
+            ids: rows.iter().map(|(id, _)| id.as_str()).collect(),
+            states: rows.iter().map(|(_, e)| e.state.name()).collect(),
+            awaiting: rows.iter().map(|(_, e)| e.state.awaiting()).collect(),
+            pending: rows
+                .iter()
+                .map(|(_, e)| {
+                    let pending: Vec<&str> = e.state.pending().iter().map(|c| c.as_str()).collect();
+                    pending.join(",")
+                })
+                .collect(),
+            reasons: rows.iter().map(|(_, e)| e.state.cancellation().0).collect(),
+            details: rows.iter().map(|(_, e)| e.state.cancellation().1).collect(),
+            customers: rows.iter().map(|(_, e)| e.customer_id.as_str()).collect(),
+            totals: rows.iter().map(|(_, e)| e.total_minor).collect(),
+            currencies: rows.iter().map(|(_, e)| e.currency.as_str()).collect(),
+            types: rows.iter().map(|(_, e)| e.last_event_type).collect(),
+            event_ids: rows.iter().map(|(_, e)| e.last_event_id).collect(),
+            correlations: rows.iter().map(|(_, e)| e.correlation_id).collect(),
+            deadlines: rows.iter().map(|(_, e)| e.deadline).collect(),
+            attempts: rows.iter().map(|(_, e)| e.attempts).collect(),
+            event_times: rows.iter().map(|(_, e)| e.last_event_at).collect(),
+        }
+    }
 }
 
 /// What one deadline check did.
