@@ -76,6 +76,46 @@ impl Decoded {
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
+
+    /// Split into at most `parts` batches that each hold whole partitions (so each can be
+    /// applied in a transaction of its own, with the positions of its partitions), with about
+    /// as many records each. Records keep their order.
+    pub fn split(self, parts: usize) -> Vec<Decoded> {
+        let mut sizes: BTreeMap<(&str, i32), usize> = BTreeMap::new();
+        for m in &self.messages {
+            *sizes.entry((m.topic(), m.partition())).or_default() += 1;
+        }
+        let parts = parts.clamp(1, sizes.len().max(1));
+        if parts == 1 {
+            return vec![self];
+        }
+        // Largest partitions first, each to the part with the fewest records so far.
+        let mut by_size: Vec<((&str, i32), usize)> = sizes.into_iter().collect();
+        by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut load = vec![0usize; parts];
+        let mut part_of: HashMap<(String, i32), usize> = HashMap::new();
+        for ((topic, partition), size) in by_size {
+            let (emptiest, _) = load
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, records)| (**records, *i))
+                .expect("at least one part");
+            load[emptiest] += size;
+            part_of.insert((topic.to_string(), partition), emptiest);
+        }
+        let mut split: Vec<Decoded> = (0..parts)
+            .map(|_| Decoded {
+                messages: Vec::new(),
+                decoded: Vec::new(),
+            })
+            .collect();
+        for (message, decoded) in self.messages.into_iter().zip(self.decoded) {
+            let part = part_of[&(message.topic().to_string(), message.partition())];
+            split[part].messages.push(message);
+            split[part].decoded.push(decoded);
+        }
+        split
+    }
 }
 
 /// Set an undecodable record aside for the projections group `group`: the dead-letter row and
@@ -261,6 +301,43 @@ mod tests {
             Some("record has no value")
         );
         assert!(batch.decoded[2].is_err());
+    }
+
+    #[test]
+    fn a_split_keeps_partitions_whole_and_in_order_and_about_even() {
+        // partitions of the records in log order -> parts wanted -> partitions per part
+        type Case = (&'static [i32], usize, Vec<Vec<i32>>);
+        let table: [Case; 5] = [
+            (&[], 2, vec![vec![]]),
+            (&[0, 1, 0, 1], 1, vec![vec![0, 1, 0, 1]]),
+            (&[0, 0, 0], 2, vec![vec![0, 0, 0]]),
+            (&[0, 1, 2, 0, 1, 0], 2, vec![vec![0, 0, 0], vec![1, 2, 1]]),
+            (
+                &[5, 4, 3, 2, 1, 0, 5, 4, 5],
+                3,
+                vec![vec![5, 5, 5], vec![4, 2, 4], vec![3, 1, 0]],
+            ),
+        ];
+        for (partitions, parts, want) in table {
+            let batch = Decoded::decode(
+                partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(offset, p)| record(*p, offset as i64, None))
+                    .collect(),
+            );
+            let split = batch.split(parts);
+            let got: Vec<Vec<i32>> = split
+                .iter()
+                .map(|part| {
+                    let offsets: Vec<i64> = part.messages().iter().map(|m| m.offset()).collect();
+                    assert!(offsets.is_sorted(), "{partitions:?}: order kept");
+                    assert_eq!(part.decoded.len(), part.len());
+                    part.messages().iter().map(|m| m.partition()).collect()
+                })
+                .collect();
+            assert_eq!(got, want, "{partitions:?} in {parts}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! the current one is written ([`apply`]), with one decoded batch at most waiting. Batches are
 //! `consumer.batch_max_events` records, and up to [`CATCH_UP_BATCH_MAX_EVENTS`] while the
 //! projector is behind (the previous batch came back full), so a cold start catches up in
-//! fewer, larger transactions.
+//! fewer, larger transactions. A batch is written by up to [`WRITERS`] transactions at once,
+//! each with whole partitions and their positions, so Postgres works on more than one core.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,13 @@ pub const CATCH_UP_BATCH_MAX_EVENTS: usize = 10_000;
 
 /// Decoded batches waiting for the writer: one, so that reading and decoding overlap writing.
 const READ_AHEAD_BATCHES: usize = 1;
+
+/// Transactions writing one batch at once, each on its own connection with its own partitions.
+/// Postgres runs a transaction on one core; two let it use a second one while the first waits
+/// for a row lock, a flush or the client. Their orders never meet (an order is in one
+/// partition); the aggregates they share are upserted in key order, so they wait for each
+/// other there but never deadlock.
+pub const WRITERS: usize = 2;
 
 pub struct Projector {
     pool: PgPool,
@@ -96,14 +104,27 @@ impl Projector {
         ));
         // `None` once the reader stopped: on shutdown, or because it failed.
         while let Some(batch) = batches.recv().await {
-            let attempt = || apply_batch(&self.pool, &self.group, &batch);
-            let (outcome, dead) = attempt
-                .retry(backoff)
-                .when(|error: &anyhow::Error| is_retryable(error) && !shutdown.is_cancelled())
-                .notify(|error, delay| tracing::warn!(%error, ?delay, "projection batch failed; retrying"))
+            let records = batch.len();
+            let next_offsets = platform::kafka::next_offsets(batch.messages());
+            let parts = batch.split(WRITERS);
+            let applied = parts.iter().map(|part| async {
+                let attempt = || apply_batch(&self.pool, &self.group, part);
+                attempt
+                    .retry(backoff)
+                    .when(|error: &anyhow::Error| {
+                        is_retryable(error) && !shutdown.is_cancelled()
+                    })
+                    .notify(|error, delay| tracing::warn!(%error, ?delay, "projection batch failed; retrying"))
+                    .await
+            });
+            let mut dead = Vec::new();
+            for (outcome, dead_letters) in futures::future::try_join_all(applied)
                 .await
-                .context("projection cannot apply a batch")?;
-            tracing::debug!(?outcome, records = batch.len(), "projection batch applied");
+                .context("projection cannot apply a batch")?
+            {
+                tracing::debug!(?outcome, records, "projection batch applied");
+                dead.extend(dead_letters);
+            }
             let publish = || platform::outbox::publish(&self.pool, &self.producer, &dead);
             publish
                 .retry(backoff)
@@ -111,10 +132,7 @@ impl Projector {
                 .await
                 .context("publishing dead letters")?;
             // A hint only: the stored offsets in Postgres are what assignment uses.
-            platform::kafka::commit_offsets(
-                &consumer,
-                &platform::kafka::next_offsets(batch.messages()),
-            );
+            platform::kafka::commit_offsets(&consumer, &next_offsets);
             if shutdown.is_cancelled() {
                 break;
             }
