@@ -242,16 +242,17 @@ pub async fn attempt(
     excluded: &Excluded,
     mode: Mode,
 ) -> Result<Attempted, BatchError> {
+    let sorted = sort(step, batch);
     // A dry run calls no one: a decision that needs an answer fails as unanswered.
     let asks = !matches!(mode, Mode::Redrive { dry_run: true, .. });
     let mut round = 0;
     loop {
         round += 1;
         if asks {
-            ask_first(step, identity, pool, batch, excluded, mode).await?;
+            ask_first(step, identity, pool, &sorted, excluded, mode).await?;
         }
         let mut tx = pool.begin().await?;
-        match attempt_batch(step, identity, &mut tx, batch, excluded, mode).await {
+        match attempt_batch(step, identity, &mut tx, &sorted, excluded, mode).await {
             Ok((outcome, rows)) => return Ok(Attempted { tx, outcome, rows }),
             Err(BatchError::Records(failures))
                 if asks
@@ -270,20 +271,55 @@ pub async fn attempt(
     }
 }
 
+/// A batch's records as a step sees them: decoded if the step wants their type (read from
+/// the header without decoding), counted if not, set aside with the reason if undecodable.
+pub struct Sorted<'a> {
+    pub wanted: Vec<(&'a OwnedMessage, Event)>,
+    pub undecodable: Vec<(&'a OwnedMessage, String)>,
+    pub ignored: usize,
+}
+
+/// Decode what `step` wants of `batch`, once per attempt.
+pub fn sort<'a>(step: &dyn Step, batch: &'a [OwnedMessage]) -> Sorted<'a> {
+    let mut sorted = Sorted {
+        wanted: Vec::with_capacity(batch.len()),
+        undecodable: Vec::new(),
+        ignored: 0,
+    };
+    for message in batch {
+        let Some(payload) = message.payload() else {
+            sorted
+                .undecodable
+                .push((message, "record has no value".to_string()));
+            continue;
+        };
+        if events::peek_type(payload).is_some_and(|t| !step.wants(t)) {
+            sorted.ignored += 1;
+            continue;
+        }
+        match events::decode(payload) {
+            Ok(event) if step.wants(event.event_type()) => sorted.wanted.push((message, event)),
+            Ok(_) => sorted.ignored += 1,
+            Err(error) => sorted.undecodable.push((message, error.to_string())),
+        }
+    }
+    sorted
+}
+
 /// Ask the step's ports what the batch's records (those it would handle) need to know.
 async fn ask_first(
     step: &dyn Step,
     identity: &Identity,
     pool: &PgPool,
-    batch: &[OwnedMessage],
+    sorted: &Sorted<'_>,
     excluded: &Excluded,
     mode: Mode,
 ) -> Result<(), BatchError> {
-    let events: Vec<Event> = batch
+    let events: Vec<&Event> = sorted
+        .wanted
         .iter()
-        .filter(|m| !excluded.contains_key(&(m.partition(), m.offset())))
-        .filter_map(|m| events::decode(m.payload()?).ok())
-        .filter(|e| step.wants(e.event_type()))
+        .filter(|(m, _)| !excluded.contains_key(&(m.partition(), m.offset())))
+        .map(|(_, e)| e)
         .collect();
     if !events.iter().any(|e| step.may_ask(e)) {
         return Ok(());
@@ -301,7 +337,7 @@ async fn ask_first(
         Mode::Release | Mode::Redrive { .. } => HashSet::new(),
     };
     let events: Vec<&Event> = events
-        .iter()
+        .into_iter()
         .filter(|e| !parked.contains(&e.meta.order_id))
         .collect();
     let calls = step
@@ -322,35 +358,28 @@ pub async fn attempt_batch(
     step: &dyn Step,
     identity: &Identity,
     tx: &mut PgConnection,
-    batch: &[OwnedMessage],
+    sorted: &Sorted<'_>,
     excluded: &Excluded,
     mode: Mode,
 ) -> Result<(BatchOutcome, Vec<OutboxRow>), BatchError> {
     let name = identity.name;
-    let mut outcome = BatchOutcome::default();
+    let mut outcome = BatchOutcome {
+        ignored: sorted.ignored,
+        ..BatchOutcome::default()
+    };
     let mut to_outbox: Vec<OutboxRecord> = Vec::new();
     let mut dead_rows: Vec<OutboxRow> = Vec::new();
-    let mut wanted: Vec<(&OwnedMessage, Event)> = Vec::with_capacity(batch.len());
-    for message in batch {
-        let decoded = match message.payload() {
-            None => Err("record has no value".to_string()),
-            Some(payload) => events::decode(payload).map_err(|e| e.to_string()),
-        };
-        match decoded {
-            Ok(event) if step.wants(event.event_type()) => wanted.push((message, event)),
-            Ok(_) => outcome.ignored += 1,
-            Err(reason) => {
-                let history = vec![FailedAttempt {
-                    at: Utc::now(),
-                    class: ErrorClass::Permanent,
-                    kind: "decode".into(),
-                    error: reason,
-                }];
-                dead_rows.extend(dead_letter(tx, identity, message, history).await?);
-                outcome.dead_lettered += 1;
-            }
-        }
+    for (message, reason) in &sorted.undecodable {
+        let history = vec![FailedAttempt {
+            at: Utc::now(),
+            class: ErrorClass::Permanent,
+            kind: "decode".into(),
+            error: reason.clone(),
+        }];
+        dead_rows.extend(dead_letter(tx, identity, message, history).await?);
+        outcome.dead_lettered += 1;
     }
+    let wanted = &sorted.wanted;
 
     // Orders already parked hold every later event of theirs, in log order.
     let mut parked: HashSet<String> = match mode {
@@ -370,7 +399,7 @@ pub async fn attempt_batch(
     };
     // Dead-lettered and held records stay out of the inbox, so that they can still be applied.
     let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(wanted.len());
-    for (message, event) in &wanted {
+    for (message, event) in wanted {
         let order_id = &event.meta.order_id;
         match excluded.get(&(message.partition(), message.offset())) {
             Some(Disposition::DeadLetter(history)) => {

@@ -8,7 +8,8 @@
 //! The breaker ([`Breaker`]) is closed while calls succeed; `failures` failed calls within
 //! `window` open it; while open, calls fail at once with [`HandlerError::Unavailable`] (the
 //! engine parks the order without spending its retry budget); after `open_for` one probe call
-//! is let through (half-open): its success closes the breaker, its failure opens it again.
+//! is let through (half-open): its success closes the breaker, its failure opens it again (and
+//! spends no retry budget either).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -211,6 +212,17 @@ impl Guard {
         };
         let trouble = matches!(&outcome, Err(e) if e.is_retryable());
         let changed = self.lock().record(Instant::now(), !trouble);
+        // A failed probe only confirms what the open breaker said: the order waits for the
+        // service without spending its retry budget, like the calls the breaker refused.
+        let outcome = match outcome {
+            Err(error) if trouble && admission == Admission::Probe => {
+                Err(HandlerError::Unavailable {
+                    service: self.name,
+                    message: format!("circuit breaker probe failed: {error}"),
+                })
+            }
+            other => other,
+        };
         match changed {
             Some(BreakerState::Open) => {
                 tracing::warn!(service = self.name, breaker = "open", "circuit breaker opened: calls fail fast and orders park until a probe succeeds")
@@ -403,5 +415,40 @@ mod tests {
             "{refused}"
         );
         assert!(refused.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_is_unavailable_and_a_good_one_closes_the_breaker() {
+        let calls = CallSettings {
+            timeout_ms: 1_000,
+            breaker_failures: 1,
+            breaker_window_ms: 60_000,
+            breaker_open_ms: 1,
+        };
+        let guard = Guard::new("payment provider", &calls);
+        let key = Uuid::nil();
+        let failing = || async {
+            Err::<(), _>(HandlerError::Provider {
+                provider: "payment provider",
+                message: "503".into(),
+                retryable: true,
+            })
+        };
+        let first = guard.call(key, failing()).await.unwrap_err();
+        assert!(matches!(first, HandlerError::Provider { .. }), "{first}");
+        assert_eq!(guard.state(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let probe = guard.call(key, failing()).await.unwrap_err();
+        assert!(
+            matches!(&probe, HandlerError::Unavailable { message, .. } if message.contains("probe failed")),
+            "{probe}"
+        );
+        assert_eq!(guard.state(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        guard
+            .call(key, async { Ok(()) })
+            .await
+            .expect("the probe goes through");
+        assert_eq!(guard.state(), BreakerState::Closed);
     }
 }

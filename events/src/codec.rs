@@ -154,6 +154,21 @@ pub fn encode(event: &Event) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// The event type a record's header names, without decoding it: `None` when the header is
+/// missing, bad or names an unknown schema (then [`decode`] says exactly what is wrong). A
+/// consumer skips records of types it does not want this way; the datum may still be
+/// malformed, which only [`decode`] finds.
+pub fn peek_type(bytes: &[u8]) -> Option<EventType> {
+    let (header, _) = bytes.split_first_chunk::<HEADER_LEN>()?;
+    let [m0, m1, fp @ ..] = *header;
+    if [m0, m1] != MARKER {
+        return None;
+    }
+    CATALOG
+        .by_fingerprint(u64::from_le_bytes(fp))
+        .map(|entry| entry.info.event_type)
+}
+
 /// Decode an Avro single-object encoded record into a validated [`Event`].
 ///
 /// Never panics and never allocates much more than the input's size, whatever the input: a

@@ -9,7 +9,7 @@ mod codec;
 mod model;
 mod validate;
 
-pub use codec::{decode, encode, schema_catalog, DecodeError, EncodeError, SchemaInfo};
+pub use codec::{decode, encode, peek_type, schema_catalog, DecodeError, EncodeError, SchemaInfo};
 pub use model::*;
 pub use validate::{is_known_currency, validate, validate_order, ValidationError, SAGA_STEPS};
 

@@ -305,3 +305,25 @@ fn invalid_domain_values_are_refused_on_decode() {
         })
     ));
 }
+
+#[test]
+fn peek_type_reads_the_header_only() {
+    for event_type in EventType::ALL {
+        let bytes = samples::encoded(event_type);
+        assert_eq!(peek_type(&bytes), Some(event_type), "{event_type}");
+        // The type is in the header: a broken datum does not hide it, but decode refuses it.
+        let header_only = &bytes[..10];
+        assert_eq!(peek_type(header_only), Some(event_type));
+        assert!(decode(header_only).is_err());
+    }
+    let mut unknown = samples::encoded(EventType::OrderCreated);
+    unknown[2..10].copy_from_slice(&7u64.to_le_bytes());
+    for bytes in [
+        &b""[..],
+        &[0xC3, 0x01, 1][..],
+        &br#"{"event_type":"OrderCreated"}"#[..],
+        &unknown[..],
+    ] {
+        assert_eq!(peek_type(bytes), None, "{bytes:?}");
+    }
+}

@@ -106,7 +106,12 @@ async fn orders_park_while_the_breaker_is_open_and_complete_once_the_provider_re
     let mut set = tokio::task::JoinSet::new();
     set.spawn(async move { runner.run(token).await.map(|()| Component::Payment) });
     env.adopt(set);
-    env.start(&[Component::Inventory, Component::Shipping, Component::Saga]);
+    env.start(&[
+        Component::Inventory,
+        Component::Shipping,
+        Component::Saga,
+        Component::Projections,
+    ]);
 
     let orders: Vec<String> = (0..6).map(|i| format!("o-breaker-{i}")).collect();
     let inputs: Vec<_> = orders
@@ -120,11 +125,16 @@ async fn orders_park_while_the_breaker_is_open_and_complete_once_the_provider_re
         payment.decider().breaker() == BreakerState::Open
     })
     .await;
-    env.wait_count(
-        "SELECT count(*) FROM pipeline.parked WHERE step = 'payment' AND history::text LIKE '%unavailable%'",
-        1,
-    )
-    .await;
+    let refused = "SELECT count(*) FROM pipeline.parked
+                   WHERE step = 'payment' AND history::text LIKE '%\"unavailable\"%'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.count(refused).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no parked order was refused by the open breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Hanging: the half-open probe times out and opens the breaker again.
     provider.phase.store(HANGING, Ordering::SeqCst);
