@@ -168,6 +168,26 @@ pub fn draw(path: &Path, runs: &[&Report]) -> anyhow::Result<()> {
             }
         });
     }
+    // Each open-loop phase's offered rate next to its p50 point.
+    for (i, report) in runs.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let labels: Vec<((f64, f64), String)> = report
+            .phases
+            .iter()
+            .filter(|p| p.kind != "closed")
+            .filter_map(|p| {
+                let x = p.orders_per_s?;
+                let y = p.latency_ms.terminal.as_ref()?.p50.max(y_min);
+                Some(((x, y), format!("{}/s offered", p.offered_per_s?)))
+            })
+            .collect();
+        chart
+            .draw_series(labels.into_iter().map(|(at, text)| {
+                EmptyElement::at(at)
+                    + Text::new(text, (6, 4), ("sans-serif", 11).into_font().color(&colour))
+            }))
+            .map_err(chart_error)?;
+    }
     for (label, colour, rate) in &closed {
         let dots: Vec<(f64, f64)> = (0..60)
             .map(|i| (*rate, y_min * (y_max / y_min).powf(f64::from(i) / 59.0)))

@@ -73,6 +73,10 @@ pub struct Options {
     /// Also draw these earlier reports (JSON files of orderflow bench) on the chart.
     #[arg(long, value_name = "JSON")]
     pub compare: Vec<PathBuf>,
+    /// Measure nothing: print the table of this report and draw it (with any --compare) into
+    /// --chart [default: the report's path with .svg].
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["orderflow_bin", "out", "keep", "soak_minutes"])]
+    pub redraw: Option<PathBuf>,
     /// Leave the bench's database and topic (and the child's log) in place.
     #[arg(long)]
     pub keep: bool,
@@ -206,6 +210,9 @@ pub async fn run(
     options: &Options,
     stop: CancellationToken,
 ) -> anyhow::Result<Report> {
+    if let Some(path) = &options.redraw {
+        return redraw(path, options);
+    }
     let stamp = format!(
         "{}-{}",
         Utc::now().format("%Y%m%d%H%M%S"),
@@ -248,12 +255,7 @@ pub async fn run(
     let compared: Vec<Report> = options
         .compare
         .iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the report to compare {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{} is not an orderflow bench report", path.display()))
-        })
+        .map(|path| load_report(path))
         .collect::<anyhow::Result<_>>()?;
 
     preflight(settings, &admin_url).await?;
@@ -361,6 +363,34 @@ pub async fn run(
     println!("report: {}", out.display());
     println!("chart:  {}", chart.display());
     measured.map(|()| report)
+}
+
+/// Read a report written by an earlier run.
+fn load_report(path: &Path) -> anyhow::Result<Report> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the report {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an orderflow bench report", path.display()))
+}
+
+/// `--redraw`: the table and the chart of reports already written.
+fn redraw(path: &Path, options: &Options) -> anyhow::Result<Report> {
+    let report = load_report(path)?;
+    let compared: Vec<Report> = options
+        .compare
+        .iter()
+        .map(|path| load_report(path))
+        .collect::<anyhow::Result<_>>()?;
+    let chart = options
+        .chart
+        .clone()
+        .unwrap_or_else(|| path.with_extension("svg"));
+    let mut runs: Vec<&Report> = vec![&report];
+    runs.extend(compared.iter());
+    chart::draw(&chart, &runs)?;
+    print!("{}", report::render(&report));
+    println!("chart:  {}", chart.display());
+    Ok(report)
 }
 
 /// Fail early, and clearly, when the services are missing.
