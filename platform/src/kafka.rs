@@ -114,7 +114,12 @@ pub fn consumer_config(kafka: &KafkaSettings, group_id: &str, client_id: &str) -
         .set("max.poll.interval.ms", "300000")
         // Our records are never transactional; read everything the broker has.
         .set("isolation.level", "read_uncommitted")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Bound what librdkafka prefetches per consumer (defaults: 100,000 records and 64 MB,
+        // for each of the five groups of a process): a batch is at most a few thousand
+        // records, and the next fetch overlaps with applying it either way.
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "8192");
     config
 }
 
