@@ -28,8 +28,9 @@ const STEP_TABLES: [&str; 9] = [
     "saga.orders",
 ];
 
-/// Records per step transaction while replaying.
-const BATCH: usize = 2_000;
+/// Records per step transaction while replaying: big, since every step loads and stores a
+/// batch's state with one statement per table.
+const BATCH: usize = 10_000;
 
 /// How often the steps' replay logs how far it is.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -137,9 +138,19 @@ pub async fn restore(
     let mut replay = StepReplay::new(settings, recorded);
     let mut reader = ArchiveReader::new(dir, &manifest);
     let total = reader.total();
+    // The next batch is read from the archive while the steps apply this one.
+    let (batches, mut next) = tokio::sync::mpsc::channel(2);
+    let read_ahead = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        while let Some(batch) = reader.next_batch(BATCH)? {
+            let messages: Vec<_> = batch.into_iter().map(archive::message).collect();
+            if batches.blocking_send(messages).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
     let (mut done, mut logged) = (0u64, Instant::now());
-    while let Some(batch) = reader.next_batch(BATCH)? {
-        let messages: Vec<_> = batch.into_iter().map(archive::message).collect();
+    while let Some(messages) = next.recv().await {
         replay.apply(pool, &messages).await?;
         done += messages.len() as u64;
         if logged.elapsed() >= PROGRESS_EVERY {
@@ -154,6 +165,10 @@ pub async fn restore(
             logged = Instant::now();
         }
     }
+    read_ahead
+        .await
+        .context("the archive reader stopped")?
+        .context("reading the archive")?;
     replay.finish(pool).await?;
     let steps_took = steps_started.elapsed();
 
