@@ -322,6 +322,7 @@ pub async fn run(
     );
 
     let run = Run {
+        cpus: report.machine.cpus,
         settings: bench_settings,
         target,
         options: options.clone(),
@@ -512,6 +513,8 @@ struct Ticks {
     pg_bench: Option<BTreeMap<i32, u64>>,
     kafka: Option<u64>,
     bench: Option<u64>,
+    /// Busy time of every core together.
+    machine: Option<u64>,
 }
 
 /// `application_name` of the bench's own connections, so their Postgres time is told apart
@@ -557,6 +560,7 @@ impl Watched {
             pg_bench: backends_of(true),
             kafka: (!kafka.is_empty()).then(|| kafka.iter().sum()),
             bench: own(self.bench),
+            machine: procfs::read_machine_busy(),
         }
     }
 
@@ -566,14 +570,17 @@ impl Watched {
         let backends = |b: &Option<BTreeMap<i32, u64>>, a: &Option<BTreeMap<i32, u64>>| {
             Some(secs(backend_ticks(b.as_ref()?, a.as_ref()?)))
         };
-        Cpu {
+        let mut cpu = Cpu {
             orderflow: delta(before.orderflow, after.orderflow),
             postgres: delta(before.postgres, after.postgres),
             postgres_pipeline: backends(&before.pg_pipeline, &after.pg_pipeline),
             postgres_bench: backends(&before.pg_bench, &after.pg_bench),
             kafka: delta(before.kafka, after.kafka),
             bench: delta(before.bench, after.bench),
-        }
+            other: None,
+        };
+        cpu.other = delta(before.machine, after.machine).map(|all| (all - cpu.total()).max(0.0));
+        cpu
     }
 }
 
@@ -588,6 +595,7 @@ fn backend_ticks(before: &BTreeMap<i32, u64>, after: &BTreeMap<i32, u64>) -> u64
 }
 
 struct Run {
+    cpus: usize,
     settings: Settings,
     target: Target,
     options: Options,
@@ -993,6 +1001,14 @@ impl Run {
             stats::ceiling(live.raw_pg_rps, phase.db_rows_per_order);
         phase.stopped_early = stopped_early.is_some();
         let mut notes: Vec<String> = stopped_early.into_iter().collect();
+        let capacity = cpu_window_secs * self.cpus as f64;
+        if let Some(other) = cpu.other.filter(|o| capacity > 0.0 && *o > 0.05 * capacity) {
+            notes.push(format!(
+                "other processes used {other:.1} CPU s ({:.0} % of the machine) during this \
+                 phase: the figures are disturbed",
+                100.0 * other / capacity
+            ));
+        }
         if !drained {
             notes.push(format!(
                 "{} of {} orders not terminal and visible {}s after publishing ended",

@@ -83,6 +83,24 @@ pub fn reset_peak_rss(pid: i32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
+/// Busy CPU ticks of the whole machine (all cores) from the first line of `/proc/stat`:
+/// user + nice + system + irq + softirq + steal (guest time is already inside user).
+pub fn parse_machine_busy(proc_stat: &str) -> Option<u64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let field = |i: usize| values.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    (values.len() >= 4).then(|| field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
+}
+
+pub fn read_machine_busy() -> Option<u64> {
+    parse_machine_busy(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
 /// Every process's stat, read once.
 pub fn all_stats() -> Vec<Stat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -288,6 +306,18 @@ mod tests {
         ];
         assert_eq!(tree_ticks(&stats, 100), Some(15 + 500 + 10 + 60));
         assert_eq!(tree_ticks(&stats, 555), None);
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_idle_and_iowait_out() {
+        let text = "cpu  100 5 50 9000 40 3 2 1 0 0\ncpu0 50 2 25 4500 20 1 1 0 0 0\nintr 1 2 3\n";
+        assert_eq!(parse_machine_busy(text), Some(100 + 5 + 50 + 3 + 2 + 1));
+        assert_eq!(
+            parse_machine_busy("cpu  1 2 3 4\n"),
+            Some(6),
+            "an old kernel's four fields"
+        );
+        assert_eq!(parse_machine_busy("intr 1 2 3\n"), None);
     }
 
     #[test]
