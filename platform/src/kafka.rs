@@ -1,5 +1,11 @@
 //! Kafka client construction. Every delivery-relevant librdkafka setting is set here on
 //! purpose, with the reason next to it; no component builds a client any other way.
+//!
+//! The shapes: group members ([`consumer_config`]), idempotent producers ([`producer`]),
+//! group-less readers that assign themselves partitions ([`reader`], [`bulk_reader`]), a
+//! group's offsets read or set from outside it ([`group_offsets_client`]), the log's ends and
+//! metadata ([`probe`]), and topic administration ([`admin`]). All start from
+//! [`client_config`], which carries the security settings.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::FutureProducer;
@@ -123,11 +130,132 @@ pub fn consumer_config(kafka: &KafkaSettings, group_id: &str, client_id: &str) -
     config
 }
 
+/// A producer with [`producer_config`]'s settings.
 pub fn producer(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<FutureProducer> {
     producer_config(kafka, client_id)
         .create()
         .with_context(|| format!("creating Kafka producer for {}", kafka.brokers))
 }
+
+/// A client for topic administration (create, delete). Only [`client_config`]: admin requests
+/// carry their own timeouts ([`rdkafka::admin::AdminOptions`]), and nothing is produced or
+/// consumed through it.
+pub fn admin(kafka: &KafkaSettings) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    client_config(kafka)
+        .create()
+        .with_context(|| format!("creating a Kafka admin client for {}", kafka.brokers))
+}
+
+/// A client that only asks the brokers about the log: metadata and each partition's ends
+/// (ListOffsets, `fetch_watermarks`). No `group.id`, so it belongs to no group, fetches no
+/// record and commits nothing; without a group its error events stay on the main queue.
+pub fn probe(kafka: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
+    client_config(kafka).create().with_context(|| {
+        format!(
+            "creating a Kafka client to read the log's ends on {}",
+            kafka.brokers
+        )
+    })
+}
+
+/// A client of consumer group `group` that never joins it: it reads the group's committed
+/// offsets (OffsetFetch), commits offsets it is given (a restore placing its groups, a test
+/// rewinding one) and reads log ends, but never subscribes and is never assigned partitions,
+/// so the group's members, generation and assignments stay as they are.
+pub fn group_offsets_client(
+    kafka: &KafkaSettings,
+    group: &str,
+    client_id: &str,
+) -> anyhow::Result<BaseConsumer> {
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", group)
+        .set("client.id", client_id)
+        // Only offsets given explicitly are committed; this client consumes nothing anyway.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // The groups are classic groups ([`consumer_config`]); the classic protocol accepts a
+        // commit from outside the group (generation -1) while no member holds it.
+        .set("group.protocol", "classic");
+    config
+        .create()
+        .with_context(|| format!("creating a client for the offsets of group {group}"))
+}
+
+/// A reader of the log outside every group: it assigns itself partitions at offsets it picks
+/// (`assign`), never subscribes, and reports the end of each partition. Built by [`reader`]
+/// and [`bulk_reader`]; `role` names it (`orderflow-<role>-<pid>`).
+fn reader_config(kafka: &KafkaSettings, role: &str) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        // The client needs a group to serve an assignment from its consumer queue; it never
+        // joins it (no subscribe) and commits nothing under it: the reader's position is its
+        // caller's (an archive's manifest, a rebuild's stop offsets).
+        .set("group.id", format!("{}.{role}", kafka.group_prefix))
+        .set(
+            "client.id",
+            format!("orderflow-{role}-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // The end of a partition is news for these readers (an archive run or a bounded read
+        // is done there), delivered as `KafkaError::PartitionEOF`; see [`EndAware`].
+        .set("enable.partition.eof", "true")
+        // A start offset the broker no longer holds is an error, never a silent skip to
+        // another offset: the records before it would be missing from what is read.
+        .set("auto.offset.reset", "error")
+        // Our records are never transactional; read everything the broker has.
+        .set("isolation.level", "read_uncommitted");
+    config
+}
+
+/// A group-less reader ([`reader_config`]) with librdkafka's fetch sizes: for a reader that
+/// follows the log, such as the archiver.
+pub fn reader<T>(kafka: &KafkaSettings, role: &str) -> anyhow::Result<T>
+where
+    T: FromClientConfigAndContext<EndAware>,
+{
+    reader_config(kafka, role)
+        .create_with_context(EndAware)
+        .with_context(|| format!("creating the {role} reader for {}", kafka.brokers))
+}
+
+/// A group-less reader ([`reader_config`]) that fetches in large requests: for a bounded read
+/// of a whole log (a rebuild), which should go as fast as the broker serves it.
+pub fn bulk_reader<T>(kafka: &KafkaSettings, role: &str) -> anyhow::Result<T>
+where
+    T: FromClientConfigAndContext<EndAware>,
+{
+    reader_config(kafka, role)
+        // 50 MB per fetch request and 10 MB per partition in it (defaults: 50 MB and 1 MB), so
+        // one request carries many batches of every partition.
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        // Keep up to 200,000 records prefetched (default 100,000), so the fold rarely waits
+        // for a fetch; a bulk read is one reader in its process.
+        .set("queued.min.messages", "200000")
+        .create_with_context(EndAware)
+        .with_context(|| format!("creating the {role} reader for {}", kafka.brokers))
+}
+
+/// Client context of the group-less readers, which ask for end-of-partition events: the end
+/// of a partition is news for them, not an error, so it is not logged as one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndAware;
+
+impl ClientContext for EndAware {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndAware {}
 
 /// Create `topic` with the given partitions if it does not exist; an existing topic is left
 /// as it is (with a warning when its partition count differs). Fails within seconds, naming
@@ -141,9 +269,7 @@ pub async fn ensure_topic(
     tokio::task::spawn_blocking(move || check_connection(&probe_settings))
         .await
         .context("the Kafka connection check did not finish")??;
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
-        .create()
-        .context("creating Kafka admin client")?;
+    let admin = admin(kafka)?;
     let new_topic = NewTopic::new(
         topic,
         partitions,
@@ -198,7 +324,7 @@ pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// callback, while a metadata request just times out; so metadata is asked for in short
 /// slices, serving the client's events in between, and the first security failure ends it.
 fn metadata(kafka: &KafkaSettings, topic: Option<&str>) -> anyhow::Result<Metadata> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     let watch = ConnectionWatch::default();
     // No group.id: the client's main queue (and so its error events) is served by `poll`.
     let probe: BaseConsumer<ConnectionWatch> = client_config(kafka)
@@ -453,11 +579,9 @@ pub fn commit_group_offsets(
     group: &str,
     offsets: &[(String, i32, i64)],
 ) -> anyhow::Result<()> {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::consumer::{CommitMode, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = consumer_config(kafka, group, "orderflow-restore")
-        .create()
-        .with_context(|| format!("creating a client for group {group}"))?;
+    let consumer = group_offsets_client(kafka, group, "orderflow-restore")?;
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in offsets {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
