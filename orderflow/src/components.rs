@@ -116,8 +116,8 @@ pub fn start_with(
                 set.spawn(async move { runner.run(token).await.map(|()| component) });
             }
             None if component == Component::Archiver => {
-                let archiver = projections::archive::Archiver::open(settings)
-                    .context("starting the archiver")?;
+                let archiver =
+                    archive::Archiver::open(settings).context("starting the archiver")?;
                 let settings = settings.clone();
                 set.spawn(async move {
                     archiver

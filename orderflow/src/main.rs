@@ -526,7 +526,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn archive(settings: &Settings, check: bool) -> anyhow::Result<ExitCode> {
-    use projections::archive::{self, Archiver, Manifest};
+    use archive::{Archiver, Manifest};
     if check {
         anyhow::ensure!(
             !settings.archive.dir.is_empty(),

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use archive::{ArchiveReader, Republished};
 use consumers::restore::{Recorded, StepReplay, StepTotals};
 use platform::Settings;
-use projections::archive::{self, ArchiveReader};
-use projections::restore::{Republished, RestoredModels};
+use projections::restore::RestoredModels;
 use sqlx::PgPool;
 
 /// Tables that hold the steps' state: a restore refuses to write into a database where any of
@@ -107,7 +107,7 @@ pub async fn restore(
         records = manifest.records(),
         "archive checked; republishing the log"
     );
-    let republished = projections::restore::republish(settings, dir).await?;
+    let republished = archive::republish(settings, dir).await?;
     tracing::info!(records = republished.records, "log republished");
     let models = projections::restore::read_models(settings, pool, dir).await?;
     tracing::info!(rows = models.rows, "read models restored");

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use archive::{LogSlice, Range};
 use chrono::{DateTime, Utc};
 use events::Event;
 use platform::Settings;
@@ -14,9 +15,7 @@ use rdkafka::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::archive;
 use crate::fold::{self, EventRow, Fold, LogPosition};
-use crate::log::{LogSlice, Range};
 use crate::store::{self, Advance, Target};
 
 /// Progress of a phase, for a progress bar.

@@ -9,13 +9,11 @@
 //! Kafka and never write step state.
 
 pub mod apply;
-pub mod archive;
 pub mod audit;
 mod bulk;
 pub mod copy;
 pub mod fold;
 pub mod generations;
-pub mod log;
 pub mod offsets;
 pub mod projector;
 pub mod rebuild;

@@ -24,6 +24,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use archive::{LogSlice, Range};
 use chrono::{DateTime, Utc};
 use platform::Settings;
 use sqlx::{PgConnection, PgPool};
@@ -33,7 +34,6 @@ use crate::bulk;
 pub use crate::bulk::Progress;
 use crate::fold::EventRow;
 use crate::generations::{self, Generation, Purpose};
-use crate::log::{LogSlice, Range};
 use crate::store::{self, Target};
 use crate::verify::{self, Verification};
 

@@ -169,14 +169,9 @@ impl Probe {
             .iter()
             .map(|step| {
                 let group = settings.group_id(step);
-                // A member's settings, but it never subscribes and is never assigned
-                // partitions, so it never joins the group: members, generation and
-                // assignments stay as they are. It only asks OffsetFetch and ListOffsets,
-                // and auto-commit is off, so nothing is committed through it.
-                let reader: BaseConsumer =
-                    platform::kafka::consumer_config(kafka, &group, &client_id)
-                        .create()
-                        .with_context(|| format!("creating an offset reader for group {group}"))?;
+                // Never joins the group (members, generation and assignments stay as they
+                // are); it only asks OffsetFetch and ListOffsets, and commits nothing.
+                let reader = platform::kafka::group_offsets_client(kafka, &group, &client_id)?;
                 Ok((group, reader))
             })
             .collect::<anyhow::Result<_>>()?;

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use projections::archive::{self, Archiver, Manifest};
+// `::archive` is the crate; `crate::archive` is this test module.
+use ::archive::{check, ArchiveReader, ArchiveRun, Archiver, Manifest, Segment, MANIFEST};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{order, TestEnv};
@@ -33,9 +34,7 @@ pub(crate) fn use_new_archive(env: &mut TestEnv) -> PathBuf {
 }
 
 /// Archive the log of `settings` up to its end, in this process.
-pub(crate) async fn archive_once(
-    settings: &platform::Settings,
-) -> anyhow::Result<archive::ArchiveRun> {
+pub(crate) async fn archive_once(settings: &platform::Settings) -> anyhow::Result<ArchiveRun> {
     Archiver::open(settings)?
         .run(settings, true, CancellationToken::new())
         .await
@@ -43,7 +42,7 @@ pub(crate) async fn archive_once(
 
 /// Event ids of every archived record, in archive order; fails on an undecodable record.
 fn archived_event_ids(dir: &Path, manifest: &Manifest) -> Vec<uuid::Uuid> {
-    let mut reader = archive::ArchiveReader::new(dir, manifest);
+    let mut reader = ArchiveReader::new(dir, manifest);
     let mut ids = Vec::new();
     while let Some(batch) = reader.next_batch(1000).expect("archive readable") {
         for record in batch {
@@ -108,7 +107,7 @@ async fn the_archive_has_no_gaps_or_duplicates_after_an_archiver_crash() {
     assert!(!dir.join("manifest.tmp").exists(), "temp file removed");
 
     let manifest = Manifest::load(&dir, &env.settings.kafka.topic).expect("manifest");
-    let found = archive::check(&dir, &manifest).expect("check");
+    let found = check(&dir, &manifest).expect("check");
     assert!(found.problems.is_empty(), "{:?}", found.problems);
     assert_eq!(
         found.records,
@@ -143,7 +142,7 @@ async fn the_archive_has_no_gaps_or_duplicates_after_an_archiver_crash() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(&victim, bytes).expect("damage");
-    let found = archive::check(&dir, &manifest).expect("check");
+    let found = check(&dir, &manifest).expect("check");
     assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
     assert!(
         found.problems[0].contains("checksum"),
@@ -241,7 +240,7 @@ async fn sigkilled_archiver_processes_leave_no_gap_or_duplicate() {
         .await
         .expect("archive to the end");
     let manifest = Manifest::load(&dir, &env.settings.kafka.topic).expect("manifest");
-    let found = archive::check(&dir, &manifest).expect("check");
+    let found = check(&dir, &manifest).expect("check");
     assert!(found.problems.is_empty(), "{:?}", found.problems);
     let ids = archived_event_ids(&dir, &manifest);
     let distinct: HashSet<_> = ids.iter().collect();
@@ -273,7 +272,7 @@ async fn an_archive_that_continues_past_the_log_is_refused() {
     publish(&env, "o-w", 6).await;
     archive_once(&env.settings).await.expect("archive");
     // As if the broker had been wiped and refilled with a shorter log.
-    let path = dir.join(archive::MANIFEST);
+    let path = dir.join(MANIFEST);
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
     let partition = manifest["partitions"]
@@ -305,10 +304,10 @@ async fn archive_files_never_span_two_time_windows() {
     }
     archive_once(&env.settings).await.expect("archive");
     let manifest = Manifest::load(&dir, &env.settings.kafka.topic).expect("manifest");
-    let found = archive::check(&dir, &manifest).expect("check");
+    let found = check(&dir, &manifest).expect("check");
     assert!(found.problems.is_empty(), "{:?}", found.problems);
     assert_eq!(found.records, 24);
-    let segments: Vec<&archive::Segment> = manifest
+    let segments: Vec<&Segment> = manifest
         .partitions
         .values()
         .flat_map(|p| &p.segments)

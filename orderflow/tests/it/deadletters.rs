@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use consumers::payment::{AuthorizationDecision, AuthorizationRequest, Payment, PaymentProvider};
 use consumers::{HandlerError, RunnerOptions, StepRunner};
 use orderflow::components::Component;
+use platform::kafka::EndAware;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -77,14 +78,8 @@ pub fn start_payment(env: &mut TestEnv, provider: Arc<FlakyProvider>) {
 
 /// Read every record of `topic` (all partitions) until `want` arrived.
 fn read_topic(env: &TestEnv, topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: BaseConsumer = platform::kafka::client_config(&env.settings.kafka)
-        .set(
-            "group.id",
-            format!("{}-reader", env.settings.kafka.group_prefix),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer<EndAware> =
+        platform::kafka::reader(&env.settings.kafka, "test-reader").expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for partition in 0..PARTITIONS {
         tpl.add_partition_offset(topic, partition, Offset::Beginning)

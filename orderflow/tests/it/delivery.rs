@@ -4,17 +4,14 @@
 use std::time::Duration;
 
 use orderflow::components::Component;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::support::{order, TestEnv, PARTITIONS};
 
 /// Commit offset 0 on every partition for `group` (no member may be running).
 fn rewind_group(env: &TestEnv, group: &str) {
-    let consumer: BaseConsumer = platform::kafka::client_config(&env.settings.kafka)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
+    let consumer = platform::kafka::group_offsets_client(&env.settings.kafka, group, "test-rewind")
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for partition in 0..PARTITIONS {
@@ -34,9 +31,7 @@ fn rewind_group(env: &TestEnv, group: &str) {
 
 /// Wait until `group` has committed offsets summing to `want` over all partitions.
 async fn wait_committed(env: &TestEnv, group: &str, want: i64) {
-    let consumer: BaseConsumer = platform::kafka::client_config(&env.settings.kafka)
-        .set("group.id", group)
-        .create()
+    let consumer = platform::kafka::group_offsets_client(&env.settings.kafka, group, "test-watch")
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for partition in 0..PARTITIONS {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use orderflow::components::Component;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::archive::{archive_once, live_digests, use_new_archive};
@@ -47,7 +47,7 @@ async fn state_rows(env: &TestEnv) -> Vec<(String, Vec<String>)> {
 /// Point the archive in `dir` at `topic`: the restored log gets another name here than the
 /// archived one (the records keep their bytes).
 fn point_manifest_at(dir: &std::path::Path, topic: &str) {
-    let path = dir.join(projections::archive::MANIFEST);
+    let path = dir.join(::archive::MANIFEST);
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read manifest")).expect("json");
     manifest["topic"] = serde_json::Value::String(topic.to_string());
@@ -226,13 +226,11 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     assert_eq!(got_positions, want_positions);
 
     // Every step's group resumes at the archive's end.
-    let manifest =
-        projections::archive::Manifest::load(&dir, &after.settings.kafka.topic).expect("manifest");
+    let manifest = ::archive::Manifest::load(&dir, &after.settings.kafka.topic).expect("manifest");
     for step in consumers::STEP_NAMES {
         let group = after.settings.group_id(step);
-        let probe: BaseConsumer =
-            platform::kafka::consumer_config(&after.settings.kafka, &group, "restore-test")
-                .create()
+        let probe =
+            platform::kafka::group_offsets_client(&after.settings.kafka, &group, "restore-test")
                 .expect("consumer");
         let mut tpl = TopicPartitionList::new();
         for partition in manifest.partitions.keys() {

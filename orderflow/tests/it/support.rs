@@ -9,7 +9,7 @@ use events::{Address, Event, OrderLine};
 use orderflow::components::{self, Component};
 use platform::Settings;
 use producers::{OrderInput, Publisher};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -172,10 +172,8 @@ impl TestEnv {
 
     /// Produce raw bytes with a plain producer, as a foreign client would.
     pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
-        let producer: FutureProducer =
-            platform::kafka::producer_config(&self.settings.kafka, "test-raw")
-                .create()
-                .expect("producer");
+        let producer =
+            platform::kafka::producer(&self.settings.kafka, "test-raw").expect("producer");
         producer
             .send(
                 FutureRecord::to(&self.settings.kafka.topic)

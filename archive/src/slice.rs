@@ -1,36 +1,17 @@
 //! Reading a bounded slice of the order log outside any consumer group: every partition from a
 //! start offset up to (not including) a stop offset. Rebuilds read this way; they never join
-//! the projector's group and never commit offsets.
+//! the projector's group and never commit offsets. The reader is `platform::kafka::bulk_reader`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use platform::config::KafkaSettings;
+use platform::kafka::EndAware;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
-
-/// Client context of readers that ask for end-of-partition events: the end of a partition is
-/// news for them, not an error, so it is not logged as one.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EndAware;
-
-impl rdkafka::client::ClientContext for EndAware {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end = matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        );
-        if !end {
-            tracing::error!(%error, reason, "librdkafka error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for EndAware {}
 
 /// Per partition: the offset to read from and the offset to stop before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,25 +38,7 @@ impl LogSlice {
         ranges: &BTreeMap<i32, Range>,
         stall: Duration,
     ) -> anyhow::Result<LogSlice> {
-        let consumer: StreamConsumer<EndAware> = platform::kafka::client_config(kafka)
-            // Required by the client; nothing is committed under it.
-            .set("group.id", format!("{}.replay", kafka.group_prefix))
-            .set(
-                "client.id",
-                format!("orderflow-replay-{}", std::process::id()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            // A start offset the broker no longer has is an error, never a silent skip.
-            .set("auto.offset.reset", "error")
-            .set("isolation.level", "read_uncommitted")
-            // Large fetches: a rebuild reads the whole log as fast as the broker serves it.
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760")
-            .set("queued.min.messages", "200000")
-            .create_with_context(EndAware)
-            .with_context(|| format!("creating a log reader for {}", kafka.brokers))?;
+        let consumer: StreamConsumer<EndAware> = platform::kafka::bulk_reader(kafka, "replay")?;
         let open: BTreeMap<i32, Range> = ranges
             .iter()
             .filter(|(_, r)| r.start < r.stop)

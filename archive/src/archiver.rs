@@ -1,16 +1,11 @@
-//! The log archive: every record of the order log copied into Avro object container files, one
-//! file per partition and time window, plus `manifest.json` naming each file with its offset
-//! range, record count and SHA-256.
-//!
-//! Layout: `<dir>/<topic>/p<partition>/<window start>/<start>-<next>.avro`, where a file holds
-//! the records of offsets `start..next` (Kafka may leave offsets unused, so `records` can be
-//! smaller than `next - start`). Per partition, each file starts where the previous one ended:
-//! the files tile the log without gaps or overlaps.
+//! The archiver: copies every record of the order log into Avro object container files, one
+//! file per partition and time window, and names each in the manifest ([`crate::manifest`]).
 //!
 //! Crash safety: a file is written under a temporary name, synced and renamed; only then is it
 //! added to the manifest, itself written the same way. The manifest is the truth: on start the
 //! archiver removes files it does not name and continues each partition at its `next_offset`,
-//! so a crash at any point neither loses nor repeats a record.
+//! so a crash at any point neither loses nor repeats a record. It reads outside every group;
+//! its position is the manifest.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -22,217 +17,15 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use events::archive::{LogRecord, SegmentWriter};
 use platform::config::ArchiveSettings;
+use platform::kafka::EndAware;
 use platform::Settings;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-/// The manifest's file name inside the archive directory.
-pub const MANIFEST: &str = "manifest.json";
-
-/// What the archive holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub topic: String,
-    /// Keyed by partition.
-    pub partitions: BTreeMap<i32, PartitionArchive>,
-}
-
-/// The archived part of one partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionArchive {
-    /// Every record before this offset is archived.
-    pub next_offset: i64,
-    pub segments: Vec<Segment>,
-}
-
-/// One archive file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Segment {
-    /// Path relative to the archive directory.
-    pub file: String,
-    pub start_offset: i64,
-    pub next_offset: i64,
-    pub records: u64,
-    pub first_offset: i64,
-    pub last_offset: i64,
-    pub min_timestamp_ms: Option<i64>,
-    pub max_timestamp_ms: Option<i64>,
-    pub window_start: DateTime<Utc>,
-    pub bytes: u64,
-    pub sha256: String,
-    pub written_at: DateTime<Utc>,
-}
-
-impl Manifest {
-    pub fn empty(topic: &str) -> Manifest {
-        Manifest {
-            format: 1,
-            topic: topic.to_string(),
-            partitions: BTreeMap::new(),
-        }
-    }
-
-    /// Read `<dir>/manifest.json`, or an empty manifest when the directory has none yet.
-    pub fn load(dir: &Path, topic: &str) -> anyhow::Result<Manifest> {
-        let path = dir.join(MANIFEST);
-        if !path.exists() {
-            return Ok(Manifest::empty(topic));
-        }
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("reading the archive manifest {}", path.display()))?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not an orderflow archive manifest", path.display()))?;
-        anyhow::ensure!(
-            manifest.topic == topic,
-            "the archive in {} holds topic {}, not {topic}; use another archive.dir",
-            dir.display(),
-            manifest.topic
-        );
-        Ok(manifest)
-    }
-
-    /// Records the archive holds.
-    pub fn records(&self) -> u64 {
-        self.partitions
-            .values()
-            .flat_map(|p| &p.segments)
-            .map(|s| s.records)
-            .sum()
-    }
-
-    fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        let text = serde_json::to_vec_pretty(self)?;
-        write_atomically(dir, &dir.join(MANIFEST), &text)
-    }
-}
-
-/// Write `bytes` to `path` so that a crash leaves either the old file or the new one.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
-    sync_dir(path.parent().unwrap_or(dir))
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
-}
-
-/// What a check of the archive found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveCheck {
-    pub files: usize,
-    pub records: u64,
-    pub problems: Vec<String>,
-}
-
-/// The manifest of the archive in `dir` for `topic`, after checking every file against it;
-/// a damaged archive is an error that lists its problems and says `nothing <done>`.
-pub fn load_checked(dir: &Path, topic: &str, done: &str) -> anyhow::Result<Manifest> {
-    let manifest = Manifest::load(dir, topic)?;
-    let checked = check(dir, &manifest)?;
-    anyhow::ensure!(
-        checked.problems.is_empty(),
-        "the archive in {} is damaged; nothing {done}:\n  {}",
-        dir.display(),
-        checked.problems.join("\n  ")
-    );
-    Ok(manifest)
-}
-
-/// Check the archive against its manifest: files tile each partition from its first offset
-/// without gaps or overlaps, every file exists with its checksum, and holds exactly the
-/// records the manifest says, in offset order, inside its range.
-pub fn check(dir: &Path, manifest: &Manifest) -> anyhow::Result<ArchiveCheck> {
-    let mut result = ArchiveCheck {
-        files: 0,
-        records: 0,
-        problems: Vec::new(),
-    };
-    for (partition, archive) in &manifest.partitions {
-        let mut expected_start = archive.segments.first().map_or(0, |s| s.start_offset);
-        for segment in &archive.segments {
-            result.files += 1;
-            let at = format!("partition {partition}, {}", segment.file);
-            if segment.start_offset != expected_start {
-                result.problems.push(format!(
-                    "{at}: starts at {} but the previous file ended before {expected_start}",
-                    segment.start_offset
-                ));
-            }
-            expected_start = segment.next_offset;
-            let path = dir.join(&segment.file);
-            let bytes = match fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    result.problems.push(format!("{at}: cannot read: {error}"));
-                    continue;
-                }
-            };
-            if sha256_hex(&bytes) != segment.sha256 {
-                result
-                    .problems
-                    .push(format!("{at}: checksum differs from the manifest"));
-                continue;
-            }
-            let records = match events::archive::read_segment(bytes.as_slice()) {
-                Ok(records) => records,
-                Err(error) => {
-                    result.problems.push(format!("{at}: {error}"));
-                    continue;
-                }
-            };
-            result.records += records.len() as u64;
-            if records.len() as u64 != segment.records {
-                result.problems.push(format!(
-                    "{at}: holds {} records, the manifest says {}",
-                    records.len(),
-                    segment.records
-                ));
-            }
-            let mut previous = segment.start_offset - 1;
-            for record in &records {
-                if record.partition != *partition
-                    || record.offset <= previous
-                    || record.offset >= segment.next_offset
-                {
-                    result.problems.push(format!(
-                        "{at}: record at partition {} offset {} is out of place",
-                        record.partition, record.offset
-                    ));
-                    break;
-                }
-                previous = record.offset;
-            }
-        }
-        if expected_start != archive.next_offset {
-            result.problems.push(format!(
-                "partition {partition}: files end before {expected_start}, the manifest says {}",
-                archive.next_offset
-            ));
-        }
-    }
-    Ok(result)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::manifest::{sha256_hex, sync_dir, Manifest, Segment};
 
 /// The records of one partition waiting to be written as one file.
 struct Open {
@@ -364,10 +157,7 @@ impl Archiver {
     /// and one that starts after it lost records the archive never saw (retention outran the
     /// archiver). Either way, continuing would leave a gap, so the operator decides.
     fn ensure_continuous(&self, settings: &Settings) -> anyhow::Result<()> {
-        let probe: rdkafka::consumer::BaseConsumer =
-            platform::kafka::client_config(&settings.kafka)
-                .create()
-                .context("creating a Kafka client to look at the log's ends")?;
+        let probe: BaseConsumer = platform::kafka::probe(&settings.kafka)?;
         for (partition, archived) in &self.manifest.partitions {
             let (low, high) = probe
                 .fetch_watermarks(&self.topic, *partition, Duration::from_secs(10))
@@ -397,31 +187,9 @@ impl Archiver {
         &self,
         settings: &Settings,
         partitions: usize,
-    ) -> anyhow::Result<StreamConsumer<crate::log::EndAware>> {
-        let consumer: StreamConsumer<crate::log::EndAware> =
-            platform::kafka::client_config(&settings.kafka)
-                // Required by the client; the archive's position lives in its manifest.
-                .set(
-                    "group.id",
-                    format!("{}.archiver", settings.kafka.group_prefix),
-                )
-                .set(
-                    "client.id",
-                    format!("orderflow-archiver-{}", std::process::id()),
-                )
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "true")
-                // Records already gone from the broker are an error, never a silent gap.
-                .set("auto.offset.reset", "error")
-                .set("isolation.level", "read_uncommitted")
-                .create_with_context(crate::log::EndAware)
-                .with_context(|| {
-                    format!(
-                        "creating the archiver's reader for {}",
-                        settings.kafka.brokers
-                    )
-                })?;
+    ) -> anyhow::Result<StreamConsumer<EndAware>> {
+        let consumer: StreamConsumer<EndAware> =
+            platform::kafka::reader(&settings.kafka, "archiver")?;
         let mut tpl = TopicPartitionList::new();
         for partition in 0..i32::try_from(partitions)? {
             let offset = match self.manifest.partitions.get(&partition) {
@@ -600,95 +368,5 @@ pub fn log_record(message: &OwnedMessage) -> LogRecord {
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().map(<[u8]>::to_vec),
         headers,
-    }
-}
-
-/// An archived record as the message it was, for code that reads the log.
-pub fn message(record: LogRecord) -> OwnedMessage {
-    let headers = if record.headers.is_empty() {
-        None
-    } else {
-        let mut owned = rdkafka::message::OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in &record.headers {
-            owned = owned.insert(rdkafka::message::Header {
-                key,
-                value: value.as_deref(),
-            });
-        }
-        Some(owned)
-    };
-    OwnedMessage::new(
-        record.value,
-        record.key,
-        record.topic,
-        record
-            .timestamp_ms
-            .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
-        record.partition,
-        record.offset,
-        headers,
-    )
-}
-
-/// Reads an archive's records partition by partition, file by file, in offset order. Records
-/// carry the manifest's topic: an archive moved to a topic of another name (the manifest
-/// rewritten) reads as that topic's log.
-pub struct ArchiveReader {
-    dir: PathBuf,
-    topic: String,
-    /// Files still to read, in order.
-    queue: std::collections::VecDeque<Segment>,
-    pending: std::collections::VecDeque<LogRecord>,
-    total: u64,
-}
-
-impl ArchiveReader {
-    pub fn new(dir: &Path, manifest: &Manifest) -> ArchiveReader {
-        let queue: std::collections::VecDeque<Segment> = manifest
-            .partitions
-            .values()
-            .flat_map(|p| p.segments.iter().cloned())
-            .collect();
-        ArchiveReader {
-            dir: dir.to_path_buf(),
-            topic: manifest.topic.clone(),
-            total: queue.iter().map(|s| s.records).sum(),
-            queue,
-            pending: Default::default(),
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
-    /// Up to `max` records, or `None` at the end.
-    pub fn next_batch(&mut self, max: usize) -> anyhow::Result<Option<Vec<LogRecord>>> {
-        while self.pending.len() < max {
-            let Some(segment) = self.queue.pop_front() else {
-                break;
-            };
-            let path = self.dir.join(&segment.file);
-            let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            anyhow::ensure!(
-                sha256_hex(&bytes) == segment.sha256,
-                "{}: checksum differs from the manifest; the archive is damaged",
-                path.display()
-            );
-            let records = events::archive::read_segment(bytes.as_slice())
-                .with_context(|| format!("reading {}", path.display()))?;
-            let topic = &self.topic;
-            self.pending.extend(records.into_iter().map(|mut r| {
-                if r.topic != *topic {
-                    r.topic.clone_from(topic);
-                }
-                r
-            }));
-        }
-        if self.pending.is_empty() {
-            return Ok(None);
-        }
-        let take = self.pending.len().min(max);
-        Ok(Some(self.pending.drain(..take).collect()))
     }
 }

@@ -1,0 +1,28 @@
+//! The order log outside every consumer group: its archive, bounded reads of it, and putting
+//! an archive back.
+//!
+//! - [`archiver`]: copies the log into Avro files named by a manifest ([`manifest`]), which
+//!   [`check`] verifies and [`reader`] reads back in offset order;
+//! - [`slice`]: reads every partition between two offsets, for rebuilds;
+//! - [`republish`]: produces an archive into an empty topic at the offsets it had.
+//!
+//! Everything here reads or writes the log and the archive directory only: no database, no
+//! consumer group joined, no offset committed. Folding records into read models is
+//! `projections`' work, replaying steps `consumers'`; both read through this crate. Every Kafka
+//! client is built by `platform::kafka`.
+
+pub mod archiver;
+pub mod check;
+#[cfg(test)]
+mod fixture;
+pub mod manifest;
+pub mod reader;
+pub mod republish;
+pub mod slice;
+
+pub use archiver::{ArchiveRun, Archiver};
+pub use check::{check, load_checked, ArchiveCheck};
+pub use manifest::{Manifest, PartitionArchive, Segment, MANIFEST};
+pub use reader::{message, ArchiveReader};
+pub use republish::{republish, Republished};
+pub use slice::{LogSlice, Range};
