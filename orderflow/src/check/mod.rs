@@ -8,11 +8,12 @@
 //! writes nothing but the verify-only generation of `--rebuild`, which it drops again, and
 //! never joins a consumer group (see `lag::Probe`).
 //!
-//! This file owns the options, the invariants' names, the order the checks run in
-//! ([`check`]) and the exit code ([`run`]). The broker probe and lag arithmetic are in `lag`,
-//! the verdict of each invariant in `verdicts` (`--rebuild`'s in `rebuild`), and the text and
-//! JSON output in `report`.
+//! This file owns the options, the order the checks run in ([`check`]) and the exit code
+//! ([`run`]). The invariants' names and the verdict type are in `invariant`, the broker probe
+//! and lag arithmetic in `lag`, the verdict of each invariant in `verdicts` (`--rebuild`'s in
+//! `rebuild`), and the text and JSON output in `report`; none of them uses this file.
 
+mod invariant;
 mod lag;
 mod rebuild;
 mod report;
@@ -29,6 +30,9 @@ use platform::Settings;
 use projections::audit::OutcomeRules;
 use sqlx::PgPool;
 
+pub use invariant::{
+    CheckResult, DUPLICATES, LAG, OUTCOMES, PAYMENTS, REBUILD, SET_ASIDE, STOCK, TERMINAL,
+};
 pub use lag::{GroupLag, LagSnapshot, PartitionLag, Waited};
 pub use report::{LogCounts, Report};
 pub use verdicts::{
@@ -39,16 +43,6 @@ pub use verdicts::{
 use lag::{lag_snapshot, wait_zero_lag, Probe};
 use rebuild::rebuild;
 use report::write_json;
-
-/// Names of the invariants, as printed and in the JSON.
-pub const TERMINAL: &str = "every order terminal";
-pub const OUTCOMES: &str = "outcomes follow the demo's rules";
-pub const PAYMENTS: &str = "at most one live authorization per order";
-pub const STOCK: &str = "stock conserved per sku";
-pub const DUPLICATES: &str = "no effect applied twice";
-pub const LAG: &str = "every reply published and every group at the log end";
-pub const REBUILD: &str = "every read model equals a fresh fold of the log";
-pub const SET_ASIDE: &str = "nothing dead-lettered, nothing parked";
 
 /// Event types an order may legitimately have more than once (a customer may ask to cancel
 /// twice and be refused twice), and the outbox's dead letters: not duplicates.
@@ -77,15 +71,6 @@ pub struct Options {
     pub wait_zero_lag: Option<Duration>,
     /// Also write the results as JSON here.
     pub json: Option<PathBuf>,
-}
-
-/// The verdict on one invariant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckResult {
-    pub name: &'static str,
-    pub passed: bool,
-    pub detail: String,
-    pub examples: Vec<String>,
 }
 
 /// Run `orderflow check` and print its report. Exit 0 when every invariant holds, 1 when one

@@ -4,7 +4,7 @@
 use platform::Settings;
 use sqlx::PgPool;
 
-use super::{CheckResult, REBUILD};
+use super::invariant::{CheckResult, REBUILD};
 
 /// Fold the whole log into a verify-only generation, compare, drop it.
 pub(super) async fn rebuild(settings: &Settings, pool: &PgPool) -> CheckResult {

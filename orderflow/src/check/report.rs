@@ -7,7 +7,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::{CheckResult, GroupLag};
+use super::invariant::CheckResult;
+use super::lag::GroupLag;
 
 /// Example lines printed under a FAIL.
 const EXAMPLES_MAX: usize = 10;

@@ -8,10 +8,8 @@ use std::collections::BTreeMap;
 use consumers::audit::{Payments, Stock, Terminal};
 use platform::audit::Found;
 
-use super::{
-    CheckResult, GroupLag, LagSnapshot, Waited, DUPLICATES, LAG, PAYMENTS, SET_ASIDE, STOCK,
-    TERMINAL,
-};
+use super::invariant::{CheckResult, DUPLICATES, LAG, PAYMENTS, SET_ASIDE, STOCK, TERMINAL};
+use super::lag::{GroupLag, LagSnapshot, Waited};
 
 /// Invariant 1. With `orders`, exactly that many (with the prefix) must exist in both the saga
 /// and the read model.
