@@ -2,14 +2,14 @@
 //! an archive back.
 //!
 //! - [`archiver`]: copies the log into Avro files named by a manifest ([`manifest`]), which
-//!   [`check`] verifies and [`reader`] reads back in offset order;
-//! - [`slice`]: reads every partition between two offsets, for rebuilds;
-//! - [`republish`]: produces an archive into an empty topic at the offsets it had.
+//!   [`check`](mod@check) verifies and [`reader`] reads back in offset order;
+//! - [`slice`](mod@slice): reads every partition between two offsets, for rebuilds;
+//! - [`republish`](mod@republish): produces an archive into an empty topic at the offsets it had.
 //!
 //! Everything here reads or writes the log and the archive directory only: no database, no
-//! consumer group joined, no offset committed. Folding records into read models is
-//! `projections`' work, replaying steps `consumers'`; both read through this crate. Every Kafka
-//! client is built by `platform::kafka`.
+//! consumer group joined, no offset committed. Folding the records into read models is the
+//! work of `projections` (which reads through [`slice`](mod@slice) and [`reader`]), replaying the steps
+//! that of `consumers`. Every Kafka client is built by `platform::kafka`.
 
 pub mod archiver;
 pub mod check;

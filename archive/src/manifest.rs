@@ -7,7 +7,7 @@
 //! the files tile the log without gaps or overlaps.
 //!
 //! The manifest is the truth: it names only files that are completely on disk, and is replaced
-//! atomically ([`write_atomically`]). Only the archiver writes it.
+//! atomically (`write_atomically`). Only the archiver writes it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -209,8 +209,8 @@ fn reader_config(kafka: &KafkaSettings, role: &str) -> ClientConfig {
     config
 }
 
-/// A group-less reader ([`reader_config`]) with librdkafka's fetch sizes: for a reader that
-/// follows the log, such as the archiver.
+/// A group-less reader (settings in `reader_config`) with librdkafka's fetch sizes: for a
+/// reader that follows the log, such as the archiver.
 pub fn reader<T>(kafka: &KafkaSettings, role: &str) -> anyhow::Result<T>
 where
     T: FromClientConfigAndContext<EndAware>,
@@ -220,8 +220,8 @@ where
         .with_context(|| format!("creating the {role} reader for {}", kafka.brokers))
 }
 
-/// A group-less reader ([`reader_config`]) that fetches in large requests: for a bounded read
-/// of a whole log (a rebuild), which should go as fast as the broker serves it.
+/// A group-less reader (settings in `reader_config`) that fetches in large requests: for a
+/// bounded read of a whole log (a rebuild), which should go as fast as the broker serves it.
 pub fn bulk_reader<T>(kafka: &KafkaSettings, role: &str) -> anyhow::Result<T>
 where
     T: FromClientConfigAndContext<EndAware>,
