@@ -13,10 +13,6 @@ use orderflow::components::{self, Component};
 use orderflow::demo::{self, DemoOptions};
 use platform::Settings;
 
-/// mimalloc instead of glibc malloc (see the workspace Cargo.toml).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "orderflow",
