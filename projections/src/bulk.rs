@@ -1,6 +1,8 @@
 //! The bulk phase of a rebuild: read a slice of the log (from the broker or an archive), fold
-//! it in memory from empty, and write every table once with `COPY`. It knows nothing of
-//! generations or switching (`rebuild.rs` and `restore.rs` call it).
+//! it in memory from empty, and write every table once, into empty tables without their
+//! secondary indexes, with the live projector's writer (`store::write`: every row is new, so
+//! all of it goes in with `COPY`). It knows nothing of generations or switching (`rebuild.rs`
+//! and `restore.rs` call it).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -15,6 +17,7 @@ use rdkafka::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::copy;
 use crate::fold::{self, EventRow, Fold, LogPosition};
 use crate::store::{self, Advance, Target};
 
@@ -205,8 +208,9 @@ pub(crate) struct Loaded {
     pub undecodable: u64,
 }
 
-/// Write a bulk fold into the empty tables of `target` with `COPY`, with its positions, in one
-/// transaction. Returns what was read and the rows written.
+/// Write a bulk fold into the empty tables of `target`, with its positions, in one transaction:
+/// secondary indexes dropped, every row written, the indexes built again. Returns what was read
+/// and the rows written.
 pub(crate) async fn load(
     pool: &PgPool,
     target: &Target,
@@ -223,7 +227,18 @@ pub(crate) async fn load(
         .execute(&mut *tx)
         .await?;
     let changes = bulk.fold.into_changes();
-    let mut rows_loaded = crate::copy::copy_all(&mut tx, target, &changes, &bulk.events).await?;
+    let indexes = store::drop_secondary_indexes(&mut tx, target).await?;
+    let mut rows_loaded =
+        copy::events(&mut tx, &target.table("order_events"), &bulk.events).await?;
+    store::write(&mut tx, target, &changes).await?;
+    store::create_indexes(&mut tx, &indexes).await?;
+    rows_loaded += (changes.orders.len()
+        + changes.lines.len()
+        + changes.steps.len()
+        + changes.customers.len()
+        + changes.daily.len()
+        + changes.sku_daily.len()
+        + changes.cancellations.len()) as u64;
     let advances: Vec<Advance> = bulk
         .next
         .iter()

@@ -570,7 +570,7 @@ async fn copy_baseline(
     .execute(&mut *tx)
     .await?;
     let started = Instant::now();
-    let rows = crate::copy::copy_events(&mut tx, "pg_temp.copy_baseline", events).await?;
+    let rows = crate::copy::events(&mut tx, "pg_temp.copy_baseline", events).await?;
     let took = started.elapsed();
     tx.rollback().await?;
     Ok((rows, took))

@@ -1,6 +1,7 @@
-//! Reading and writing the read models of one generation schema: the loads and writes of a
-//! batch (the live projector and a rebuild's catch-up), positions. The SQL of every model is
-//! here, but for the `COPY` of a bulk rebuild (`copy.rs`).
+//! Reading and writing the read models of one generation schema: the loads of a batch, the
+//! writer of a fold's changes (the live projector, a rebuild's catch-up and its bulk load),
+//! positions, secondary indexes. The SQL of every model is here; the rows a fold created go in
+//! with `COPY` (`copy.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -8,7 +9,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::fold::{Changes, EventRow, LineRow, OrderRow, Rows, StepRow};
+use crate::copy;
+use crate::fold::{Changes, EventRow, LineRow, OrderRow, StepRow};
 
 /// A generation schema the projection code may write: `analytics_g<N>` or a point-in-time
 /// `analytics_pit_<N>`. The name is checked once here, so SQL can embed it.
@@ -208,194 +210,115 @@ pub async fn load(
     Ok((orders, lines, steps))
 }
 
-/// Write a batch's changes: created rows are inserted and stored rows updated (the fold knows
-/// which is which, so no statement asks the table), aggregates add up. At most one statement
-/// per table and kind of change, none for what did not change.
+/// Write a fold's changes: the rows it created with `COPY`, the stored rows it changed with one
+/// `UPDATE ... FROM UNNEST` per table, the aggregates added to with one upsert per table. The
+/// fold knows which rows are new, so no statement asks the table; none runs for what did not
+/// change. The live projector, a rebuild's catch-up and a rebuild's bulk load all write here.
 pub async fn write(
     conn: &mut PgConnection,
     target: &Target,
     changes: &Changes,
 ) -> Result<(), sqlx::Error> {
-    write_orders(conn, target, &changes.orders).await?;
-    insert_lines(conn, target, &changes.lines).await?;
-    write_steps(conn, target, &changes.steps).await?;
+    copy::orders(conn, &target.table("orders"), &changes.orders.created).await?;
+    update_orders(conn, target, &changes.orders.changed).await?;
+    copy::lines(conn, &target.table("order_lines"), &changes.lines).await?;
+    copy::steps(
+        conn,
+        &target.table("saga_step_durations"),
+        &changes.steps.created,
+    )
+    .await?;
+    update_steps(conn, target, &changes.steps.changed).await?;
     write_customers(conn, target, &changes.customers).await?;
     write_daily(conn, target, changes).await?;
     Ok(())
 }
 
-async fn write_orders(
+/// Only what an event after `OrderCreated` can change.
+async fn update_orders(
     conn: &mut PgConnection,
     target: &Target,
-    rows: &Rows<OrderRow>,
-) -> Result<(), sqlx::Error> {
-    if !rows.created.is_empty() {
-        let sql = format!(
-            "INSERT INTO {}
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[],
-                                  $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[],
-                                  $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[],
-                                  $15::timestamptz[], $16::text[], $17::int[], $18::text[], $19::timestamptz[])",
-            target.table("orders")
-        );
-        let rows = &rows.created;
-        let text = |f: fn(&OrderRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-        let time =
-            |f: fn(&OrderRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(&sql)
-            .bind(text(|r| &r.order_id))
-            .bind(text(|r| &r.customer_id))
-            .bind(text(|r| &r.status))
-            .bind(text(|r| &r.currency))
-            .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.line_count).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.units).collect::<Vec<_>>())
-            .bind(text(|r| &r.ship_country))
-            .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-            .bind(time(|r| r.reserved_at))
-            .bind(time(|r| r.paid_at))
-            .bind(time(|r| r.shipment_scheduled_at))
-            .bind(
-                rows.iter()
-                    .map(|r| r.carrier.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(time(|r| r.completed_at))
-            .bind(time(|r| r.cancelled_at))
-            .bind(
-                rows.iter()
-                    .map(|r| r.cancel_reason.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
-            .bind(text(|r| &r.last_event_type))
-            .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-    }
-    if !rows.changed.is_empty() {
-        // Only what an event after `OrderCreated` can change.
-        let sql = format!(
-            "UPDATE {} AS o SET
-                 status = d.status, reserved_at = d.reserved_at, paid_at = d.paid_at,
-                 shipment_scheduled_at = d.shipment_scheduled_at, carrier = d.carrier,
-                 completed_at = d.completed_at, cancelled_at = d.cancelled_at,
-                 cancel_reason = d.cancel_reason, event_count = d.event_count,
-                 last_event_type = d.last_event_type, last_event_at = d.last_event_at
-             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-                         $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[],
-                         $11::text[], $12::timestamptz[])
-                  AS d(order_id, status, reserved_at, paid_at, shipment_scheduled_at, carrier,
-                       completed_at, cancelled_at, cancel_reason, event_count, last_event_type,
-                       last_event_at)
-             WHERE o.order_id = d.order_id",
-            target.table("orders")
-        );
-        let rows = &rows.changed;
-        let time =
-            |f: fn(&OrderRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(&sql)
-            .persistent(false)
-            .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-            .bind(time(|r| r.reserved_at))
-            .bind(time(|r| r.paid_at))
-            .bind(time(|r| r.shipment_scheduled_at))
-            .bind(
-                rows.iter()
-                    .map(|r| r.carrier.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(time(|r| r.completed_at))
-            .bind(time(|r| r.cancelled_at))
-            .bind(
-                rows.iter()
-                    .map(|r| r.cancel_reason.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.last_event_type.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-async fn insert_lines(
-    conn: &mut PgConnection,
-    target: &Target,
-    rows: &[LineRow],
+    rows: &[OrderRow],
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let sql = format!(
-        "INSERT INTO {}
-         SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::bigint[],
-                              $7::text[], $8::timestamptz[])",
-        target.table("order_lines")
+        "UPDATE {} AS o SET
+             status = d.status, reserved_at = d.reserved_at, paid_at = d.paid_at,
+             shipment_scheduled_at = d.shipment_scheduled_at, carrier = d.carrier,
+             completed_at = d.completed_at, cancelled_at = d.cancelled_at,
+             cancel_reason = d.cancel_reason, event_count = d.event_count,
+             last_event_type = d.last_event_type, last_event_at = d.last_event_at
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                     $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::int[],
+                     $11::text[], $12::timestamptz[])
+              AS d(order_id, status, reserved_at, paid_at, shipment_scheduled_at, carrier,
+                   completed_at, cancelled_at, cancel_reason, event_count, last_event_type,
+                   last_event_at)
+         WHERE o.order_id = d.order_id",
+        target.table("orders")
     );
+    let time = |f: fn(&OrderRow) -> Option<DateTime<Utc>>| rows.iter().map(f).collect::<Vec<_>>();
     sqlx::query(&sql)
+        .persistent(false)
         .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.line_no).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.quantity).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.unit_price_minor).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.line_total_minor).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .execute(conn)
+        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(time(|r| r.reserved_at))
+        .bind(time(|r| r.paid_at))
+        .bind(time(|r| r.shipment_scheduled_at))
+        .bind(
+            rows.iter()
+                .map(|r| r.carrier.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(time(|r| r.completed_at))
+        .bind(time(|r| r.cancelled_at))
+        .bind(
+            rows.iter()
+                .map(|r| r.cancel_reason.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.event_count).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.last_event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.last_event_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-async fn write_steps(
+async fn update_steps(
     conn: &mut PgConnection,
     target: &Target,
-    rows: &Rows<StepRow>,
+    rows: &[StepRow],
 ) -> Result<(), sqlx::Error> {
-    let table = target.table("saga_step_durations");
-    let statements = [
-        (
-            &rows.created,
-            format!(
-                "INSERT INTO {table} (order_id, step, started_at, ended_at, outcome)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])"
-            ),
-        ),
-        (
-            &rows.changed,
-            format!(
-                "UPDATE {table} AS s SET started_at = d.started_at, ended_at = d.ended_at, outcome = d.outcome
-                 FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
-                      AS d(order_id, step, started_at, ended_at, outcome)
-                 WHERE s.order_id = d.order_id AND s.step = d.step"
-            ),
-        ),
-    ];
-    for (rows, sql) in statements {
-        if rows.is_empty() {
-            continue;
-        }
-        sqlx::query(&sql)
-            .persistent(false)
-            .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.ended_at).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.outcome.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *conn)
-            .await?;
+    if rows.is_empty() {
+        return Ok(());
     }
+    let sql = format!(
+        "UPDATE {} AS s SET started_at = d.started_at, ended_at = d.ended_at, outcome = d.outcome
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])
+              AS d(order_id, step, started_at, ended_at, outcome)
+         WHERE s.order_id = d.order_id AND s.step = d.step",
+        target.table("saga_step_durations")
+    );
+    sqlx::query(&sql)
+        .persistent(false)
+        .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.ended_at).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.outcome.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -533,6 +456,46 @@ async fn write_daily(
             .bind(values.iter().map(|d| d.value_minor).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+/// Drop the secondary indexes of `target`'s tables (those neither primary nor unique) and
+/// return their definitions, for [`create_indexes`] after a bulk load: one sort per index
+/// instead of a tree insert per row.
+pub async fn drop_secondary_indexes(
+    conn: &mut PgConnection,
+    target: &Target,
+) -> Result<Vec<String>, sqlx::Error> {
+    let secondary: Vec<(String, String)> = sqlx::query_as(
+        "SELECT format('%I.%I', n.nspname, ic.relname), pg_get_indexdef(i.indexrelid)
+         FROM pg_index i
+         JOIN pg_class ic ON ic.oid = i.indexrelid
+         JOIN pg_class t ON t.oid = i.indrelid
+         JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE n.nspname = $1 AND NOT i.indisprimary AND NOT i.indisunique",
+    )
+    .bind(target.schema())
+    .fetch_all(&mut *conn)
+    .await?;
+    for (index, _) in &secondary {
+        sqlx::query(&format!("DROP INDEX {index}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(secondary
+        .into_iter()
+        .map(|(_, definition)| definition)
+        .collect())
+}
+
+/// Build indexes from their definitions (as [`drop_secondary_indexes`] returned them).
+pub async fn create_indexes(
+    conn: &mut PgConnection,
+    definitions: &[String],
+) -> Result<(), sqlx::Error> {
+    for definition in definitions {
+        sqlx::query(definition).execute(&mut *conn).await?;
     }
     Ok(())
 }
