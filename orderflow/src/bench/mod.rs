@@ -515,6 +515,8 @@ struct Ticks {
     bench: Option<u64>,
     /// Busy time of every core together.
     machine: Option<u64>,
+    /// Every process, to tell other people's work from the kernel's.
+    all: Vec<procfs::Stat>,
 }
 
 /// `application_name` of the bench's own connections, so their Postgres time is told apart
@@ -561,7 +563,18 @@ impl Watched {
             kafka: (!kafka.is_empty()).then(|| kafka.iter().sum()),
             bench: own(self.bench),
             machine: procfs::read_machine_busy(),
+            all: stats,
         }
+    }
+
+    /// Whether a process is one of those whose CPU is reported by name.
+    fn is_watched(&self, stat: &procfs::Stat) -> bool {
+        stat.pid == self.orderflow
+            || stat.pid == self.bench
+            || self.kafka.contains(&stat.pid)
+            || self
+                .postmaster
+                .is_some_and(|pm| stat.pid == pm || stat.ppid == pm)
     }
 
     fn seconds(&self, before: &Ticks, after: &Ticks) -> Cpu {
@@ -578,8 +591,16 @@ impl Watched {
             kafka: delta(before.kafka, after.kafka),
             bench: delta(before.bench, after.bench),
             other: None,
+            other_processes: None,
+            kernel_threads: None,
         };
         cpu.other = delta(before.machine, after.machine).map(|all| (all - cpu.total()).max(0.0));
+        if !before.all.is_empty() && !after.all.is_empty() {
+            let (processes, kernel) =
+                procfs::unwatched_ticks(&before.all, &after.all, |s| self.is_watched(s));
+            cpu.other_processes = Some(secs(processes));
+            cpu.kernel_threads = Some(secs(kernel));
+        }
         cpu
     }
 }
@@ -1002,7 +1023,10 @@ impl Run {
         phase.stopped_early = stopped_early.is_some();
         let mut notes: Vec<String> = stopped_early.into_iter().collect();
         let capacity = cpu_window_secs * self.cpus as f64;
-        if let Some(other) = cpu.other.filter(|o| capacity > 0.0 && *o > 0.05 * capacity) {
+        if let Some(other) = cpu
+            .other_processes
+            .filter(|o| capacity > 0.0 && *o > 0.05 * capacity)
+        {
             notes.push(format!(
                 "other processes used {other:.1} CPU s ({:.0} % of the machine) during this \
                  phase: the figures are disturbed",

@@ -128,6 +128,31 @@ pub fn tree_ticks(stats: &[Stat], root: i32) -> Option<u64> {
     Some(root_stat.total_ticks() + children)
 }
 
+/// CPU ticks, by process, of what the bench does not watch: (user processes, kernel threads).
+/// A process counts with its reaped children (so a finished compiler shows in its `cargo`);
+/// one that started in between counts from zero; one that ended in between is missed.
+pub fn unwatched_ticks(
+    before: &[Stat],
+    after: &[Stat],
+    watched: impl Fn(&Stat) -> bool,
+) -> (u64, u64) {
+    let start: std::collections::HashMap<i32, u64> =
+        before.iter().map(|s| (s.pid, s.total_ticks())).collect();
+    let (mut processes, mut kernel) = (0, 0);
+    for stat in after.iter().filter(|s| !watched(s)) {
+        let spent = stat
+            .total_ticks()
+            .saturating_sub(start.get(&stat.pid).copied().unwrap_or(0));
+        // Kernel threads are kthreadd (pid 2) and its children.
+        if stat.pid == 2 || stat.ppid == 2 {
+            kernel += spent;
+        } else {
+            processes += spent;
+        }
+    }
+    (processes, kernel)
+}
+
 /// Socket inodes listening on TCP `port`, from the text of `/proc/net/tcp` or `tcp6`.
 pub fn listening_inodes(net_tcp: &str, port: u16) -> BTreeSet<u64> {
     net_tcp
@@ -306,6 +331,38 @@ mod tests {
         ];
         assert_eq!(tree_ticks(&stats, 100), Some(15 + 500 + 10 + 60));
         assert_eq!(tree_ticks(&stats, 555), None);
+    }
+
+    #[test]
+    fn unwatched_time_is_split_into_processes_and_kernel_threads() {
+        let stat = |pid, ppid, utime| Stat {
+            pid,
+            comm: "x".into(),
+            ppid,
+            utime,
+            stime: 0,
+            cutime: 0,
+            cstime: 0,
+        };
+        let before = vec![
+            stat(2, 0, 1),
+            stat(40, 2, 10),
+            stat(500, 1, 100),
+            stat(600, 1, 7),
+            stat(700, 1, 3),
+        ];
+        // 40 a kernel worker, 500 watched, 600 someone's shell, 800 new, 700 ended.
+        let after = vec![
+            stat(2, 0, 1),
+            stat(40, 2, 25),
+            stat(500, 1, 900),
+            stat(600, 1, 9),
+            stat(800, 600, 30),
+        ];
+        assert_eq!(
+            unwatched_ticks(&before, &after, |s| s.pid == 500),
+            (2 + 30, 15)
+        );
     }
 
     #[test]

@@ -105,6 +105,13 @@ pub struct Cpu {
     /// other people's work on a shared machine, the kernel's. Large means disturbed figures.
     #[serde(default)]
     pub other: Option<f64>,
+    /// Of `other`: user processes the bench does not watch (other people's work).
+    #[serde(default)]
+    pub other_processes: Option<f64>,
+    /// Of `other`: kernel threads (journal commits and writeback for the fsyncs, memory
+    /// management): mostly work the run itself causes.
+    #[serde(default)]
+    pub kernel_threads: Option<f64>,
 }
 
 impl Cpu {
@@ -119,6 +126,8 @@ impl Cpu {
             kafka: each(self.kafka),
             bench: each(self.bench),
             other: each(self.other),
+            other_processes: each(self.other_processes),
+            kernel_threads: each(self.kernel_threads),
         }
     }
 
@@ -220,7 +229,7 @@ pub fn definitions() -> BTreeMap<String, String> {
         ("ratio_db", "db_rows_per_s / raw.postgres.rows_per_s: the share of Postgres's bare rate for rows of the same shape in the same 500-row batches that the pipeline's inbox and outbox writes reached; state tables and read models are extra work the raw test does not do"),
         ("broker_ceiling_orders_per_s", "raw.broker.produce_records_per_s / log_records_per_order: orders/s if the broker did nothing else"),
         ("postgres_ceiling_orders_per_s", "raw.postgres.rows_per_s / db_rows_per_order: orders/s if Postgres wrote only the inbox and outbox rows"),
-        ("cpu_seconds", "utime+stime deltas from /proc over cpu_window_secs: orderflow = the `orderflow run` child; postgres = the whole cluster serving the bench database (the postmaster, its live children and those it reaped: other databases' work on a shared server counts too); postgres_pipeline = only the backends connected to the bench database other than the bench's own (a lower bound: a backend that ended during the phase is missed), shown in brackets in the table; postgres_bench = the bench's own backends (read-model polls, counts); kafka = the broker JVM(s); bench = this process (publisher, log watcher, read-model poller); other = the machine's busy time (/proc/stat, all cores) minus all of these: anything else that ran, a phase notes it when it exceeds 5 % of the machine"),
+        ("cpu_seconds", "utime+stime deltas from /proc over cpu_window_secs: orderflow = the `orderflow run` child; postgres = the whole cluster serving the bench database (the postmaster, its live children and those it reaped: other databases' work on a shared server counts too); postgres_pipeline = only the backends connected to the bench database other than the bench's own (a lower bound: a backend that ended during the phase is missed), shown in brackets in the table; postgres_bench = the bench's own backends (read-model polls, counts); kafka = the broker JVM(s); bench = this process (publisher, log watcher, read-model poller); other = the machine's busy time (/proc/stat, all cores) minus all of these, of which other_processes = user processes not named above (other people's work: a phase notes it when it exceeds 5 % of the machine, the figures are then disturbed) and kernel_threads = kernel threads (journal commits and writeback for the fsyncs, memory management: mostly caused by the run itself); the rest is interrupt time"),
         ("rss", "the orderflow child's VmRSS sampled every 200 ms (peak_sampled_kb) and its VmHWM at the phase's end"),
         ("kept_up", "an open loop kept up when it was not stopped early, completed at least 85 % of the offered orders/s, and the median create-to-terminal latency of the last quarter of its orders is at most twice that of the first quarter plus 500 ms; a higher rate is offered only after a rate was kept up"),
         ("stopped_early", "an open loop stops offering once an order has waited longer than --max-latency-secs for its terminal record"),
@@ -410,6 +419,8 @@ mod tests {
             kafka: None,
             bench: Some(0.5),
             other: Some(9.0),
+            other_processes: Some(1.0),
+            kernel_threads: Some(2.0),
         };
         let per = cpu.per(1000);
         assert_eq!(per.orderflow, Some(0.002));
