@@ -598,8 +598,10 @@ impl Watched {
         if !before.all.is_empty() && !after.all.is_empty() {
             let (processes, kernel) =
                 procfs::unwatched_ticks(&before.all, &after.all, |s| self.is_watched(s));
-            cpu.other_processes = Some(secs(processes));
-            cpu.kernel_threads = Some(secs(kernel));
+            // Never more than the machine's unexplained busy time.
+            let cap = cpu.other.unwrap_or(f64::INFINITY);
+            cpu.other_processes = Some(secs(processes).min(cap));
+            cpu.kernel_threads = Some(secs(kernel).min(cap));
         }
         cpu
     }

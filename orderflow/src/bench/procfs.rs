@@ -129,20 +129,20 @@ pub fn tree_ticks(stats: &[Stat], root: i32) -> Option<u64> {
 }
 
 /// CPU ticks, by process, of what the bench does not watch: (user processes, kernel threads).
-/// A process counts with its reaped children (so a finished compiler shows in its `cargo`);
-/// one that started in between counts from zero; one that ended in between is missed.
+/// Only a process's own time counts (not its reaped children's: a shell whose hour-long test
+/// run ends in between would count the whole hour); one that started in between counts from
+/// zero; one that ended in between is missed. A lower bound, as a disturbance indicator.
 pub fn unwatched_ticks(
     before: &[Stat],
     after: &[Stat],
     watched: impl Fn(&Stat) -> bool,
 ) -> (u64, u64) {
+    let own = |s: &Stat| s.utime + s.stime;
     let start: std::collections::HashMap<i32, u64> =
-        before.iter().map(|s| (s.pid, s.total_ticks())).collect();
+        before.iter().map(|s| (s.pid, own(s))).collect();
     let (mut processes, mut kernel) = (0, 0);
     for stat in after.iter().filter(|s| !watched(s)) {
-        let spent = stat
-            .total_ticks()
-            .saturating_sub(start.get(&stat.pid).copied().unwrap_or(0));
+        let spent = own(stat).saturating_sub(start.get(&stat.pid).copied().unwrap_or(0));
         // Kernel threads are kthreadd (pid 2) and its children.
         if stat.pid == 2 || stat.ppid == 2 {
             kernel += spent;
