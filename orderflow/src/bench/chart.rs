@@ -203,7 +203,7 @@ pub fn draw(path: &Path, runs: &[&Report]) -> anyhow::Result<()> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.85))
         .draw()
