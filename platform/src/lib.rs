@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod deadletter;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
