@@ -16,7 +16,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::Unit;
+use metrics::{Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// The catalog's names, one constant each, so a typo is a compile error.
@@ -111,7 +111,14 @@ const fn counter(
     labels: &'static [&'static str],
     help: &'static str,
 ) -> Metric {
-    Metric { name, kind: Kind::Counter, unit: Unit::Count, labels, help, buckets: &[] }
+    Metric {
+        name,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        labels,
+        help,
+        buckets: &[],
+    }
 }
 
 const fn gauge(
@@ -120,7 +127,14 @@ const fn gauge(
     labels: &'static [&'static str],
     help: &'static str,
 ) -> Metric {
-    Metric { name, kind: Kind::Gauge, unit, labels, help, buckets: &[] }
+    Metric {
+        name,
+        kind: Kind::Gauge,
+        unit,
+        labels,
+        help,
+        buckets: &[],
+    }
 }
 
 const fn histogram(
@@ -130,27 +144,72 @@ const fn histogram(
     buckets: &'static [f64],
     help: &'static str,
 ) -> Metric {
-    Metric { name, kind: Kind::Histogram, unit, labels, help, buckets }
+    Metric {
+        name,
+        kind: Kind::Histogram,
+        unit,
+        labels,
+        help,
+        buckets,
+    }
 }
 
 use names::*;
 
 /// Every metric orderflow records. `docs/metrics.md` lists the same names.
 pub const CATALOG: &[Metric] = &[
-    counter(RECORDS_CONSUMED, &["component"], "Records polled from Kafka."),
-    counter(RECORDS_APPLIED, &["component"], "Records whose effects were committed."),
-    counter(RECORDS_DUPLICATE, &["component"], "Records skipped by the inbox: seen before."),
-    counter(RECORDS_IGNORED, &["component"], "Records of event types the component does not handle."),
-    counter(ORDERS_PARKED, &["component"], "Orders parked (waiting behind an earlier failure)."),
-    counter(RECORDS_DEAD_LETTERED, &["component"], "Records written to the dead-letter table."),
+    counter(
+        RECORDS_CONSUMED,
+        &["component"],
+        "Records polled from Kafka.",
+    ),
+    counter(
+        RECORDS_APPLIED,
+        &["component"],
+        "Records whose effects were committed.",
+    ),
+    counter(
+        RECORDS_DUPLICATE,
+        &["component"],
+        "Records skipped by the inbox: seen before.",
+    ),
+    counter(
+        RECORDS_IGNORED,
+        &["component"],
+        "Records of event types the component does not handle.",
+    ),
+    counter(
+        ORDERS_PARKED,
+        &["component"],
+        "Orders parked (waiting behind an earlier failure).",
+    ),
+    counter(
+        RECORDS_DEAD_LETTERED,
+        &["component"],
+        "Records written to the dead-letter table.",
+    ),
     counter(
         BATCH_FAILURES,
         &["component", "kind"],
         "Failed batch attempts by kind: retryable, unavailable, permanent, poison.",
     ),
-    counter(EVENTS_PUBLISHED, &["component"], "Outbox rows published to Kafka."),
-    counter(REDRIVES, &["component", "outcome"], "Dead letters redriven, by outcome."),
-    histogram(BATCH_RECORDS, Unit::Count, &["component"], BATCH_SIZES, "Records per batch."),
+    counter(
+        EVENTS_PUBLISHED,
+        &["component"],
+        "Outbox rows published to Kafka.",
+    ),
+    counter(
+        REDRIVES,
+        &["component", "outcome"],
+        "Dead letters redriven, by outcome.",
+    ),
+    histogram(
+        BATCH_RECORDS,
+        Unit::Count,
+        &["component"],
+        BATCH_SIZES,
+        "Records per batch.",
+    ),
     histogram(
         BATCH_DURATION,
         Unit::Seconds,
@@ -199,16 +258,36 @@ pub const CATALOG: &[Metric] = &[
         &["component", "group", "topic", "partition"],
         "Log end offset minus the group's committed offset.",
     ),
-    gauge(OUTBOX_UNPUBLISHED, Unit::Count, &["component"], "Outbox rows not yet published."),
+    gauge(
+        OUTBOX_UNPUBLISHED,
+        Unit::Count,
+        &["component"],
+        "Outbox rows not yet published.",
+    ),
     gauge(
         OUTBOX_OLDEST_AGE,
         Unit::Seconds,
         &["component"],
         "Age of the oldest unpublished outbox row (0 when none).",
     ),
-    gauge(PARKED_ORDERS, Unit::Count, &["component"], "Orders parked now."),
-    gauge(DEAD_LETTERS_OPEN, Unit::Count, &["component"], "Dead letters not redriven."),
-    gauge(SAGA_ORDERS, Unit::Count, &["state"], "Saga orders by state."),
+    gauge(
+        PARKED_ORDERS,
+        Unit::Count,
+        &["component"],
+        "Orders parked now.",
+    ),
+    gauge(
+        DEAD_LETTERS_OPEN,
+        Unit::Count,
+        &["component"],
+        "Dead letters not redriven.",
+    ),
+    gauge(
+        SAGA_ORDERS,
+        Unit::Count,
+        &["state"],
+        "Saga orders by state.",
+    ),
     gauge(
         SAGA_DEADLINES_MISSED,
         Unit::Count,
@@ -227,7 +306,12 @@ pub const CATALOG: &[Metric] = &[
         &[],
         "Records between the projector's watermark and the log end.",
     ),
-    gauge(ARCHIVE_LAG_RECORDS, Unit::Count, &[], "Records on the log not yet archived."),
+    gauge(
+        ARCHIVE_LAG_RECORDS,
+        Unit::Count,
+        &[],
+        "Records on the log not yet archived.",
+    ),
     gauge(
         ARCHIVE_LAG_SECONDS,
         Unit::Seconds,
@@ -283,12 +367,116 @@ pub const CATALOG: &[Metric] = &[
         &[],
         "User and system CPU time of the process (/proc/self/stat).",
     ),
-    gauge(BUILD_INFO, Unit::Count, &["version"], "Always 1; the version is the label."),
+    gauge(
+        BUILD_INFO,
+        Unit::Count,
+        &["version"],
+        "Always 1; the version is the label.",
+    ),
 ];
+
+/// Why a batch attempt failed, as `orderflow_batch_failures_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A record's handler failed in a way worth retrying (a provider timeout or 5xx, a
+    /// deadlock): its order parks and is retried with backoff.
+    Retryable,
+    /// A dependency was unavailable: the database for the whole batch, or a service whose
+    /// circuit breaker refused the call.
+    Unavailable,
+    /// A record broke a rule or a provider refused it for good (dead-lettered), or the batch
+    /// hit an error that no retry mends.
+    Permanent,
+    /// A record that does not decode: dead-lettered on sight.
+    Poison,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 4] = [
+        FailureKind::Retryable,
+        FailureKind::Unavailable,
+        FailureKind::Permanent,
+        FailureKind::Poison,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Unavailable => "unavailable",
+            FailureKind::Permanent => "permanent",
+            FailureKind::Poison => "poison",
+        }
+    }
+}
+
+/// One component's counters and histograms, created once when the component starts: recording
+/// a batch then costs a few atomic adds and allocates nothing. Handles made before the recorder
+/// is installed (or in a process without one) record nothing.
+#[derive(Clone)]
+pub struct ComponentMetrics {
+    pub component: &'static str,
+    pub consumed: Counter,
+    pub applied: Counter,
+    pub duplicate: Counter,
+    pub ignored: Counter,
+    pub parked: Counter,
+    pub dead_lettered: Counter,
+    pub published: Counter,
+    failures: [Counter; 4],
+    pub batch_records: Histogram,
+    pub batch_duration: Histogram,
+    pub handler_duration: Histogram,
+    pub commit_database: Histogram,
+    pub commit_offsets: Histogram,
+}
+
+impl ComponentMetrics {
+    /// Handles labelled `component` (one of the catalog's component names).
+    pub fn new(component: &'static str) -> Self {
+        let counter = |name: &'static str| metrics::counter!(name, "component" => component);
+        let histogram = |name: &'static str| metrics::histogram!(name, "component" => component);
+        let commit = |kind: &'static str| metrics::histogram!(COMMIT_DURATION, "component" => component, "kind" => kind);
+        ComponentMetrics {
+            component,
+            consumed: counter(RECORDS_CONSUMED),
+            applied: counter(RECORDS_APPLIED),
+            duplicate: counter(RECORDS_DUPLICATE),
+            ignored: counter(RECORDS_IGNORED),
+            parked: counter(ORDERS_PARKED),
+            dead_lettered: counter(RECORDS_DEAD_LETTERED),
+            published: counter(EVENTS_PUBLISHED),
+            failures: FailureKind::ALL.map(|kind| {
+                metrics::counter!(BATCH_FAILURES, "component" => component, "kind" => kind.as_str())
+            }),
+            batch_records: histogram(BATCH_RECORDS),
+            batch_duration: histogram(BATCH_DURATION),
+            handler_duration: histogram(HANDLER_DURATION),
+            commit_database: commit("database"),
+            commit_offsets: commit("offsets"),
+        }
+    }
+
+    /// The failure counter of `kind`.
+    pub fn failure(&self, kind: FailureKind) -> &Counter {
+        let index = FailureKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_default();
+        &self.failures[index]
+    }
+}
+
+/// Whether this process installed the recorder (its admin listener is on). Clients ask
+/// librdkafka for statistics only then: nobody would read them otherwise.
+pub fn installed() -> bool {
+    HANDLE.get().is_some()
+}
 
 /// How often histogram samples are folded into their buckets when nobody scrapes: bounds the
 /// memory an unscraped process holds.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's Prometheus handle; installs the global recorder on the first call.
 ///
@@ -298,7 +486,6 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// installed first (not something orderflow does), a warning is logged and the handle renders
 /// only what this recorder sees: nothing.
 pub fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let mut builder = PrometheusBuilder::new();
         for metric in CATALOG.iter().filter(|m| m.kind == Kind::Histogram) {
@@ -374,7 +561,11 @@ mod tests {
                 assert!(m.name.ends_with("_bytes"), "{} is in bytes", m.name);
             }
             for label in m.labels {
-                assert!(!label.contains("order") && !label.contains("customer"), "{}", m.name);
+                assert!(
+                    !label.contains("order") && !label.contains("customer"),
+                    "{}",
+                    m.name
+                );
             }
         }
     }
@@ -382,7 +573,11 @@ mod tests {
     #[test]
     fn names_are_unique() {
         for (i, m) in CATALOG.iter().enumerate() {
-            assert!(CATALOG[i + 1..].iter().all(|o| o.name != m.name), "{} twice", m.name);
+            assert!(
+                CATALOG[i + 1..].iter().all(|o| o.name != m.name),
+                "{} twice",
+                m.name
+            );
         }
     }
 
@@ -405,13 +600,22 @@ mod tests {
         metrics::counter!(RECORDS_CONSUMED, "component" => "unit_test").increment(3);
         metrics::histogram!(BATCH_RECORDS, "component" => "unit_test").record(7.0);
         let text = render();
-        assert!(text.contains("# HELP orderflow_records_consumed_total Records polled"), "{text}");
-        assert!(text.contains("orderflow_records_consumed_total{component=\"unit_test\"} 3"), "{text}");
+        assert!(
+            text.contains("# HELP orderflow_records_consumed_total Records polled"),
+            "{text}"
+        );
+        assert!(
+            text.contains("orderflow_records_consumed_total{component=\"unit_test\"} 3"),
+            "{text}"
+        );
         assert!(
             text.contains("orderflow_batch_records_bucket{component=\"unit_test\",le=\"10\"} 1"),
             "{text}"
         );
-        assert!(text.contains("# TYPE orderflow_batch_records histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE orderflow_batch_records histogram"),
+            "{text}"
+        );
         assert!(text.contains("orderflow_build_info{version="), "{text}");
     }
 }
