@@ -16,16 +16,44 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use events::archive::{LogRecord, SegmentWriter};
-use platform::config::ArchiveSettings;
+use platform::config::KafkaSettings;
 use platform::kafka::EndAware;
-use platform::Settings;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::manifest::{sha256_hex, sync_dir, Manifest, Segment};
+
+/// The `[archive]` section: the log archiver (`orderflow run` starts it when `dir` is set;
+/// `orderflow archive` runs it once). Files are Avro object container files per partition and
+/// time window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSettings {
+    /// Directory of the archive (created if missing); empty turns the archiver component off.
+    pub dir: String,
+    /// A file never holds records of two windows of this length (by record timestamp).
+    pub window_secs: u64,
+    /// Most records per file.
+    pub segment_max_records: usize,
+    /// Records held longer than this are written out even if their file is not full: the
+    /// archive's lag behind the log (its RPO) stays below about this much.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        ArchiveSettings {
+            dir: String::new(),
+            window_secs: 3_600,
+            segment_max_records: 100_000,
+            flush_interval_ms: 10_000,
+        }
+    }
+}
 
 /// The records of one partition waiting to be written as one file.
 struct Open {
@@ -56,10 +84,9 @@ pub struct ArchiveRun {
 }
 
 impl Archiver {
-    /// Open (or start) the archive in `settings.archive.dir`, removing files a crash left
-    /// behind that the manifest does not name.
-    pub fn open(settings: &Settings) -> anyhow::Result<Archiver> {
-        let archive = &settings.archive;
+    /// Open (or start) the archive of the log `kafka.topic` in `archive.dir`, removing files a
+    /// crash left behind that the manifest does not name.
+    pub fn open(kafka: &KafkaSettings, archive: &ArchiveSettings) -> anyhow::Result<Archiver> {
         anyhow::ensure!(
             !archive.dir.is_empty(),
             "archive.dir is not set; set it in the config file or ORDERFLOW_ARCHIVE__DIR"
@@ -72,7 +99,7 @@ impl Archiver {
         let dir = PathBuf::from(&archive.dir);
         fs::create_dir_all(&dir)
             .with_context(|| format!("creating the archive directory {}", dir.display()))?;
-        let topic = settings.kafka.topic.clone();
+        let topic = kafka.topic.clone();
         let manifest = Manifest::load(&dir, &topic)?;
         remove_strays(&dir, &manifest)?;
         Ok(Archiver {
@@ -92,13 +119,13 @@ impl Archiver {
     /// Held records are written out before returning normally.
     pub async fn run(
         mut self,
-        settings: &Settings,
+        kafka: &KafkaSettings,
         once: bool,
         shutdown: CancellationToken,
     ) -> anyhow::Result<ArchiveRun> {
-        let partitions = platform::kafka::partition_count(&settings.kafka, &self.topic)?;
-        tokio::task::block_in_place(|| self.ensure_continuous(settings))?;
-        let consumer = self.reader(settings, partitions)?;
+        let partitions = platform::kafka::partition_count(kafka, &self.topic)?;
+        tokio::task::block_in_place(|| self.ensure_continuous(kafka))?;
+        let consumer = self.reader(kafka, partitions)?;
         let mut at_end: BTreeMap<i32, bool> = (0..i32::try_from(partitions)?)
             .map(|p| (p, false))
             .collect();
@@ -156,8 +183,8 @@ impl Archiver {
     /// log that ends before that point was replaced or truncated (a wiped or restored broker),
     /// and one that starts after it lost records the archive never saw (retention outran the
     /// archiver). Either way, continuing would leave a gap, so the operator decides.
-    fn ensure_continuous(&self, settings: &Settings) -> anyhow::Result<()> {
-        let probe: BaseConsumer = platform::kafka::probe(&settings.kafka)?;
+    fn ensure_continuous(&self, kafka: &KafkaSettings) -> anyhow::Result<()> {
+        let probe: BaseConsumer = platform::kafka::probe(kafka)?;
         for (partition, archived) in &self.manifest.partitions {
             let (low, high) = probe
                 .fetch_watermarks(&self.topic, *partition, Duration::from_secs(10))
@@ -185,11 +212,10 @@ impl Archiver {
 
     fn reader(
         &self,
-        settings: &Settings,
+        kafka: &KafkaSettings,
         partitions: usize,
     ) -> anyhow::Result<StreamConsumer<EndAware>> {
-        let consumer: StreamConsumer<EndAware> =
-            platform::kafka::reader(&settings.kafka, "archiver")?;
+        let consumer: StreamConsumer<EndAware> = platform::kafka::reader(kafka, "archiver")?;
         let mut tpl = TopicPartitionList::new();
         for partition in 0..i32::try_from(partitions)? {
             let offset = match self.manifest.partitions.get(&partition) {

@@ -2,7 +2,8 @@
 //! an archive back.
 //!
 //! - [`archiver`]: copies the log into Avro files named by a manifest ([`manifest`]), which
-//!   [`check`](mod@check) verifies and [`reader`] reads back in offset order;
+//!   [`check`](mod@check) verifies and [`reader`] reads back in offset order; it owns the
+//!   `[archive]` section of the settings ([`ArchiveSettings`]);
 //! - [`slice`](mod@slice): reads every partition between two offsets, for rebuilds;
 //! - [`republish`](mod@republish): produces an archive into an empty topic at the offsets it had.
 //!
@@ -20,7 +21,7 @@ pub mod reader;
 pub mod republish;
 pub mod slice;
 
-pub use archiver::{ArchiveRun, Archiver};
+pub use archiver::{ArchiveRun, ArchiveSettings, Archiver};
 pub use check::{check, load_checked, ArchiveCheck};
 pub use manifest::{Manifest, PartitionArchive, Segment, MANIFEST};
 pub use reader::{message, ArchiveReader};

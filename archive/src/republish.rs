@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use platform::Settings;
+use platform::config::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -27,14 +27,14 @@ pub struct Republished {
 /// Records in flight at once while republishing.
 const IN_FLIGHT_MAX: usize = 10_000;
 
-/// Produce every archived record into `settings.kafka.topic`, which must be empty, at the
+/// Produce every archived record into `kafka.topic`, which must be empty, at the
 /// partition and offset it had: same key, value, headers and timestamp, in order. Fails before
 /// producing anything when the topic holds records or when the archive could not land at its
 /// own offsets (it must start at offset 0 without gaps), and after producing when the broker
 /// put a record anywhere else.
-pub async fn republish(settings: &Settings, dir: &Path) -> anyhow::Result<Republished> {
+pub async fn republish(kafka: &KafkaSettings, dir: &Path) -> anyhow::Result<Republished> {
     let started = Instant::now();
-    let topic = settings.kafka.topic.as_str();
+    let topic = kafka.topic.as_str();
     let manifest = load_checked(dir, topic, "republished")?;
     for (partition, archived) in &manifest.partitions {
         let starts_at_zero = archived
@@ -49,16 +49,16 @@ pub async fn republish(settings: &Settings, dir: &Path) -> anyhow::Result<Republ
             archived.next_offset
         );
     }
-    let partitions = platform::kafka::partition_count(&settings.kafka, topic)?;
+    let partitions = platform::kafka::partition_count(kafka, topic)?;
     let needed = manifest.partitions.keys().max().map_or(0, |p| *p + 1);
     anyhow::ensure!(
         i32::try_from(partitions)? >= needed,
         "topic {topic} has {partitions} partitions, the archive needs {needed}; create it with \
          `orderflow topics --partitions {needed}`"
     );
-    ensure_empty(settings, topic, partitions)?;
+    ensure_empty(kafka, topic, partitions)?;
 
-    let producer: FutureProducer = platform::kafka::producer(&settings.kafka, "orderflow-restore")
+    let producer: FutureProducer = platform::kafka::producer(kafka, "orderflow-restore")
         .context("creating the producer that republishes the archive")?;
     let mut reader = ArchiveReader::new(dir, &manifest);
     let mut records = 0u64;
@@ -113,8 +113,8 @@ pub async fn republish(settings: &Settings, dir: &Path) -> anyhow::Result<Republ
 }
 
 /// Fail unless every partition of `topic` is empty.
-fn ensure_empty(settings: &Settings, topic: &str, partitions: usize) -> anyhow::Result<()> {
-    let probe: BaseConsumer = platform::kafka::probe(&settings.kafka)?;
+fn ensure_empty(kafka: &KafkaSettings, topic: &str, partitions: usize) -> anyhow::Result<()> {
+    let probe: BaseConsumer = platform::kafka::probe(kafka)?;
     for partition in 0..i32::try_from(partitions)? {
         let (_, high) = probe
             .fetch_watermarks(topic, partition, Duration::from_secs(10))

@@ -33,7 +33,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use platform::Settings;
+use platform::config::KafkaSettings;
 
 use crate::step::ApplyError;
 use crate::{HandlerError, Step};
@@ -58,12 +58,12 @@ pub struct Identity {
     pub topic: String,
 }
 
-/// The names `step` runs under with `settings`.
-pub fn identity(step: &dyn Step, settings: &Settings) -> Identity {
+/// The names `step` runs under on the log and group prefix of `kafka`.
+pub fn identity(step: &dyn Step, kafka: &KafkaSettings) -> Identity {
     Identity {
         name: step.name(),
-        group: settings.group_id(step.name()),
-        topic: settings.kafka.topic.clone(),
+        group: kafka.group_id(step.name()),
+        topic: kafka.topic.clone(),
     }
 }
 

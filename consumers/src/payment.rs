@@ -11,17 +11,37 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use events::{Event, EventBody, EventType, PaymentAuthorized, PaymentDeclined, PaymentVoided};
-use platform::config::CallSettings;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::give_up::{self, Abandoned};
-use crate::ports::{Answers, BreakerState, Failure, Guard};
+use crate::ports::{Answers, BreakerState, CallSettings, Failure, Guard};
 use crate::step::{Decider, Decline, Question};
 use crate::HandlerError;
 
 pub const NAME: &str = "payment";
 const SCHEMA: &str = "payment";
+
+/// The `[payment]` section: rules of the simulated payment provider and how it is called.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// Orders whose total is above this many minor units are declined (`amount_over_limit`).
+    pub decline_over_minor: i64,
+    /// Timeout and circuit breaker of calls to the provider (`[payment.calls]`).
+    #[serde(default)]
+    pub calls: CallSettings,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        PaymentSettings {
+            decline_over_minor: 500_000,
+            calls: CallSettings::default(),
+        }
+    }
+}
 
 /// What the provider is asked to authorize. `idempotency_key` is stable across re-deliveries,
 /// so a provider that honours it never charges twice.
@@ -176,6 +196,15 @@ impl Payment {
     /// With the default call settings (`[payment.calls]`).
     pub fn new(provider: Arc<dyn PaymentProvider>) -> Self {
         Payment::with_calls(provider, &CallSettings::default())
+    }
+
+    /// The step as `[payment]` configures it: the simulated provider (customer blocks read
+    /// from `pool`) behind the section's call settings.
+    pub fn simulated(pool: PgPool, settings: &PaymentSettings) -> Self {
+        Payment::with_calls(
+            Arc::new(SimulatedProvider::new(pool, settings.decline_over_minor)),
+            &settings.calls,
+        )
     }
 
     pub fn with_calls(provider: Arc<dyn PaymentProvider>, calls: &CallSettings) -> Self {

@@ -10,16 +10,43 @@
 //! engine parks the order without spending its retry budget); after `open_for` one probe call
 //! is let through (half-open): its success closes the breaker, its failure opens it again (and
 //! spends no retry budget either).
+//!
+//! [`CallSettings`] configure a [`Guard`]; the steps that call out hold them in their own
+//! sections (`[payment.calls]`, `[shipping.calls]`).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use platform::config::CallSettings;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::HandlerError;
+
+/// How a step calls an outside service: each call is bounded by `timeout_ms`;
+/// `breaker_failures` failed calls (timeouts, retryable errors) within `breaker_window_ms` open
+/// the circuit breaker, which then refuses calls at once (the orders park) until, after
+/// `breaker_open_ms`, one probe call goes through and closes it again if it succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallSettings {
+    pub timeout_ms: u64,
+    pub breaker_failures: u32,
+    pub breaker_window_ms: u64,
+    pub breaker_open_ms: u64,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            timeout_ms: 5_000,
+            breaker_failures: 5,
+            breaker_window_ms: 10_000,
+            breaker_open_ms: 5_000,
+        }
+    }
+}
 
 /// The breaker's state, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! Only saga steps are redriven; a projection dead-letters nothing but undecodable records.
 
 use anyhow::Context;
-use platform::Settings;
+use platform::config::KafkaSettings;
 use platform::{deadletter, outbox};
 use rdkafka::message::{OwnedMessage, Timestamp};
 use rdkafka::producer::FutureProducer;
@@ -64,13 +64,13 @@ impl std::fmt::Display for RedriveOutcome {
 /// first. Effects are committed and replies published unless `dry_run`.
 pub async fn redrive(
     step: &dyn Step,
-    settings: &Settings,
+    kafka: &KafkaSettings,
     pool: &PgPool,
     producer: &FutureProducer,
     only: &[Uuid],
     dry_run: bool,
 ) -> anyhow::Result<Vec<RedriveReport>> {
-    let identity = identity(step, settings);
+    let identity = identity(step, kafka);
     let letters = deadletter::open(pool, identity.name, only)
         .await
         .context("reading dead letters")?;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backon::Retryable;
+use platform::config::{ConsumerSettings, KafkaSettings};
 use platform::outbox::{self, OutboxRow};
-use platform::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
@@ -42,37 +42,37 @@ pub struct StepRunner {
     pool: PgPool,
     producer: FutureProducer,
     consumer: StreamConsumer,
-    settings: Settings,
+    batching: ConsumerSettings,
     options: RunnerOptions,
 }
 
 impl StepRunner {
-    /// Join the step's consumer group on the order log.
+    /// Join the step's consumer group on the order log (`kafka`); batches and retries as
+    /// `batching` bounds them.
     pub fn new(
         step: Arc<dyn Step>,
-        settings: &Settings,
+        kafka: &KafkaSettings,
+        batching: &ConsumerSettings,
         pool: PgPool,
         options: RunnerOptions,
     ) -> anyhow::Result<Self> {
-        let identity = identity(step.as_ref(), settings);
+        let identity = identity(step.as_ref(), kafka);
         let client_id = format!("orderflow-{}-{}", identity.name, std::process::id());
         let consumer: StreamConsumer =
-            platform::kafka::consumer_config(&settings.kafka, &identity.group, &client_id)
+            platform::kafka::consumer_config(kafka, &identity.group, &client_id)
                 .create()
                 .with_context(|| format!("creating consumer for group {}", identity.group))?;
         consumer
-            .subscribe(&[settings.kafka.topic.as_str()])
-            .with_context(|| {
-                format!("subscribing {} to {}", identity.group, settings.kafka.topic)
-            })?;
-        let producer = platform::kafka::producer(&settings.kafka, &client_id)?;
+            .subscribe(&[kafka.topic.as_str()])
+            .with_context(|| format!("subscribing {} to {}", identity.group, kafka.topic))?;
+        let producer = platform::kafka::producer(kafka, &client_id)?;
         Ok(StepRunner {
             step,
             identity,
             pool,
             producer,
             consumer,
-            settings: settings.clone(),
+            batching: batching.clone(),
             options,
         })
     }
@@ -80,18 +80,18 @@ impl StepRunner {
     /// Consume until `shutdown` is cancelled; the batch in hand is finished and committed first.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let name = self.identity.name;
-        tracing::info!(step = name, topic = %self.settings.kafka.topic, "step started");
+        tracing::info!(step = name, topic = %self.identity.topic, "step started");
         // Rows a crashed predecessor committed but never published go out first.
         outbox::relay(&self.pool, &self.producer, name, Duration::ZERO).await?;
-        let relay_after = Duration::from_millis(self.settings.consumer.outbox_relay_after_ms);
+        let relay_after = Duration::from_millis(self.batching.outbox_relay_after_ms);
         let mut last_relay = Instant::now();
         let mut last_release = Instant::now();
-        let max_wait = Duration::from_millis(self.settings.consumer.batch_max_wait_ms);
-        let policy = self.settings.consumer.retry_policy(name);
+        let max_wait = Duration::from_millis(self.batching.batch_max_wait_ms);
+        let policy = self.batching.retry_policy(name);
         loop {
             let batch = platform::kafka::poll_batch(
                 &self.consumer,
-                self.settings.consumer.batch_max_events,
+                self.batching.batch_max_events,
                 max_wait,
                 &shutdown,
             )

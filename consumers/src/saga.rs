@@ -13,8 +13,9 @@ use events::{
     Event, EventBody, EventType, Metadata, OrderCancellationAccepted, OrderCancellationRejected,
     OrderCancelled, OrderCompleted, SagaStepTimedOut,
 };
-use platform::config::SagaSettings;
+use platform::config::KafkaSettings;
 use platform::outbox::{self, OutboxRecord, OutboxRow};
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -24,6 +25,46 @@ use crate::HandlerError;
 use machine::{decide, time_out, Command, SagaState};
 
 pub const NAME: &str = "saga";
+
+/// The `[saga]` section: deadlines of the order saga. A step that has not answered
+/// `<step>_timeout_ms` after the event that asked it (by that event's time) makes the saga give
+/// the order up (`SagaStepTimedOut`, then compensation).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SagaSettings {
+    pub inventory_timeout_ms: u64,
+    pub payment_timeout_ms: u64,
+    pub shipping_timeout_ms: u64,
+    /// How often the saga component looks for missed deadlines; 0 turns the check off.
+    pub deadline_check_interval_ms: u64,
+    /// Most orders timed out per check (one transaction).
+    pub deadline_check_batch: i64,
+}
+
+impl SagaSettings {
+    /// The timeout of `step` (`inventory`, `payment` or `shipping`).
+    pub fn timeout(&self, step: &str) -> Option<std::time::Duration> {
+        let ms = match step {
+            "inventory" => self.inventory_timeout_ms,
+            "payment" => self.payment_timeout_ms,
+            "shipping" => self.shipping_timeout_ms,
+            _ => return None,
+        };
+        Some(std::time::Duration::from_millis(ms))
+    }
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        SagaSettings {
+            inventory_timeout_ms: 300_000,
+            payment_timeout_ms: 300_000,
+            shipping_timeout_ms: 600_000,
+            deadline_check_interval_ms: 1_000,
+            deadline_check_batch: 500,
+        }
+    }
+}
 
 pub struct OrderSaga {
     deadlines: SagaSettings,
@@ -554,16 +595,17 @@ pub async fn replay_timeout(
 /// and publish leaves the rows to the saga runner's outbox relay.
 pub async fn watch_deadlines(
     pool: PgPool,
-    settings: platform::Settings,
+    kafka: KafkaSettings,
+    saga: SagaSettings,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let every = std::time::Duration::from_millis(settings.saga.deadline_check_interval_ms);
+    let every = std::time::Duration::from_millis(saga.deadline_check_interval_ms);
     if every.is_zero() {
         tracing::info!("saga deadline watch is off (saga.deadline_check_interval_ms = 0)");
         return Ok(());
     }
     let client_id = format!("orderflow-{NAME}-deadlines-{}", std::process::id());
-    let producer = platform::kafka::producer(&settings.kafka, &client_id)?;
+    let producer = platform::kafka::producer(&kafka, &client_id)?;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -571,13 +613,8 @@ pub async fn watch_deadlines(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let expired = match expire_due(
-            &pool,
-            &settings.kafka.topic,
-            Utc::now(),
-            settings.saga.deadline_check_batch,
-        )
-        .await
+        let expired = match expire_due(&pool, &kafka.topic, Utc::now(), saga.deadline_check_batch)
+            .await
         {
             Ok(expired) => expired,
             Err(error) => {

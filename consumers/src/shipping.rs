@@ -11,17 +11,39 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use events::{Event, EventBody, EventType, ShipmentCancelled, ShipmentFailed, ShipmentScheduled};
-use platform::config::CallSettings;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::give_up::{self, Abandoned};
-use crate::ports::{Answers, BreakerState, Guard};
+use crate::ports::{Answers, BreakerState, CallSettings, Guard};
 use crate::step::{Decider, Decline, Question};
 use crate::HandlerError;
 
 pub const NAME: &str = "shipping";
 const SCHEMA: &str = "shipping";
+
+/// The `[shipping]` section: rules of the simulated carrier and how it is called.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShippingSettings {
+    pub carrier: String,
+    /// ISO country codes the carrier does not deliver to (`destination_not_served`).
+    pub unserved_countries: Vec<String>,
+    /// Timeout and circuit breaker of calls to the carrier (`[shipping.calls]`).
+    #[serde(default)]
+    pub calls: CallSettings,
+}
+
+impl Default for ShippingSettings {
+    fn default() -> Self {
+        ShippingSettings {
+            carrier: "simulated-post".into(),
+            unserved_countries: vec!["AQ".into()],
+            calls: CallSettings::default(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShipmentRequest {
@@ -94,6 +116,18 @@ impl Shipping {
     /// With the default call settings (`[shipping.calls]`).
     pub fn new(carrier: Arc<dyn Carrier>) -> Self {
         Shipping::with_calls(carrier, &CallSettings::default())
+    }
+
+    /// The step as `[shipping]` configures it: the simulated carrier behind the section's
+    /// call settings.
+    pub fn simulated(settings: &ShippingSettings) -> Self {
+        Shipping::with_calls(
+            Arc::new(SimulatedCarrier::new(
+                settings.carrier.clone(),
+                settings.unserved_countries.clone(),
+            )),
+            &settings.calls,
+        )
     }
 
     pub fn with_calls(carrier: Arc<dyn Carrier>, calls: &CallSettings) -> Self {

@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use consumers::inventory::Inventory;
-use consumers::payment::{Payment, SimulatedProvider};
+use consumers::payment::Payment;
 use consumers::saga::OrderSaga;
-use consumers::shipping::{Shipping, SimulatedCarrier};
+use consumers::shipping::Shipping;
 use consumers::{RunnerOptions, Step, StepRunner};
-use platform::Settings;
 use projections::Projector;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
 
 /// A component `orderflow run` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -50,24 +51,13 @@ impl Component {
     }
 }
 
-/// The step behind a component, wired to the simulated providers configured in `settings`.
+/// The step behind a component, wired to the simulated providers its own section of
+/// `settings` configures.
 pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<Arc<dyn Step>> {
     Some(match component {
         Component::Inventory => consumers::step(Inventory::new()),
-        Component::Payment => consumers::step(Payment::with_calls(
-            Arc::new(SimulatedProvider::new(
-                pool.clone(),
-                settings.payment.decline_over_minor,
-            )),
-            &settings.payment.calls,
-        )),
-        Component::Shipping => consumers::step(Shipping::with_calls(
-            Arc::new(SimulatedCarrier::new(
-                settings.shipping.carrier.clone(),
-                settings.shipping.unserved_countries.clone(),
-            )),
-            &settings.shipping.calls,
-        )),
+        Component::Payment => consumers::step(Payment::simulated(pool.clone(), &settings.payment)),
+        Component::Shipping => consumers::step(Shipping::simulated(&settings.shipping)),
         Component::Saga => consumers::step(OrderSaga::new(settings.saga.clone())),
         Component::Projections | Component::Archiver => return None,
     })
@@ -103,12 +93,19 @@ pub fn start_with(
         let token = shutdown.clone();
         match step(component, settings, pool) {
             Some(step) => {
-                let runner = StepRunner::new(step, settings, pool.clone(), options.clone())
-                    .with_context(|| format!("starting {}", component.name()))?;
+                let runner = StepRunner::new(
+                    step,
+                    &settings.kafka,
+                    &settings.consumer,
+                    pool.clone(),
+                    options.clone(),
+                )
+                .with_context(|| format!("starting {}", component.name()))?;
                 if component == Component::Saga {
-                    let (pool, settings, token) = (pool.clone(), settings.clone(), token.clone());
+                    let (pool, token) = (pool.clone(), token.clone());
+                    let (kafka, saga) = (settings.kafka.clone(), settings.saga.clone());
                     set.spawn(async move {
-                        consumers::saga::watch_deadlines(pool, settings, token)
+                        consumers::saga::watch_deadlines(pool, kafka, saga, token)
                             .await
                             .map(|()| component)
                     });
@@ -116,18 +113,15 @@ pub fn start_with(
                 set.spawn(async move { runner.run(token).await.map(|()| component) });
             }
             None if component == Component::Archiver => {
-                let archiver =
-                    archive::Archiver::open(settings).context("starting the archiver")?;
-                let settings = settings.clone();
-                set.spawn(async move {
-                    archiver
-                        .run(&settings, false, token)
-                        .await
-                        .map(|_| component)
-                });
+                let archiver = archive::Archiver::open(&settings.kafka, &settings.archive)
+                    .context("starting the archiver")?;
+                let kafka = settings.kafka.clone();
+                set.spawn(
+                    async move { archiver.run(&kafka, false, token).await.map(|_| component) },
+                );
             }
             None => {
-                let projector = Projector::new(settings, pool.clone())
+                let projector = Projector::new(&settings.kafka, &settings.consumer, pool.clone())
                     .with_context(|| format!("starting {}", component.name()))?;
                 set.spawn(async move { projector.run(token).await.map(|()| component) });
             }

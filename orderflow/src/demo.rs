@@ -16,11 +16,12 @@ use anyhow::Context;
 use chrono::Utc;
 use events::{Address, Event, OrderLine};
 use indicatif::{ProgressBar, ProgressStyle};
-use platform::Settings;
 use producers::{OrderInput, Publisher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
+
+use crate::settings::Settings;
 
 /// Skus with plenty of stock; the demo tops them up before publishing.
 pub const STOCKED_SKUS: usize = 50;

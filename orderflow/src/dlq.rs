@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use platform::{deadletter, Settings};
+use platform::deadletter;
 use uuid::Uuid;
 
 use crate::components::{self, Component};
+use crate::settings::Settings;
 
 pub enum Request {
     List {
@@ -120,7 +121,7 @@ pub async fn run(settings: &Settings, request: Request) -> anyhow::Result<ExitCo
             let producer = platform::kafka::producer(&settings.kafka, "orderflow-dlq-redrive")?;
             let reports = consumers::redrive::redrive(
                 step.as_ref(),
-                settings,
+                &settings.kafka,
                 &pool,
                 &producer,
                 &ids,

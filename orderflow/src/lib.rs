@@ -1,6 +1,7 @@
-//! The `orderflow` application: wires settings, Postgres, Kafka and the components of the
-//! other crates into long-running processes, and holds the demo. The command line lives in
-//! `main.rs`; everything here is callable from tests.
+//! The `orderflow` application: composes the settings of every component ([`settings`]), wires
+//! them, Postgres, Kafka and the components of the other crates into long-running processes,
+//! and holds the demo. The command line lives in `main.rs`; everything here is callable from
+//! tests.
 
 pub mod bench;
 pub mod check;
@@ -9,6 +10,7 @@ pub mod demo;
 pub mod dlq;
 pub mod replay;
 pub mod restore;
+pub mod settings;
 pub mod state;
 pub mod synth;
 

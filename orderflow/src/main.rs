@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orderflow::components::{self, Component};
 use orderflow::demo::{self, DemoOptions};
-use platform::Settings;
+use orderflow::settings::Settings;
 
 #[derive(Parser)]
 #[command(
@@ -547,10 +547,10 @@ async fn archive(settings: &Settings, check: bool) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         });
     }
-    let archiver = Archiver::open(settings)?;
+    let archiver = Archiver::open(&settings.kafka, &settings.archive)?;
     let shutdown = platform::shutdown::on_signals();
     let started = std::time::Instant::now();
-    let run = archiver.run(settings, true, shutdown).await?;
+    let run = archiver.run(&settings.kafka, true, shutdown).await?;
     eprintln!(
         "archived {} records into {} files in {:.2} s ({})",
         run.records,

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use platform::Settings;
 use projections::generations;
 use projections::rebuild::{self, Options, Outcome, Progress};
 use sqlx::PgPool;
+
+use crate::settings::Settings;
 
 /// Run a replay, drawing its progress on stderr (when it is a terminal), and print the report.
 /// Exits 2 when verification refused the switch.
@@ -35,7 +36,7 @@ pub async fn run(
         bar.set_length(p.total.max(p.done));
         bar.set_position(p.done);
     };
-    let report = rebuild::replay(settings, pool, options, &draw).await;
+    let report = rebuild::replay(&settings.kafka, pool, options, &draw).await;
     bar.finish_and_clear();
     let report = report?;
     print!("{report}");

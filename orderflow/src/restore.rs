@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use archive::{ArchiveReader, Republished};
 use consumers::restore::{Recorded, StepReplay, StepTotals};
-use platform::Settings;
 use projections::restore::RestoredModels;
 use sqlx::PgPool;
+
+use crate::settings::Settings;
 
 /// Tables that hold the steps' state: a restore refuses to write into a database where any of
 /// them has a row.
@@ -107,9 +108,9 @@ pub async fn restore(
         records = manifest.records(),
         "archive checked; republishing the log"
     );
-    let republished = archive::republish(settings, dir).await?;
+    let republished = archive::republish(&settings.kafka, dir).await?;
     tracing::info!(records = republished.records, "log republished");
-    let models = projections::restore::read_models(settings, pool, dir).await?;
+    let models = projections::restore::read_models(&settings.kafka, pool, dir).await?;
     tracing::info!(rows = models.rows, "read models restored");
 
     tracing::info!("replaying the steps over the archive");
@@ -135,7 +136,12 @@ pub async fn restore(
             }
         }
     }
-    let mut replay = StepReplay::new(settings, recorded);
+    let mut replay = StepReplay::new(
+        &settings.kafka,
+        &settings.shipping,
+        &settings.saga,
+        recorded,
+    );
     let mut reader = ArchiveReader::new(dir, &manifest);
     let total = reader.total();
     // The next batch is read from the archive while the steps apply this one.

@@ -10,10 +10,11 @@
 use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use events::*;
-use platform::Settings;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
+
+use crate::settings::Settings;
 
 /// What to generate.
 #[derive(Debug, Clone)]

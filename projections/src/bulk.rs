@@ -11,7 +11,7 @@ use std::time::Duration;
 use archive::{LogSlice, Range};
 use chrono::{DateTime, Utc};
 use events::Event;
-use platform::Settings;
+use platform::config::KafkaSettings;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::PgPool;
@@ -62,22 +62,17 @@ pub(crate) struct Bulk {
 }
 
 pub(crate) async fn read_and_fold(
-    settings: &Settings,
+    kafka: &KafkaSettings,
     reading: &Reading<'_>,
     progress: &(dyn Fn(Progress) + Sync),
     ranges: &BTreeMap<i32, Range>,
     time_limit: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Bulk> {
-    let topic = settings.kafka.topic.as_str();
+    let topic = kafka.topic.as_str();
     // Partitions read to the end stop at their stop offset (or where the archive ends).
     let mut next: BTreeMap<i32, i64> = ranges.iter().map(|(p, r)| (*p, r.stop)).collect();
     let mut source = match reading.archive {
-        None => Source::Log(LogSlice::open(
-            &settings.kafka,
-            topic,
-            ranges,
-            reading.stall,
-        )?),
+        None => Source::Log(LogSlice::open(kafka, topic, ranges, reading.stall)?),
         Some(dir) => {
             let manifest = archive::Manifest::load(dir, topic)?;
             for (partition, stop) in next.iter_mut() {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
+use platform::config::{ConsumerSettings, KafkaSettings};
 use platform::outbox::OutboxRow;
-use platform::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
@@ -47,14 +47,20 @@ pub struct Projector {
     /// Sends dead letters only; projections produce nothing else.
     producer: FutureProducer,
     group: String,
-    settings: Settings,
+    topic: String,
+    batching: ConsumerSettings,
 }
 
 impl Projector {
-    /// Join the projections' consumer group. Must be called inside a multi-threaded tokio
-    /// runtime: the assignment callback looks up offsets synchronously.
-    pub fn new(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
-        let group = settings.group_id(NAME);
+    /// Join the projections' consumer group on the order log (`kafka`); batches and retry
+    /// delays as `batching` bounds them. Must be called inside a multi-threaded tokio runtime:
+    /// the assignment callback looks up offsets synchronously.
+    pub fn new(
+        kafka: &KafkaSettings,
+        batching: &ConsumerSettings,
+        pool: PgPool,
+    ) -> anyhow::Result<Self> {
+        let group = kafka.group_id(NAME);
         let client_id = format!("orderflow-{NAME}-{}", std::process::id());
         let context = DbOffsets::new(
             pool.clone(),
@@ -62,32 +68,29 @@ impl Projector {
             tokio::runtime::Handle::current(),
         );
         let consumer: StreamConsumer<DbOffsets> =
-            platform::kafka::consumer_config(&settings.kafka, &group, &client_id)
+            platform::kafka::consumer_config(kafka, &group, &client_id)
                 .create_with_context(context)
                 .with_context(|| format!("creating consumer for group {group}"))?;
         consumer
-            .subscribe(&[settings.kafka.topic.as_str()])
-            .with_context(|| format!("subscribing {group} to {}", settings.kafka.topic))?;
-        let producer = platform::kafka::producer(&settings.kafka, &client_id)?;
+            .subscribe(&[kafka.topic.as_str()])
+            .with_context(|| format!("subscribing {group} to {}", kafka.topic))?;
+        let producer = platform::kafka::producer(kafka, &client_id)?;
         Ok(Projector {
             pool,
             consumer,
             producer,
             group,
-            settings: settings.clone(),
+            topic: kafka.topic.clone(),
+            batching: batching.clone(),
         })
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(topic = %self.settings.kafka.topic, "projector started");
+        tracing::info!(topic = %self.topic, "projector started");
         platform::outbox::relay(&self.pool, &self.producer, NAME, Duration::ZERO).await?;
         let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(
-                self.settings.consumer.retry_delay_ms_min,
-            ))
-            .with_max_delay(Duration::from_millis(
-                self.settings.consumer.retry_delay_ms_max,
-            ))
+            .with_min_delay(Duration::from_millis(self.batching.retry_delay_ms_min))
+            .with_max_delay(Duration::from_millis(self.batching.retry_delay_ms_max))
             .with_jitter()
             // A database outage pauses the projection; it never skips records.
             .without_max_times();
@@ -98,7 +101,7 @@ impl Projector {
         let _stop_reading = reading.clone().drop_guard();
         let reader = tokio::spawn(read(
             Arc::clone(&consumer),
-            self.settings.clone(),
+            self.batching.clone(),
             reading.clone(),
             ready,
         ));
@@ -149,12 +152,12 @@ impl Projector {
 /// Poll and decode batches until `reading` is cancelled or the writer is gone.
 async fn read(
     consumer: Arc<StreamConsumer<DbOffsets>>,
-    settings: Settings,
+    batching: ConsumerSettings,
     reading: CancellationToken,
     ready: mpsc::Sender<Decoded>,
 ) -> anyhow::Result<()> {
-    let max_wait = Duration::from_millis(settings.consumer.batch_max_wait_ms);
-    let live_max = settings.consumer.batch_max_events.max(1);
+    let max_wait = Duration::from_millis(batching.batch_max_wait_ms);
+    let live_max = batching.batch_max_events.max(1);
     let catch_up_max = CATCH_UP_BATCH_MAX_EVENTS.max(live_max);
     let mut max = live_max;
     while !reading.is_cancelled() {

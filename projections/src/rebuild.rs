@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use archive::{LogSlice, Range};
 use chrono::{DateTime, Utc};
-use platform::Settings;
+use platform::config::KafkaSettings;
 use sqlx::{PgConnection, PgPool};
 
 use crate::apply::{self, Decoded};
@@ -268,13 +268,13 @@ impl fmt::Display for Report {
 
 /// Build a new generation from the log; see the module documentation.
 pub async fn replay(
-    settings: &Settings,
+    kafka: &KafkaSettings,
     pool: &PgPool,
     options: &Options,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let topic = settings.kafka.topic.as_str();
+    let topic = kafka.topic.as_str();
     let mut conn = pool.acquire().await?;
     let previous = generations::live(&mut conn, false).await?;
     let live_target = previous.target()?;
@@ -288,7 +288,7 @@ pub async fn replay(
         None => (Purpose::Live, live_positions.clone(), None),
         Some(Until::Time(t)) => (Purpose::PointInTime, live_positions.clone(), Some(*t)),
         Some(Until::Positions(given)) => {
-            let partitions = platform::kafka::partition_count(&settings.kafka, topic)?;
+            let partitions = platform::kafka::partition_count(kafka, topic)?;
             let missing: Vec<i32> = (0..i32::try_from(partitions)?)
                 .filter(|p| !given.contains_key(p))
                 .collect();
@@ -316,7 +316,7 @@ pub async fn replay(
     let generation = generations::create(pool, purpose, until_spec.as_deref(), &note).await?;
     let target = generation.target()?;
     let result = build(
-        settings,
+        kafka,
         pool,
         options,
         progress,
@@ -350,7 +350,7 @@ pub async fn replay(
 
 #[allow(clippy::too_many_arguments)]
 async fn build(
-    settings: &Settings,
+    kafka: &KafkaSettings,
     pool: &PgPool,
     options: &Options,
     progress: &(dyn Fn(Progress) + Sync),
@@ -361,13 +361,13 @@ async fn build(
     time_limit: Option<DateTime<Utc>>,
     started: Instant,
 ) -> anyhow::Result<Report> {
-    let topic = settings.kafka.topic.as_str();
+    let topic = kafka.topic.as_str();
     let ranges: BTreeMap<i32, Range> = stop
         .iter()
         .map(|(p, s)| (*p, Range { start: 0, stop: *s }))
         .collect();
     let bulk =
-        bulk::read_and_fold(settings, &options.reading(), progress, &ranges, time_limit).await?;
+        bulk::read_and_fold(kafka, &options.reading(), progress, &ranges, time_limit).await?;
     let read_and_fold = started.elapsed();
 
     let load_started = Instant::now();
@@ -427,7 +427,7 @@ async fn build(
             break;
         }
         report.catch_up_events +=
-            catch_up(settings, options, pool, None, target, &behind, progress).await?;
+            catch_up(kafka, options, pool, None, target, &behind, progress).await?;
     }
 
     let mut tx = pool.begin().await?;
@@ -439,7 +439,7 @@ async fn build(
     );
     let behind = lag(&mut tx, &live_target, target, topic).await?;
     report.catch_up_events += catch_up(
-        settings,
+        kafka,
         options,
         pool,
         Some(&mut tx),
@@ -514,7 +514,7 @@ async fn lag(
 /// Apply `ranges` of the log to `target` with the projector's incremental code, one
 /// transaction per batch, or all inside `locked` when given.
 async fn catch_up(
-    settings: &Settings,
+    kafka: &KafkaSettings,
     options: &Options,
     pool: &PgPool,
     mut locked: Option<&mut PgConnection>,
@@ -525,12 +525,7 @@ async fn catch_up(
     if ranges.is_empty() {
         return Ok(0);
     }
-    let mut slice = LogSlice::open(
-        &settings.kafka,
-        &settings.kafka.topic,
-        ranges,
-        options.stall,
-    )?;
+    let mut slice = LogSlice::open(kafka, &kafka.topic, ranges, options.stall)?;
     let total = u64::try_from(slice.remaining()).unwrap_or(0);
     let mut done = 0u64;
     while let Some(batch) = slice.next_batch(options.batch).await? {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use archive::{Manifest, Range};
-use platform::Settings;
+use platform::config::KafkaSettings;
 use sqlx::PgPool;
 
 use crate::generations;
@@ -29,12 +29,12 @@ pub struct RestoredModels {
 /// migrated database), with its positions at the archive's end: the projector then resumes
 /// right after the restored part of the log.
 pub async fn read_models(
-    settings: &Settings,
+    kafka: &KafkaSettings,
     pool: &PgPool,
     dir: &Path,
 ) -> anyhow::Result<RestoredModels> {
     let started = Instant::now();
-    let topic = settings.kafka.topic.as_str();
+    let topic = kafka.topic.as_str();
     let mut conn = pool.acquire().await?;
     let live = generations::live(&mut conn, false).await?;
     let target = live.target()?;
@@ -63,7 +63,7 @@ pub async fn read_models(
         archive: Some(dir),
         ..crate::bulk::Reading::default()
     };
-    let bulk = crate::bulk::read_and_fold(settings, &reading, &|_| {}, &ranges, None).await?;
+    let bulk = crate::bulk::read_and_fold(kafka, &reading, &|_| {}, &ranges, None).await?;
     let (loaded, rows) = crate::bulk::load(pool, &target, topic, bulk).await?;
     Ok(RestoredModels {
         events_read: loaded.read,

@@ -20,8 +20,8 @@ mod recorded;
 
 use std::sync::Arc;
 
+use platform::config::KafkaSettings;
 use platform::outbox;
-use platform::Settings;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::PgPool;
@@ -30,8 +30,8 @@ use uuid::Uuid;
 use crate::engine::{self, attempt, disposition, Attempted, BatchError, Excluded, Identity, Mode};
 use crate::inventory::Inventory;
 use crate::payment::Payment;
-use crate::saga::{self, OrderSaga};
-use crate::shipping::Shipping;
+use crate::saga::{self, OrderSaga, SagaSettings};
+use crate::shipping::{Shipping, ShippingSettings};
 use crate::{HandlerError, Step};
 use recorded::digest;
 pub use recorded::{Recorded, RecordedCarrier, RecordedProvider};
@@ -64,8 +64,14 @@ pub struct StepReplay {
 }
 
 impl StepReplay {
-    /// The steps as configured in `settings`, with their outside world replaced by `recorded`.
-    pub fn new(settings: &Settings, recorded: Recorded) -> StepReplay {
+    /// The steps on the log of `kafka`, as `shipping` (the carrier's name) and `deadlines` (the
+    /// `[saga]` section) configure them, with their outside world replaced by `recorded`.
+    pub fn new(
+        kafka: &KafkaSettings,
+        shipping: &ShippingSettings,
+        deadlines: &SagaSettings,
+        recorded: Recorded,
+    ) -> StepReplay {
         let recorded = Arc::new(recorded);
         let steps: Vec<Arc<dyn Step>> = vec![
             crate::step(Inventory::replaying(Arc::new(
@@ -75,22 +81,22 @@ impl StepReplay {
                 recorded: recorded.clone(),
             }))),
             crate::step(Shipping::new(Arc::new(RecordedCarrier {
-                name: settings.shipping.carrier.clone(),
+                name: shipping.carrier.clone(),
                 recorded: recorded.clone(),
             }))),
-            crate::step(OrderSaga::new(settings.saga.clone())),
+            crate::step(OrderSaga::new(deadlines.clone())),
         ];
         StepReplay {
             steps: steps
                 .into_iter()
                 .map(|step| Replayed {
-                    identity: engine::identity(step.as_ref(), settings),
+                    identity: engine::identity(step.as_ref(), kafka),
                     step,
                     totals: StepTotals::default(),
                 })
                 .collect(),
             recorded,
-            topic: settings.kafka.topic.clone(),
+            topic: kafka.topic.clone(),
         }
     }
 

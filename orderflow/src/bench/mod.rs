@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use platform::Settings;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 use child::{Running, Target};
 use pipeline::{PhaseTrack, PollStats, Publisher, Shared};
 use report::{Cpu, Latency, PhaseReport, Report, Rss, SoakSample, SoakWindow};
+
+use crate::settings::Settings;
 
 /// The command line of `orderflow bench`.
 #[derive(Debug, Clone, clap::Args)]

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use platform::audit::Found;
-use platform::Settings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
+
+use crate::settings::Settings;
 
 /// How long one broker request may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);

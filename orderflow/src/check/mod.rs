@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use events::EventType;
-use platform::Settings;
 use projections::audit::OutcomeRules;
 use sqlx::PgPool;
 
@@ -43,6 +42,8 @@ pub use verdicts::{
 use lag::{lag_snapshot, wait_zero_lag, Probe};
 use rebuild::rebuild;
 use report::write_json;
+
+use crate::settings::Settings;
 
 /// Event types an order may legitimately have more than once (a customer may ask to cancel
 /// twice and be refused twice), and the outbox's dead letters: not duplicates.

@@ -1,10 +1,10 @@
 //! The `--rebuild` invariant: fold the whole log into a verify-only generation, compare every
 //! read model with the live one, drop the generation again, and judge the comparison.
 
-use platform::Settings;
 use sqlx::PgPool;
 
 use super::invariant::{CheckResult, REBUILD};
+use crate::settings::Settings;
 
 /// Fold the whole log into a verify-only generation, compare, drop it.
 pub(super) async fn rebuild(settings: &Settings, pool: &PgPool) -> CheckResult {
@@ -21,7 +21,7 @@ pub(super) async fn rebuild(settings: &Settings, pool: &PgPool) -> CheckResult {
             }
         }
     };
-    match projections::rebuild::replay(settings, pool, &options, &progress).await {
+    match projections::rebuild::replay(&settings.kafka, pool, &options, &progress).await {
         Ok(report) => rebuild_result(&report),
         Err(error) => CheckResult {
             name: REBUILD,

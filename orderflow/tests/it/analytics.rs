@@ -426,7 +426,7 @@ async fn a_rebuild_that_differs_is_refused_and_an_equal_one_switches() {
     .execute(&env.pool)
     .await
     .expect("tamper");
-    let report = rebuild::replay(&env.settings, &env.pool, &options(), &|_| {})
+    let report = rebuild::replay(&env.settings.kafka, &env.pool, &options(), &|_| {})
         .await
         .expect("replay runs");
     assert_eq!(report.outcome, Outcome::Refused, "{report}");
@@ -467,7 +467,7 @@ async fn a_rebuild_that_differs_is_refused_and_an_equal_one_switches() {
     .execute(&env.pool)
     .await
     .expect("untamper");
-    let report = rebuild::replay(&env.settings, &env.pool, &options(), &|_| {})
+    let report = rebuild::replay(&env.settings.kafka, &env.pool, &options(), &|_| {})
         .await
         .expect("replay runs");
     assert_eq!(
@@ -557,7 +557,7 @@ async fn readers_see_the_switch_all_at_once() {
         force_switch: true,
         ..options()
     };
-    let report = rebuild::replay(&env.settings, &env.pool, &forced, &|_| {})
+    let report = rebuild::replay(&env.settings.kafka, &env.pool, &forced, &|_| {})
         .await
         .expect("replay runs");
     assert_eq!(
@@ -614,7 +614,7 @@ async fn point_in_time_builds_equal_the_live_models_at_that_moment() {
     at_positions.extend(positions);
     for until in [Until::Positions(at_positions), Until::Time(moment)] {
         let report = rebuild::replay(
-            &env.settings,
+            &env.settings.kafka,
             &env.pool,
             &Options {
                 until: Some(until.clone()),
@@ -705,7 +705,7 @@ async fn a_rebuild_catches_up_with_what_the_live_projector_applied_meanwhile() {
             std::thread::sleep(Duration::from_secs(8));
         }
     };
-    let report = rebuild::replay(&env.settings, &env.pool, &options(), &hold)
+    let report = rebuild::replay(&env.settings.kafka, &env.pool, &options(), &hold)
         .await
         .expect("replay runs");
     waiter.await.expect("late orders terminal");
@@ -778,7 +778,7 @@ async fn a_cold_start_on_a_backlog_gives_the_models_a_rebuild_gives() {
         verify_only: true,
         ..options()
     };
-    let report = rebuild::replay(&env.settings, &env.pool, &verify, &|_| {})
+    let report = rebuild::replay(&env.settings.kafka, &env.pool, &verify, &|_| {})
         .await
         .expect("verify-only rebuild runs");
     assert_eq!(

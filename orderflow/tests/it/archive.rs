@@ -7,6 +7,7 @@ use std::time::Duration;
 
 // `::archive` is the crate; `crate::archive` is this test module.
 use ::archive::{check, ArchiveReader, ArchiveRun, Archiver, Manifest, Segment, MANIFEST};
+use orderflow::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{order, TestEnv};
@@ -34,9 +35,9 @@ pub(crate) fn use_new_archive(env: &mut TestEnv) -> PathBuf {
 }
 
 /// Archive the log of `settings` up to its end, in this process.
-pub(crate) async fn archive_once(settings: &platform::Settings) -> anyhow::Result<ArchiveRun> {
-    Archiver::open(settings)?
-        .run(settings, true, CancellationToken::new())
+pub(crate) async fn archive_once(settings: &Settings) -> anyhow::Result<ArchiveRun> {
+    Archiver::open(&settings.kafka, &settings.archive)?
+        .run(&settings.kafka, true, CancellationToken::new())
         .await
 }
 
@@ -64,9 +65,9 @@ async fn the_archive_has_no_gaps_or_duplicates_after_an_archiver_crash() {
     // Run the archiver and kill it (drop its task) once some files are written.
     let settings = env.settings.clone();
     let running = tokio::spawn(async move {
-        Archiver::open(&settings)
+        Archiver::open(&settings.kafka, &settings.archive)
             .expect("open")
-            .run(&settings, false, CancellationToken::new())
+            .run(&settings.kafka, false, CancellationToken::new())
             .await
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -170,7 +171,7 @@ async fn a_rebuild_from_the_archive_verifies_against_the_live_models() {
         stall: Duration::from_secs(20),
         ..Default::default()
     };
-    let report = projections::rebuild::replay(&env.settings, &env.pool, &options, &|_| {})
+    let report = projections::rebuild::replay(&env.settings.kafka, &env.pool, &options, &|_| {})
         .await
         .expect("replay from the archive");
     assert_eq!(

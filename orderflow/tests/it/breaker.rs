@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use consumers::payment::{AuthorizationDecision, AuthorizationRequest, Payment, PaymentProvider};
-use consumers::ports::BreakerState;
+use consumers::ports::{BreakerState, CallSettings};
 use consumers::step::{Decided, Step};
 use consumers::{HandlerError, RunnerOptions, StepRunner};
 use orderflow::components::Component;
-use platform::config::CallSettings;
 
 use crate::support::{order, TestEnv};
 
@@ -97,7 +96,8 @@ async fn orders_park_while_the_breaker_is_open_and_complete_once_the_provider_re
     let step: Arc<dyn Step> = payment.clone();
     let runner = StepRunner::new(
         step,
-        &env.settings,
+        &env.settings.kafka,
+        &env.settings.consumer,
         env.pool.clone(),
         RunnerOptions::default(),
     )

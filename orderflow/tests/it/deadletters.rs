@@ -65,7 +65,8 @@ impl PaymentProvider for FlakyProvider {
 pub fn start_payment(env: &mut TestEnv, provider: Arc<FlakyProvider>) {
     let runner = StepRunner::new(
         consumers::step(Payment::new(provider)),
-        &env.settings,
+        &env.settings.kafka,
+        &env.settings.consumer,
         env.pool.clone(),
         RunnerOptions::default(),
     )
@@ -257,7 +258,7 @@ async fn exhausted_retries_dead_letter_with_history_and_redrive_finishes_the_ord
     let calls_before = provider.calls.load(Ordering::SeqCst);
     let dry = consumers::redrive::redrive(
         step.as_ref(),
-        &env.settings,
+        &env.settings.kafka,
         &env.pool,
         &producer,
         &[],
@@ -293,7 +294,7 @@ async fn exhausted_retries_dead_letter_with_history_and_redrive_finishes_the_ord
 
     let done = consumers::redrive::redrive(
         step.as_ref(),
-        &env.settings,
+        &env.settings.kafka,
         &env.pool,
         &producer,
         &[id],
@@ -315,7 +316,7 @@ async fn exhausted_retries_dead_letter_with_history_and_redrive_finishes_the_ord
     // A second redrive finds nothing open.
     let again = consumers::redrive::redrive(
         step.as_ref(),
-        &env.settings,
+        &env.settings.kafka,
         &env.pool,
         &producer,
         &[],

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use orderflow::settings::Settings;
 use platform::config::{SaslMechanism, Secret, SecurityProtocol};
-use platform::Settings;
 
 use crate::support::{order, TestEnv};
 

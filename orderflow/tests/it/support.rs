@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use events::{Address, Event, OrderLine};
 use orderflow::components::{self, Component};
-use platform::Settings;
+use orderflow::settings::Settings;
 use producers::{OrderInput, Publisher};
 use rdkafka::producer::FutureRecord;
 use sqlx::PgPool;

@@ -1,0 +1,180 @@
+//! `Settings`: the whole configuration file, composed of every component's own section. Each
+//! section's type lives with what it configures — `[kafka]`, `[database]` and `[consumer]` in
+//! `platform::config`, `[payment]`, `[shipping]` and `[saga]` in their `consumers` steps,
+//! `[archive]` in `archive` — and this crate, the one that knows every component, puts them
+//! together and hands each component only its own sections.
+//!
+//! Loading is `platform::config::layered` (defaults, an optional TOML file, `ORDERFLOW_*`
+//! variables such as `ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR`), then the Kafka security check.
+//! Unknown keys are errors, in the file and in the environment.
+
+use std::path::Path;
+
+use archive::ArchiveSettings;
+use consumers::payment::PaymentSettings;
+use consumers::saga::SagaSettings;
+use consumers::shipping::ShippingSettings;
+use platform::config::{
+    kafka, layered, ConfigError, ConsumerSettings, DatabaseSettings, KafkaSettings,
+};
+use serde::{Deserialize, Serialize};
+
+/// Every section of the configuration file; the defaults are each section's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub database: DatabaseSettings,
+    pub consumer: ConsumerSettings,
+    pub payment: PaymentSettings,
+    pub shipping: ShippingSettings,
+    pub saga: SagaSettings,
+    pub archive: ArchiveSettings,
+}
+
+impl Settings {
+    /// Defaults, then `file` if given (it must exist), then `ORDERFLOW_*` variables (the SASL
+    /// password's taken verbatim); then the Kafka security settings are checked
+    /// (`KafkaSettings::settle`). Every error names the setting and where it came from.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut settings: Settings = layered(file, &[kafka::PASSWORD_KEY])?;
+        settings.kafka.settle()?;
+        Ok(settings)
+    }
+
+    /// The consumer group of `component` (`<kafka.group_prefix>.<component>`).
+    pub fn group_id(&self, component: &str) -> String {
+        self.kafka.group_id(component)
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures must return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_section_reads_from_file_and_env_under_its_own_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "orderflow.toml",
+                "[kafka]\ntopic = \"from-file\"\n\
+                 [payment]\ndecline_over_minor = 100\n\
+                 [payment.calls]\ntimeout_ms = 250\n\
+                 [shipping]\nunserved_countries = [\"AQ\", \"KP\"]\n\
+                 [saga]\npayment_timeout_ms = 60000\n\
+                 [archive]\ndir = \"/var/lib/orderflow/archive\"\n",
+            )?;
+            jail.set_env("ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR", "123456");
+            jail.set_env("ORDERFLOW_SHIPPING__CALLS__BREAKER_FAILURES", "9");
+            jail.set_env("ORDERFLOW_SAGA__DEADLINE_CHECK_INTERVAL_MS", "0");
+            jail.set_env("ORDERFLOW_CONSUMER__BATCH_MAX_EVENTS", "64");
+            let s = Settings::load(Some(Path::new("orderflow.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.kafka.topic, "from-file");
+            assert_eq!(s.payment.decline_over_minor, 123_456, "env over file");
+            assert_eq!(s.payment.calls.timeout_ms, 250);
+            assert_eq!(
+                s.payment.calls.breaker_failures, 5,
+                "unset keys keep defaults"
+            );
+            assert_eq!(s.shipping.unserved_countries, ["AQ", "KP"]);
+            assert_eq!(s.shipping.carrier, "simulated-post");
+            assert_eq!(s.shipping.calls.breaker_failures, 9);
+            assert_eq!(s.saga.payment_timeout_ms, 60_000);
+            assert_eq!(s.saga.deadline_check_interval_ms, 0);
+            assert_eq!(s.consumer.batch_max_events, 64);
+            assert_eq!(s.archive.dir, "/var/lib/orderflow/archive");
+            assert_eq!(s.group_id("payment"), "orderflow.payment");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn no_setting_loaded_is_the_defaults() {
+        figment::Jail::expect_with(|_jail| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s, Settings::default());
+            assert_eq!(s.payment.decline_over_minor, 500_000);
+            assert_eq!(s.saga.shipping_timeout_ms, 600_000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_any_section_are_errors_naming_the_key() {
+        figment::Jail::expect_with(|jail| {
+            for (file, text, key) in [
+                (
+                    "top.toml",
+                    "[payments]\ndecline_over_minor = 1\n",
+                    "payments",
+                ),
+                (
+                    "payment.toml",
+                    "[payment]\ndecline_over = 1\n",
+                    "decline_over",
+                ),
+                ("calls.toml", "[shipping.calls]\ntimeout = 1\n", "timeout"),
+                (
+                    "saga.toml",
+                    "[saga]\ninventory_timeout = 1\n",
+                    "inventory_timeout",
+                ),
+                (
+                    "archive.toml",
+                    "[archive]\ndirectory = \"x\"\n",
+                    "directory",
+                ),
+            ] {
+                jail.create_file(file, text)?;
+                let err = Settings::load(Some(Path::new(file)))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key) && err.contains(file), "{file}: {err}");
+            }
+            jail.set_env("ORDERFLOW_PAYMENT__DECLINE_OVER", "1");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("decline_over"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR", "lots");
+            let err = Settings::load(None).unwrap_err().to_string();
+            // figment names an environment key as written there, upper case.
+            let named = err.to_lowercase().contains("payment.decline_over_minor");
+            assert!(named && err.contains("ORDERFLOW_"), "{err}");
+            std::env::remove_var("ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR");
+            jail.create_file("typed.toml", "[saga]\npayment_timeout_ms = \"soon\"\n")?;
+            let err = Settings::load(Some(Path::new("typed.toml")))
+                .unwrap_err()
+                .to_string();
+            let named = err.contains("saga.payment_timeout_ms");
+            assert!(named && err.contains("typed.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_kafka_security_check_runs_on_the_composed_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ORDERFLOW_KAFKA__SECURITY_PROTOCOL", "sasl_ssl");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("kafka.sasl_username"), "{err}");
+            jail.set_env("ORDERFLOW_KAFKA__SASL_USERNAME", "orderflow");
+            jail.set_env("ORDERFLOW_KAFKA__SASL_PASSWORD", "0123");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let password = s.kafka.sasl_password.as_ref().map(|p| p.expose());
+            assert_eq!(password, Some("0123"));
+            assert!(
+                !format!("{s:?}").contains("0123"),
+                "the password never prints"
+            );
+            Ok(())
+        });
+    }
+}
