@@ -4,11 +4,13 @@
 //!
 //! Nothing here knows about orders or the wire format; domain code lives in the other crates.
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod db;
 pub mod deadletter;
 pub mod kafka;
+pub mod kafka_stats;
 pub mod metrics;
 pub mod outbox;
 pub mod shutdown;
