@@ -1,8 +1,9 @@
 //! `Settings`: the whole configuration file, composed of every component's own section. Each
 //! section's type lives with what it configures — `[kafka]`, `[database]` and `[consumer]` in
-//! `platform::config`, `[payment]`, `[shipping]` and `[saga]` in their `consumers` steps,
-//! `[archive]` in `archive` — and this crate, the one that knows every component, puts them
-//! together and hands each component only its own sections.
+//! `platform::config`, `[admin]` (the metrics and health listener) in `platform::admin`,
+//! `[payment]`, `[shipping]` and `[saga]` in their `consumers` steps, `[archive]` in `archive` —
+//! and this crate, the one that knows every component, puts them together and hands each
+//! component only its own sections.
 //!
 //! Loading is `platform::config::layered` (defaults, an optional TOML file, `ORDERFLOW_*`
 //! variables such as `ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR`), then the Kafka security check.
@@ -14,6 +15,7 @@ use archive::ArchiveSettings;
 use consumers::payment::PaymentSettings;
 use consumers::saga::SagaSettings;
 use consumers::shipping::ShippingSettings;
+use platform::admin::AdminSettings;
 use platform::config::{
     kafka, layered, ConfigError, ConsumerSettings, DatabaseSettings, KafkaSettings,
 };
@@ -30,6 +32,7 @@ pub struct Settings {
     pub shipping: ShippingSettings,
     pub saga: SagaSettings,
     pub archive: ArchiveSettings,
+    pub admin: AdminSettings,
 }
 
 impl Settings {
@@ -64,7 +67,8 @@ mod tests {
                  [payment.calls]\ntimeout_ms = 250\n\
                  [shipping]\nunserved_countries = [\"AQ\", \"KP\"]\n\
                  [saga]\npayment_timeout_ms = 60000\n\
-                 [archive]\ndir = \"/var/lib/orderflow/archive\"\n",
+                 [archive]\ndir = \"/var/lib/orderflow/archive\"\n\
+                 [admin]\nlisten = \"0.0.0.0:9464\"\n",
             )?;
             jail.set_env("ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR", "123456");
             jail.set_env("ORDERFLOW_SHIPPING__CALLS__BREAKER_FAILURES", "9");
@@ -85,6 +89,7 @@ mod tests {
             assert_eq!(s.saga.deadline_check_interval_ms, 0);
             assert_eq!(s.consumer.batch_max_events, 64);
             assert_eq!(s.archive.dir, "/var/lib/orderflow/archive");
+            assert_eq!(s.admin.listen, "0.0.0.0:9464");
             assert_eq!(s.group_id("payment"), "orderflow.payment");
             Ok(())
         });
@@ -126,6 +131,7 @@ mod tests {
                     "[archive]\ndirectory = \"x\"\n",
                     "directory",
                 ),
+                ("admin.toml", "[admin]\nlisten_on = \"off\"\n", "listen_on"),
             ] {
                 jail.create_file(file, text)?;
                 let err = Settings::load(Some(Path::new(file)))
