@@ -81,3 +81,44 @@ impl Default for ConsumerSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_component_override_replaces_only_the_fields_it_sets() {
+        let mut consumer = ConsumerSettings::default();
+        consumer.retry.insert(
+            "payment".into(),
+            RetryOverride {
+                attempts_max: Some(0),
+                total_ms_max: Some(60_000),
+                ..RetryOverride::default()
+            },
+        );
+        let defaults = RetryPolicy {
+            attempts_max: 5,
+            total: Duration::from_secs(30),
+            delay_min: Duration::from_millis(100),
+            delay_max: Duration::from_secs(5),
+        };
+        let cases = [
+            ("inventory", defaults),
+            (
+                "payment",
+                RetryPolicy {
+                    // Zero attempts would never try a record: at least one.
+                    attempts_max: 1,
+                    total: Duration::from_secs(60),
+                    ..defaults
+                },
+            ),
+        ];
+        for (component, want) in cases {
+            assert_eq!(consumer.retry_policy(component), want, "{component}");
+        }
+    }
+}
