@@ -5,7 +5,8 @@
 //!   [`check`](mod@check) verifies and [`reader`] reads back in offset order; it owns the
 //!   `[archive]` section of the settings ([`ArchiveSettings`]);
 //! - [`slice`](mod@slice): reads every partition between two offsets, for rebuilds;
-//! - [`republish`](mod@republish): produces an archive into an empty topic at the offsets it had.
+//! - [`republish`](mod@republish): produces an archive into an empty topic at the offsets it had;
+//! - [`lag`](mod@lag): how far the archive is behind the log (its RPO).
 //!
 //! Everything here reads or writes the log and the archive directory only: no database, no
 //! consumer group joined, no offset committed. Folding the records into read models is the
@@ -16,6 +17,7 @@ pub mod archiver;
 pub mod check;
 #[cfg(test)]
 mod fixture;
+pub mod lag;
 pub mod manifest;
 pub mod reader;
 pub mod republish;

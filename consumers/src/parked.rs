@@ -1,6 +1,7 @@
 //! `pipeline.parked`: the records held behind a parked order, in log order (see
-//! [`crate::parking`] for the policy). The engine reads and writes it through these two
-//! functions; the releaser owns the rest.
+//! [`crate::parking`] for the policy). The engine reads and writes it through
+//! [`parked_orders`] and [`hold`]; the releaser owns the rest; [`per_step`] is what operators
+//! see of it (`orderflow status`, the parked gauges).
 
 use std::collections::HashSet;
 
@@ -29,6 +30,28 @@ pub async fn parked_orders<'a>(
     .fetch_all(&mut *tx)
     .await?;
     Ok(parked.into_iter().collect())
+}
+
+/// What one step holds parked: orders, and records held (the failed one and those behind it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Parked {
+    pub orders: i64,
+    pub records: i64,
+}
+
+/// Parked orders and held records per step (only steps that hold some). The table holds only
+/// what waits for a retry, and the grouping reads it in `parked_order` index order.
+pub async fn per_step(conn: &mut PgConnection) -> Result<Vec<(String, Parked)>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT step, count(DISTINCT order_id), count(*) FROM pipeline.parked
+         GROUP BY step ORDER BY step",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(step, orders, records)| (step, Parked { orders, records }))
+        .collect())
 }
 
 /// Store `message` behind the order's other held events. `history` is non-empty for the event

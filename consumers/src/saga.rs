@@ -637,3 +637,56 @@ pub async fn watch_deadlines(
         }
     }
 }
+
+/// The saga's states an order can still leave, in the order an order passes them. Terminal
+/// states (`completed`, `cancelled`) are not counted by [`open_per_state`].
+pub const OPEN_STATES: [&str; 4] = [
+    "awaiting_inventory",
+    "awaiting_payment",
+    "awaiting_shipment",
+    "compensating",
+];
+
+/// Orders per open state (every state of [`OPEN_STATES`], 0 when none), for `orderflow
+/// status` and the `orderflow_saga_orders` gauge. Reads the partial index `saga_orders_open`,
+/// which holds open orders only: counting the terminal ones would read the whole table, and
+/// grows with every order ever placed.
+pub async fn open_per_state(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let found: HashMap<String, i64> = sqlx::query_as(
+        "SELECT state, count(*) FROM saga.orders
+         WHERE state NOT IN ('completed', 'cancelled') GROUP BY state",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let mut states: Vec<(String, i64)> = OPEN_STATES
+        .iter()
+        .map(|s| (s.to_string(), found.get(*s).copied().unwrap_or(0)))
+        .collect();
+    // A state this build does not know (a newer saga wrote it) still shows.
+    let mut other: Vec<(String, i64)> = found
+        .into_iter()
+        .filter(|(s, _)| !OPEN_STATES.contains(&s.as_str()))
+        .collect();
+    other.sort();
+    states.extend(other);
+    Ok(states)
+}
+
+/// Orders whose awaited step is past its deadline at `now` and that the deadline watch has
+/// not given up yet (it clears `deadline` when it does). Normally 0 or briefly a few; a number
+/// that stays says the watch is not running (`saga.deadline_check_interval_ms`) or fails.
+/// Reads the partial index `saga_orders_deadline`.
+pub async fn deadlines_missed(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM saga.orders WHERE deadline IS NOT NULL AND deadline <= $1
+           AND state IN ('awaiting_inventory', 'awaiting_payment', 'awaiting_shipment')",
+    )
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+}

@@ -211,6 +211,17 @@ pub async fn mark_redriven(tx: &mut PgConnection, id: Uuid) -> Result<(), sqlx::
     Ok(())
 }
 
+/// Open (not redriven) dead letters per consumer, only consumers that have some. Counts the
+/// partial index `dead_letters_open`, which holds open letters only.
+pub async fn open_per_consumer(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT consumer, count(*) FROM pipeline.dead_letters
+         WHERE redriven_at IS NULL GROUP BY consumer ORDER BY consumer",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
 /// A dead letter as operators list it (`orderflow dlq list`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Listed {

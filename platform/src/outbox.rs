@@ -172,6 +172,34 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), 
     Ok(())
 }
 
+/// A step's outbox rows not yet published: how many, and how long the oldest has waited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unpublished {
+    pub step: String,
+    pub rows: i64,
+    pub oldest_age_secs: f64,
+}
+
+/// Unpublished rows per step (only steps that have some), for `orderflow status` and the
+/// outbox gauges. Reads the partial index `outbox_unpublished` (unpublished rows only), so it
+/// costs the size of the backlog, not of the outbox.
+pub async fn unpublished(conn: &mut PgConnection) -> Result<Vec<Unpublished>, sqlx::Error> {
+    let rows: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT step, count(*), extract(epoch FROM now() - min(created_at))::float8
+         FROM pipeline.outbox WHERE published_at IS NULL GROUP BY step ORDER BY step",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(step, rows, age)| Unpublished {
+            step,
+            rows,
+            oldest_age_secs: age.max(0.0),
+        })
+        .collect())
+}
+
 type StoredRow = (
     i64,
     Uuid,

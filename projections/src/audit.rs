@@ -1,6 +1,7 @@
-//! What `orderflow check` reads from the read models: the live generation's positions, the
-//! timeline's events, and orders' outcomes against given rules. Read-only queries through the
-//! analysts' views (`analytics.*`), except the positions, which come from the live generation.
+//! What `orderflow check` and `orderflow status` read from the read models: the live
+//! generation's positions and watermarks, the timeline's events, orders completed lately, and
+//! orders' outcomes against given rules. Read-only queries through the analysts' views
+//! (`analytics.*`), except the positions, which come from the live generation.
 
 use std::collections::BTreeMap;
 
@@ -62,6 +63,53 @@ pub async fn live_positions(
         .map(|p| (p.partition, p.next_offset))
         .collect();
     Ok((live, positions))
+}
+
+/// How far the live generation has applied one partition of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub partition: i32,
+    /// Every record before this offset is applied.
+    pub next_offset: i64,
+    /// When the newest applied event of this partition occurred (`None`: nothing applied).
+    pub last_event_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The live generation and its watermark per partition of `topic`: one row per partition from
+/// its `positions` table (the freshness every read model shares, since the projector writes
+/// them all in the transaction that moves the positions).
+pub async fn watermarks(
+    conn: &mut PgConnection,
+    topic: &str,
+) -> anyhow::Result<(Generation, Vec<Watermark>)> {
+    let live = generations::live(&mut *conn, false).await?;
+    let sql = format!(
+        "SELECT partition, next_offset, last_event_at FROM {} WHERE topic = $1 ORDER BY partition",
+        live.target()?.table("positions")
+    );
+    let rows: Vec<(i32, i64, Option<chrono::DateTime<chrono::Utc>>)> =
+        sqlx::query_as(&sql).bind(topic).fetch_all(&mut *conn).await?;
+    let marks = rows
+        .into_iter()
+        .map(|(partition, next_offset, last_event_at)| Watermark {
+            partition,
+            next_offset,
+            last_event_at,
+        })
+        .collect();
+    Ok((live, marks))
+}
+
+/// Orders the read model shows completed at or after `since` (event time): the pipeline's
+/// output rate as analysts see it. Reads the partial index on `completed_at`.
+pub async fn completed_since(
+    conn: &mut PgConnection,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM analytics.orders WHERE completed_at >= $1")
+        .bind(since)
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// What decides an order's outcome, in the order the pipeline asks: stock, then payment, then
