@@ -12,6 +12,7 @@ pub mod replay;
 pub mod restore;
 pub mod settings;
 pub mod state;
+pub mod status;
 pub mod synth;
 
 #[cfg(test)]

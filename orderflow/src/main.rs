@@ -175,6 +175,40 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// The pipeline at a glance: per component lag, records applied per second, records held
+    /// behind parked orders (backlog), parked orders, open dead letters, unpublished outbox
+    /// rows and the read models' freshness; the saga's open orders and the archive's lag.
+    /// Exit code 0 healthy, 1 a health rule fired (each is printed with its component), 2
+    /// Postgres or the broker cannot be reached.
+    Status {
+        /// Print the snapshot and the rules that fired as one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only this component's facts.
+        #[arg(long, value_enum)]
+        component: Option<Component>,
+        /// Print a new snapshot every SECS seconds until interrupted.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
+        /// Unhealthy when a component has more open dead letters than this.
+        #[arg(long, default_value_t = 0)]
+        max_dead_letters: i64,
+        /// Unhealthy when a step holds more parked orders than this.
+        #[arg(long, default_value_t = 100)]
+        max_parked: i64,
+        /// Unhealthy when a group is more records behind the log end than this.
+        #[arg(long, default_value_t = 10_000)]
+        max_lag: i64,
+        /// Unhealthy when an outbox row has waited longer than this to be published.
+        #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+        max_outbox_age_secs: f64,
+        /// Unhealthy when the read models are staler than this.
+        #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+        max_freshness_secs: f64,
+        /// Unhealthy when the oldest record missing from the archive is older than this.
+        #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+        max_archive_lag_secs: f64,
+    },
     /// Benchmark: the raw limits of the broker and Postgres, then the pipeline (an `orderflow
     /// run` child on its own topic and database) in a closed loop and at fixed offered rates,
     /// or a soak; prints a table, writes JSON (--out) and an SVG chart (--chart).
@@ -280,8 +314,9 @@ fn parse_stock(text: &str) -> Result<(String, i64), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // For `check`, failing to start (configuration, runtime) is a setup error: exit 2.
-    let setup_failure = if matches!(cli.command, Command::Check { .. }) {
+    // For `check` and `status`, failing to start (configuration, runtime) is a setup error:
+    // exit 2.
+    let setup_failure = if matches!(cli.command, Command::Check { .. } | Command::Status { .. }) {
         ExitCode::from(2)
     } else {
         ExitCode::FAILURE
@@ -473,6 +508,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
             };
             return Ok(orderflow::check::run(&settings, &options).await);
+        }
+        Command::Status {
+            json,
+            component,
+            watch,
+            max_dead_letters,
+            max_parked,
+            max_lag,
+            max_outbox_age_secs,
+            max_freshness_secs,
+            max_archive_lag_secs,
+        } => {
+            let options = orderflow::status::Options {
+                component,
+                json,
+                watch: watch.map(Duration::from_secs),
+                thresholds: orderflow::status::Thresholds {
+                    max_dead_letters,
+                    max_parked,
+                    max_lag,
+                    max_outbox_age_secs,
+                    max_freshness_secs,
+                    max_archive_lag_secs,
+                },
+            };
+            return Ok(orderflow::status::run(&settings, &options).await);
         }
         Command::Dlq { action } => {
             return orderflow::dlq::run(&settings, action_to_request(action)).await;

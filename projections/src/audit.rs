@@ -87,8 +87,10 @@ pub async fn watermarks(
         "SELECT partition, next_offset, last_event_at FROM {} WHERE topic = $1 ORDER BY partition",
         live.target()?.table("positions")
     );
-    let rows: Vec<(i32, i64, Option<chrono::DateTime<chrono::Utc>>)> =
-        sqlx::query_as(&sql).bind(topic).fetch_all(&mut *conn).await?;
+    let rows: Vec<(i32, i64, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(&sql)
+        .bind(topic)
+        .fetch_all(&mut *conn)
+        .await?;
     let marks = rows
         .into_iter()
         .map(|(partition, next_offset, last_event_at)| Watermark {

@@ -16,5 +16,6 @@ mod outcomes;
 mod parking;
 mod restore;
 mod secure;
+mod status;
 mod support;
 mod upstream;

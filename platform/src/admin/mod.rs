@@ -31,15 +31,30 @@ pub struct AdminSettings {
     /// `HOST:PORT` to serve `/metrics`, `/healthz` and `/readyz` on (an IP address; port 0
     /// picks a free port, logged at start), or `off`.
     pub listen: String,
+    /// How often the status collector reads the facts behind the database and broker gauges
+    /// (lag, outbox, parked, dead letters, saga, freshness, archive lag); `0` never. It runs
+    /// only while the listener is on: nobody could scrape what it sets otherwise.
+    #[serde(default = "default_collect_interval_ms")]
+    pub collect_interval_ms: u64,
+}
+
+fn default_collect_interval_ms() -> u64 {
+    5_000
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: DEFAULT_LISTEN.into(),
+            collect_interval_ms: default_collect_interval_ms(),
         }
     }
 }
+
+/// Where the admin listener listens unless told otherwise: loopback only, on 9464 (the port
+/// OpenTelemetry's Prometheus exporter uses by default, free of Kafka's and Postgres's).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
 
 /// Where the admin listener listens unless told otherwise: loopback only, on 9464 (the port
 /// OpenTelemetry's Prometheus exporter uses by default, free of Kafka's and Postgres's).
@@ -206,6 +221,7 @@ mod tests {
     fn settings(listen: &str) -> AdminSettings {
         AdminSettings {
             listen: listen.into(),
+            ..AdminSettings::default()
         }
     }
 
