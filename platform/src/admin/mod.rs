@@ -55,11 +55,6 @@ impl Default for AdminSettings {
 /// OpenTelemetry's Prometheus exporter uses by default, free of Kafka's and Postgres's).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
-
-/// Where the admin listener listens unless told otherwise: loopback only, on 9464 (the port
-/// OpenTelemetry's Prometheus exporter uses by default, free of Kafka's and Postgres's).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
-
 impl AdminSettings {
     /// The address to listen on, or `None` when the listener is `off`.
     pub fn address(&self) -> Result<Option<SocketAddr>, AdminError> {
