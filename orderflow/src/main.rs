@@ -395,6 +395,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             platform::kafka::partition_count(&settings.kafka, &settings.kafka.topic)?;
             let shutdown = platform::shutdown::on_signals();
             let set = components::start(&chosen, &settings, &pool, &shutdown)?;
+            // The facts behind the database and broker gauges of the components run here, for
+            // the admin listener to serve (nothing to serve them when it is off).
+            if matches!(settings.admin.address(), Ok(Some(_))) {
+                let every = Duration::from_millis(settings.admin.collect_interval_ms);
+                orderflow::status::collector::spawn(&settings, &pool, &chosen, every, &shutdown);
+            }
             components::supervise(set, &shutdown).await?;
         }
         Command::Stock {
