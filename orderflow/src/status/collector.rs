@@ -182,7 +182,11 @@ impl Collector {
         if self.which.contains(&Component::Saga) {
             let saga = facts.and_then(|f| f.saga.as_ref());
             let states: Vec<(String, f64)> = match saga {
-                Some((open, _, _)) => open.iter().map(|(s, n)| (s.clone(), *n as f64)).collect(),
+                Some(saga) => saga
+                    .open
+                    .iter()
+                    .map(|(s, n)| (s.clone(), *n as f64))
+                    .collect(),
                 None => consumers::saga::OPEN_STATES
                     .iter()
                     .map(|s| (s.to_string(), f64::NAN))
@@ -192,7 +196,7 @@ impl Collector {
                 metrics::gauge!(names::SAGA_ORDERS, "state" => state).set(value);
             }
             metrics::gauge!(names::SAGA_DEADLINES_MISSED)
-                .set(or_nan(saga.map(|(_, missed, _)| *missed as f64)));
+                .set(or_nan(saga.map(|saga| saga.deadlines_missed as f64)));
         }
     }
 

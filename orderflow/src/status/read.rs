@@ -152,11 +152,19 @@ pub struct DatabaseFacts {
     pub dead_letters: HashMap<String, i64>,
     pub outbox: HashMap<String, (i64, f64)>,
     pub parked: HashMap<String, Parked>,
-    /// When the saga is asked for: open orders per state, missed deadlines, completed in the
-    /// last minute.
-    pub saga: Option<(Vec<(String, i64)>, i64, i64)>,
+    /// When the saga is asked for.
+    pub saga: Option<SagaFacts>,
     /// When the projector is asked for: the live generation's watermarks.
     pub watermarks: Option<Vec<Watermark>>,
+}
+
+/// The saga's facts: open orders per state, missed deadlines, orders completed in the last
+/// minute.
+#[derive(Debug, Clone, Default)]
+pub struct SagaFacts {
+    pub open: Vec<(String, i64)>,
+    pub deadlines_missed: i64,
+    pub completed_last_minute: i64,
 }
 
 /// The readers of every source, opened once and read again for each snapshot.
@@ -248,7 +256,11 @@ impl Sources {
             let completed =
                 projections::audit::completed_since(&mut conn, now - chrono::Duration::minutes(1))
                     .await?;
-            Some((open, missed, completed))
+            Some(SagaFacts {
+                open,
+                deadlines_missed: missed,
+                completed_last_minute: completed,
+            })
         } else {
             None
         };
@@ -379,14 +391,11 @@ pub fn assemble(
             }
         })
         .collect();
-    let saga = database
-        .saga
-        .as_ref()
-        .map(|(open, deadlines_missed, completed)| SagaStatus {
-            open: open.iter().cloned().collect(),
-            deadlines_missed: *deadlines_missed,
-            completed_last_minute: *completed,
-        });
+    let saga = database.saga.as_ref().map(|saga| SagaStatus {
+        open: saga.open.iter().cloned().collect(),
+        deadlines_missed: saga.deadlines_missed,
+        completed_last_minute: saga.completed_last_minute,
+    });
     Status {
         taken_at: database.now,
         topic: settings.kafka.topic.clone(),
