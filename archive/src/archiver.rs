@@ -130,6 +130,10 @@ impl Archiver {
             .map(|p| (p, false))
             .collect();
         let mut run = ArchiveRun::default();
+        // Records read, and records written into files (the manifest names them): the
+        // archiver's consumed and applied.
+        let metrics = platform::metrics::ComponentMetrics::new("archiver");
+        let mut counted = 0;
         let tick = Duration::from_millis(200);
         let mut last_record = Instant::now();
         tracing::info!(dir = %self.dir.display(), topic = %self.topic, once, "archiver started");
@@ -141,6 +145,7 @@ impl Archiver {
             match received {
                 Err(_idle) => {}
                 Ok(Ok(message)) => {
+                    metrics.consumed.increment(1);
                     last_record = Instant::now();
                     at_end.insert(message.partition(), false);
                     self.add(&message, &mut run)?;
@@ -162,6 +167,8 @@ impl Archiver {
             for partition in stale {
                 self.flush(partition, None, &mut run)?;
             }
+            metrics.applied.increment(run.records - counted);
+            counted = run.records;
             // Once: done when every partition reported its end and nothing more arrived for a
             // moment (some brokers report an end early), or when nothing arrived for a while
             // (brokers that report no end of an untouched partition).
@@ -175,6 +182,7 @@ impl Archiver {
         for partition in held {
             self.flush(partition, None, &mut run)?;
         }
+        metrics.applied.increment(run.records - counted);
         tracing::info!(files = run.files, records = run.records, "archiver stopped");
         Ok(run)
     }

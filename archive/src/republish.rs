@@ -12,7 +12,7 @@ use anyhow::Context;
 use platform::config::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use crate::check::load_checked;
 use crate::reader::ArchiveReader;
@@ -58,7 +58,7 @@ pub async fn republish(kafka: &KafkaSettings, dir: &Path) -> anyhow::Result<Repu
     );
     ensure_empty(kafka, topic, partitions)?;
 
-    let producer: FutureProducer = platform::kafka::producer(kafka, "orderflow-restore")
+    let producer: platform::kafka::Producer = platform::kafka::producer(kafka, "orderflow-restore")
         .context("creating the producer that republishes the archive")?;
     let mut reader = ArchiveReader::new(dir, &manifest);
     let mut records = 0u64;

@@ -26,6 +26,7 @@ use chrono::Utc;
 use events::Event;
 use platform::config::RetryPolicy;
 use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt};
+use platform::metrics::{ComponentMetrics, FailureKind};
 use platform::outbox::{self, OutboxRecord, OutboxRow};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -47,7 +48,25 @@ pub struct BatchOutcome {
     pub dead_lettered: usize,
     /// Records held because their order is parked (or parked by this batch).
     pub parked: usize,
+    /// Orders this batch parked (a retryable failure of one of their records).
+    pub newly_parked: usize,
+    /// Records that did not decode (dead-lettered on sight; counted in `dead_lettered` too).
+    pub poison: usize,
     pub replies: usize,
+}
+
+impl BatchOutcome {
+    /// Add this committed batch to the component's counters.
+    pub fn record(&self, metrics: &ComponentMetrics) {
+        metrics.applied.increment(self.applied as u64);
+        metrics.duplicate.increment(self.duplicates as u64);
+        metrics.ignored.increment(self.ignored as u64);
+        metrics.dead_lettered.increment(self.dead_lettered as u64);
+        metrics.parked.increment(self.newly_parked as u64);
+        metrics
+            .failure(FailureKind::Poison)
+            .increment(self.poison as u64);
+    }
 }
 
 /// Names a step runs under: its component name (inbox, outbox, dead letters) and its group.
@@ -162,10 +181,20 @@ pub enum Mode {
     Redrive { letter: Uuid, dry_run: bool },
 }
 
+/// The failure kind `orderflow_batch_failures_total` counts a record's failure as.
+pub fn failure_kind(error: &HandlerError) -> FailureKind {
+    match error {
+        HandlerError::Unavailable { .. } => FailureKind::Unavailable,
+        error if error.is_retryable() => FailureKind::Retryable,
+        _ => FailureKind::Permanent,
+    }
+}
+
 /// Apply `batch`; returns the outcome and the committed outbox rows. A record whose handler
 /// fails permanently is dead-lettered; one that fails with a retryable error parks its order
 /// (the [`crate::parking`] releaser retries it with backoff). Failures that name no record
-/// are retried here without limit.
+/// are retried here without limit. Every attempt's duration (ports and decisions), the commit's
+/// and every failure go to `metrics`; the committed outcome's counts are the caller's to add.
 pub async fn apply_with_retry(
     step: &dyn Step,
     identity: &Identity,
@@ -173,21 +202,31 @@ pub async fn apply_with_retry(
     batch: &[OwnedMessage],
     policy: RetryPolicy,
     shutdown: &CancellationToken,
+    metrics: &ComponentMetrics,
 ) -> anyhow::Result<(BatchOutcome, Vec<OutboxRow>)> {
     let name = identity.name;
     let mut excluded: Excluded = HashMap::new();
     let mut infra_delays = unbounded_backoff(policy).build();
     loop {
-        let error = match attempt(step, identity, pool, batch, &excluded, Mode::Consume).await {
-            Ok(Attempted { tx, outcome, rows }) => match tx.commit().await {
-                Ok(()) => return Ok((outcome, rows)),
-                Err(e) => BatchError::from(e),
-            },
+        let started = std::time::Instant::now();
+        let attempted = attempt(step, identity, pool, batch, &excluded, Mode::Consume).await;
+        metrics.handler_duration.record(started.elapsed());
+        let error = match attempted {
+            Ok(Attempted { tx, outcome, rows }) => {
+                let committing = std::time::Instant::now();
+                let committed = tx.commit().await;
+                metrics.commit_database.record(committing.elapsed());
+                match committed {
+                    Ok(()) => return Ok((outcome, rows)),
+                    Err(e) => BatchError::from(e),
+                }
+            }
             Err(e) => e,
         };
         match error {
             BatchError::Records(failures) => {
                 for (position, error) in failures {
+                    metrics.failure(failure_kind(&error)).increment(1);
                     let disposition = disposition(&error);
                     match &disposition {
                         Disposition::DeadLetter(_) => {
@@ -201,6 +240,7 @@ pub async fn apply_with_retry(
                 }
             }
             error if error.retryable() => {
+                metrics.failure(FailureKind::Unavailable).increment(1);
                 if shutdown.is_cancelled() {
                     return Err(anyhow::Error::new(error).context(format!(
                         "step {name} stopped while its database was failing"
@@ -211,9 +251,10 @@ pub async fn apply_with_retry(
                 tokio::time::sleep(delay).await;
             }
             error => {
+                metrics.failure(FailureKind::Permanent).increment(1);
                 return Err(
                     anyhow::Error::new(error).context(format!("step {name} cannot apply a batch"))
-                )
+                );
             }
         }
     }
@@ -251,7 +292,7 @@ pub async fn attempt(
         if asks {
             ask_first(step, identity, pool, &sorted, excluded, mode).await?;
         }
-        let mut tx = pool.begin().await?;
+        let mut tx = platform::db::begin(pool).await?;
         match attempt_batch(step, identity, &mut tx, &sorted, excluded, mode).await {
             Ok((outcome, rows)) => return Ok(Attempted { tx, outcome, rows }),
             Err(BatchError::Records(failures))
@@ -326,7 +367,7 @@ async fn ask_first(
     }
     let parked = match mode {
         Mode::Consume => {
-            let mut conn = pool.acquire().await?;
+            let mut conn = platform::db::acquire(pool).await?;
             crate::parked::parked_orders(
                 &mut conn,
                 identity.name,
@@ -378,6 +419,7 @@ pub async fn attempt_batch(
         }];
         dead_rows.extend(dead_letter(tx, identity, message, history).await?);
         outcome.dead_lettered += 1;
+        outcome.poison += 1;
     }
     let wanted = &sorted.wanted;
 
@@ -408,7 +450,9 @@ pub async fn attempt_batch(
             }
             Some(Disposition::Park(history)) => {
                 crate::parked::hold(tx, name, order_id, message, history).await?;
-                parked.insert(order_id.clone());
+                if parked.insert(order_id.clone()) {
+                    outcome.newly_parked += 1;
+                }
                 outcome.parked += 1;
             }
             None if parked.contains(order_id) => {

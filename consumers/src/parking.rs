@@ -13,13 +13,15 @@ use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use platform::config::RetryPolicy;
 use platform::deadletter::FailedAttempt;
+use platform::kafka::Producer;
+use platform::metrics::ComponentMetrics;
 use platform::outbox;
 use rdkafka::message::{OwnedMessage, Timestamp};
-use rdkafka::producer::FutureProducer;
 use sqlx::{PgConnection, PgPool};
 
 use crate::engine::{
-    attempt, failed_attempt, unbounded_backoff, Attempted, BatchError, Disposition, Identity, Mode,
+    attempt, failed_attempt, failure_kind, unbounded_backoff, Attempted, BatchError, Disposition,
+    Identity, Mode,
 };
 use crate::Step;
 
@@ -42,8 +44,9 @@ pub async fn release_due(
     step: &dyn Step,
     identity: &Identity,
     pool: &PgPool,
-    producer: &FutureProducer,
+    producer: &Producer,
     policy: RetryPolicy,
+    metrics: &ComponentMetrics,
 ) -> anyhow::Result<usize> {
     let name = identity.name;
     let due: Vec<String> = sqlx::query_scalar(
@@ -97,13 +100,19 @@ pub async fn release_due(
             let batch = [message];
             let no_exclusions = Default::default();
             match attempt(step, identity, pool, &batch, &no_exclusions, Mode::Release).await {
-                Ok(Attempted { mut tx, rows, .. }) => {
+                Ok(Attempted {
+                    mut tx,
+                    rows,
+                    outcome,
+                }) => {
                     // Another member released it meanwhile: this attempt is void.
                     if !delete_held(&mut tx, seq).await? {
                         break;
                     }
                     tx.commit().await?;
+                    outcome.record(metrics);
                     outbox::publish(pool, producer, &rows).await?;
+                    metrics.published.increment(rows.len() as u64);
                     released += 1;
                     tracing::info!(step = name, %order_id, offset, "held event applied");
                 }
@@ -111,29 +120,33 @@ pub async fn release_due(
                     let Some((position, error)) = failures.into_iter().next() else {
                         break;
                     };
+                    metrics.failure(failure_kind(&error)).increment(1);
                     let mut attempts: Vec<FailedAttempt> =
                         serde_json::from_value(history).unwrap_or_default();
                     attempts.push(failed_attempt(&error));
                     let first = first_failed_at.unwrap_or_else(Utc::now);
                     let (spent, delay) = budget(&attempts, first, policy);
-                    let mut tx = pool.begin().await?;
+                    let mut tx = platform::db::begin(pool).await?;
                     if !error.is_retryable() || spent {
                         tracing::warn!(step = name, %order_id, attempts = attempts.len(), %error, "parked event dead-lettered; releasing the rest of the order");
                         let excluded =
                             std::iter::once((position, Disposition::DeadLetter(attempts)))
                                 .collect();
                         drop(tx);
-                        let Attempted { mut tx, rows, .. } =
-                            attempt(step, identity, pool, &batch, &excluded, Mode::Release)
-                                .await
-                                .map_err(|e| {
-                                    anyhow::anyhow!("dead-lettering a parked event: {e}")
-                                })?;
+                        let Attempted {
+                            mut tx,
+                            rows,
+                            outcome,
+                        } = attempt(step, identity, pool, &batch, &excluded, Mode::Release)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("dead-lettering a parked event: {e}"))?;
                         if !delete_held(&mut tx, seq).await? {
                             break;
                         }
                         tx.commit().await?;
+                        outcome.record(metrics);
                         outbox::publish(pool, producer, &rows).await?;
+                        metrics.published.increment(rows.len() as u64);
                         released += 1;
                         continue;
                     }

@@ -210,7 +210,7 @@ impl Payment {
     pub fn with_calls(provider: Arc<dyn PaymentProvider>, calls: &CallSettings) -> Self {
         Payment {
             provider,
-            guard: Guard::new("payment provider", calls),
+            guard: Guard::new("payment provider", calls).measured(NAME, "provider"),
         }
     }
 

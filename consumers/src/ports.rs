@@ -19,6 +19,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use metrics::{Gauge, Histogram};
+use platform::metrics::names::{BREAKER_STATE, PORT_CALL_DURATION};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -57,6 +59,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// The value of `orderflow_breaker_state`: 0 closed, 1 half open, 2 open.
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -174,12 +185,57 @@ impl Breaker {
     }
 }
 
-/// One outside service as the steps see it: a name, a timeout per call, a breaker.
+/// One outside service as the steps see it: a name, a timeout per call, a breaker, and the
+/// metrics of its calls (none until [`Guard::measured`] names the component and port).
 #[derive(Debug)]
 pub struct Guard {
     name: &'static str,
     timeout: Duration,
     breaker: Mutex<Breaker>,
+    metrics: PortMetrics,
+}
+
+/// `orderflow_port_call_duration_seconds` per result and `orderflow_breaker_state` of one
+/// port, created once.
+#[derive(Debug, Clone)]
+struct PortMetrics {
+    ok: Histogram,
+    error: Histogram,
+    timeout: Histogram,
+    refused: Histogram,
+    breaker: Gauge,
+}
+
+impl PortMetrics {
+    fn none() -> Self {
+        PortMetrics {
+            ok: Histogram::noop(),
+            error: Histogram::noop(),
+            timeout: Histogram::noop(),
+            refused: Histogram::noop(),
+            breaker: Gauge::noop(),
+        }
+    }
+
+    fn of(component: &'static str, port: &'static str) -> Self {
+        let call = |result: &'static str| {
+            metrics::histogram!(
+                PORT_CALL_DURATION,
+                "component" => component,
+                "port" => port,
+                "result" => result
+            )
+        };
+        let breaker = metrics::gauge!(BREAKER_STATE, "component" => component, "port" => port);
+        breaker.set(BreakerState::Closed.gauge_value());
+        PortMetrics {
+            ok: call("ok"),
+            error: call("error"),
+            timeout: call("timeout"),
+            refused: call("refused"),
+            breaker,
+        }
+    }
 }
 
 impl Guard {
@@ -192,7 +248,15 @@ impl Guard {
                 Duration::from_millis(calls.breaker_window_ms),
                 Duration::from_millis(calls.breaker_open_ms),
             )),
+            metrics: PortMetrics::none(),
         }
+    }
+
+    /// Record this guard's calls and breaker state as `port` of `component` (catalog labels:
+    /// `payment`/`provider`, `shipping`/`carrier`).
+    pub fn measured(mut self, component: &'static str, port: &'static str) -> Self {
+        self.metrics = PortMetrics::of(component, port);
+        self
     }
 
     pub fn name(&self) -> &'static str {
@@ -216,8 +280,10 @@ impl Guard {
     where
         F: Future<Output = Result<T, HandlerError>>,
     {
-        let admission = self.lock().admit(Instant::now());
+        let started = Instant::now();
+        let admission = self.lock().admit(started);
         if let Admission::Refused { retry_in } = admission {
+            self.metrics.refused.record(started.elapsed());
             return Err(HandlerError::Unavailable {
                 service: self.name,
                 message: format!(
@@ -226,7 +292,14 @@ impl Guard {
                 ),
             });
         }
-        let outcome = match tokio::time::timeout(self.timeout, call).await {
+        let answer = tokio::time::timeout(self.timeout, call).await;
+        let result = match &answer {
+            Ok(Ok(_)) => &self.metrics.ok,
+            Ok(Err(_)) => &self.metrics.error,
+            Err(_) => &self.metrics.timeout,
+        };
+        result.record(started.elapsed());
+        let outcome = match answer {
             Ok(outcome) => outcome,
             Err(_) => Err(HandlerError::Provider {
                 provider: self.name,
@@ -239,6 +312,7 @@ impl Guard {
         };
         let trouble = matches!(&outcome, Err(e) if e.is_retryable());
         let changed = self.lock().record(Instant::now(), !trouble);
+        self.metrics.breaker.set(self.state().gauge_value());
         // A failed probe only confirms what the open breaker said: the order waits for the
         // service without spending its retry budget, like the calls the breaker refused.
         let outcome = match outcome {

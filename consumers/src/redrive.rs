@@ -6,9 +6,9 @@
 
 use anyhow::Context;
 use platform::config::KafkaSettings;
+use platform::kafka::Producer;
 use platform::{deadletter, outbox};
 use rdkafka::message::{OwnedMessage, Timestamp};
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -35,6 +35,18 @@ pub enum RedriveOutcome {
     /// Dry run: applying it needs an answer from an outside service, which a dry run does not
     /// ask.
     WouldAsk { question: String },
+}
+
+impl RedriveOutcome {
+    /// The `outcome` label of `orderflow_redrives_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RedriveOutcome::Applied { .. } => "applied",
+            RedriveOutcome::AlreadyApplied => "already_applied",
+            RedriveOutcome::FailedAgain { .. } => "failed_again",
+            RedriveOutcome::WouldAsk { .. } => "would_ask",
+        }
+    }
 }
 
 impl std::fmt::Display for RedriveOutcome {
@@ -66,7 +78,7 @@ pub async fn redrive(
     step: &dyn Step,
     kafka: &KafkaSettings,
     pool: &PgPool,
-    producer: &FutureProducer,
+    producer: &Producer,
     only: &[Uuid],
     dry_run: bool,
 ) -> anyhow::Result<Vec<RedriveReport>> {
@@ -165,6 +177,14 @@ pub async fn redrive(
             }
         };
         tracing::info!(%id, partition, offset, dry_run, %outcome, "redrive");
+        if !dry_run {
+            metrics::counter!(
+                platform::metrics::names::REDRIVES,
+                "component" => identity.name,
+                "outcome" => outcome.label()
+            )
+            .increment(1);
+        }
         reports.push(RedriveReport {
             id,
             partition,

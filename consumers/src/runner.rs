@@ -2,6 +2,10 @@
 //! order log and hands each to [`engine::apply_with_retry`], then publishes the batch's outbox
 //! rows and only then commits its offsets. Between batches it releases parked orders whose
 //! next attempt is due ([`crate::parking`]) and relays outbox rows a crashed member left.
+//!
+//! Every batch is measured on the way ([`ComponentMetrics`], handles made once): records
+//! consumed, its size and duration from poll to offset commit, the outcome's counts once
+//! committed, the rows published, the offset commit's time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,9 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use backon::Retryable;
 use platform::config::{ConsumerSettings, KafkaSettings};
+use platform::kafka::Producer;
+use platform::kafka_stats::{Assignment, Member};
+use platform::metrics::ComponentMetrics;
 use platform::outbox::{self, OutboxRow};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +46,11 @@ pub struct StepRunner {
     step: Arc<dyn Step>,
     identity: Identity,
     pool: PgPool,
-    producer: FutureProducer,
-    consumer: StreamConsumer,
+    producer: Producer,
+    consumer: StreamConsumer<Member>,
     batching: ConsumerSettings,
     options: RunnerOptions,
+    metrics: ComponentMetrics,
 }
 
 impl StepRunner {
@@ -57,11 +64,9 @@ impl StepRunner {
         options: RunnerOptions,
     ) -> anyhow::Result<Self> {
         let identity = identity(step.as_ref(), kafka);
+        let name = identity.name;
         let client_id = format!("orderflow-{}-{}", identity.name, std::process::id());
-        let consumer: StreamConsumer =
-            platform::kafka::consumer_config(kafka, &identity.group, &client_id)
-                .create()
-                .with_context(|| format!("creating consumer for group {}", identity.group))?;
+        let consumer = platform::kafka::group_member(kafka, &identity.group, &client_id)?;
         consumer
             .subscribe(&[kafka.topic.as_str()])
             .with_context(|| format!("subscribing {} to {}", identity.group, kafka.topic))?;
@@ -74,7 +79,13 @@ impl StepRunner {
             consumer,
             batching: batching.clone(),
             options,
+            metrics: ComponentMetrics::new(name),
         })
+    }
+
+    /// Whether the group has given this member its partitions (readiness).
+    pub fn assignment(&self) -> Assignment {
+        self.consumer.context().assignment.clone()
     }
 
     /// Consume until `shutdown` is cancelled; the batch in hand is finished and committed first.
@@ -82,7 +93,8 @@ impl StepRunner {
         let name = self.identity.name;
         tracing::info!(step = name, topic = %self.identity.topic, "step started");
         // Rows a crashed predecessor committed but never published go out first.
-        outbox::relay(&self.pool, &self.producer, name, Duration::ZERO).await?;
+        let relayed = outbox::relay(&self.pool, &self.producer, name, Duration::ZERO).await?;
+        self.metrics.published.increment(relayed as u64);
         let relay_after = Duration::from_millis(self.batching.outbox_relay_after_ms);
         let mut last_relay = Instant::now();
         let mut last_release = Instant::now();
@@ -97,6 +109,9 @@ impl StepRunner {
             )
             .await;
             if !batch.is_empty() {
+                let started = Instant::now();
+                self.metrics.consumed.increment(batch.len() as u64);
+                self.metrics.batch_records.record(batch.len() as f64);
                 let (outcome, rows) = apply_with_retry(
                     self.step.as_ref(),
                     &self.identity,
@@ -104,8 +119,10 @@ impl StepRunner {
                     &batch,
                     policy,
                     &shutdown,
+                    &self.metrics,
                 )
                 .await?;
+                outcome.record(&self.metrics);
                 tracing::debug!(step = name, ?outcome, "batch applied");
                 if self.take_fault(Fault::CrashAfterDbCommit, &rows) {
                     anyhow::bail!("injected fault: crashed after the database commit");
@@ -118,13 +135,17 @@ impl StepRunner {
                     .notify(|error, delay| tracing::warn!(step = name, %error, ?delay, "publishing failed; retrying"))
                     .await
                     .context("publishing replies")?;
+                self.metrics.published.increment(rows.len() as u64);
                 if self.take_fault(Fault::CrashBeforeOffsetCommit, &rows) {
                     anyhow::bail!("injected fault: crashed before the offset commit");
                 }
+                let committing = Instant::now();
                 platform::kafka::commit_offsets(
                     &self.consumer,
                     &platform::kafka::next_offsets(&batch),
                 );
+                self.metrics.commit_offsets.record(committing.elapsed());
+                self.metrics.batch_duration.record(started.elapsed());
             }
             if last_release.elapsed() >= PARKED_POLL {
                 match crate::parking::release_due(
@@ -133,6 +154,7 @@ impl StepRunner {
                     &self.pool,
                     &self.producer,
                     policy,
+                    &self.metrics,
                 )
                 .await
                 {
@@ -149,10 +171,11 @@ impl StepRunner {
                 last_release = Instant::now();
             }
             if last_relay.elapsed() >= relay_after {
-                if let Err(error) =
-                    outbox::relay(&self.pool, &self.producer, name, relay_after).await
-                {
-                    tracing::warn!(step = name, %error, "outbox relay failed; will try again");
+                match outbox::relay(&self.pool, &self.producer, name, relay_after).await {
+                    Ok(relayed) => self.metrics.published.increment(relayed as u64),
+                    Err(error) => {
+                        tracing::warn!(step = name, %error, "outbox relay failed; will try again")
+                    }
                 }
                 last_relay = Instant::now();
             }

@@ -133,7 +133,7 @@ impl Shipping {
     pub fn with_calls(carrier: Arc<dyn Carrier>, calls: &CallSettings) -> Self {
         Shipping {
             carrier,
-            guard: Guard::new("carrier", calls),
+            guard: Guard::new("carrier", calls).measured(NAME, "carrier"),
         }
     }
 

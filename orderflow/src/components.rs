@@ -10,6 +10,8 @@ use consumers::payment::Payment;
 use consumers::saga::OrderSaga;
 use consumers::shipping::Shipping;
 use consumers::{RunnerOptions, Step, StepRunner};
+use platform::admin::{Admin, Probes, Readiness};
+use platform::kafka_stats::Assignment;
 use projections::Projector;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -88,6 +90,63 @@ pub fn start_with(
     shutdown: &CancellationToken,
     options: &RunnerOptions,
 ) -> anyhow::Result<JoinSet<anyhow::Result<Component>>> {
+    launch(components, settings, pool, shutdown, options, None)
+}
+
+/// [`start`], each component reporting to `readiness` whether it holds its partitions (the
+/// archiver assigns itself its partitions: idle by design, always settled).
+pub fn start_watched(
+    components: &[Component],
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+    readiness: &Readiness,
+) -> anyhow::Result<JoinSet<anyhow::Result<Component>>> {
+    let options = RunnerOptions::default();
+    launch(
+        components,
+        settings,
+        pool,
+        shutdown,
+        &options,
+        Some(readiness),
+    )
+}
+
+/// The admin listener of a process that runs components (`admin.listen`; `None` when off):
+/// `/metrics`, `/healthz`, and `/readyz` probing `settings`' Postgres and brokers and the
+/// components tracked in `readiness`. Start it before the components, so that their metric
+/// handles are made with the recorder installed. Dropping it stops the listener.
+pub async fn admin(
+    settings: &Settings,
+    pool: &PgPool,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Admin>> {
+    let probes = Probes {
+        database: Some(settings.database.clone()),
+        kafka: Some(settings.kafka.clone()),
+        pool: Some(pool.clone()),
+    };
+    Ok(
+        platform::admin::start(&settings.admin, readiness.clone(), probes, shutdown.clone())
+            .await?,
+    )
+}
+
+fn launch(
+    components: &[Component],
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+    options: &RunnerOptions,
+    readiness: Option<&Readiness>,
+) -> anyhow::Result<JoinSet<anyhow::Result<Component>>> {
+    let track = |name: &'static str, assignment: Assignment| {
+        if let Some(readiness) = readiness {
+            readiness.track(name, assignment);
+        }
+    };
     let mut set = JoinSet::new();
     for &component in components {
         let token = shutdown.clone();
@@ -101,6 +160,7 @@ pub fn start_with(
                     options.clone(),
                 )
                 .with_context(|| format!("starting {}", component.name()))?;
+                track(component.name(), runner.assignment());
                 if component == Component::Saga {
                     let (pool, token) = (pool.clone(), token.clone());
                     let (kafka, saga) = (settings.kafka.clone(), settings.saga.clone());
@@ -115,6 +175,7 @@ pub fn start_with(
             None if component == Component::Archiver => {
                 let archiver = archive::Archiver::open(&settings.kafka, &settings.archive)
                     .context("starting the archiver")?;
+                track(component.name(), Assignment::settled());
                 let kafka = settings.kafka.clone();
                 set.spawn(
                     async move { archiver.run(&kafka, false, token).await.map(|_| component) },
@@ -123,6 +184,10 @@ pub fn start_with(
             None => {
                 let projector = Projector::new(&settings.kafka, &settings.consumer, pool.clone())
                     .with_context(|| format!("starting {}", component.name()))?;
+                track(
+                    projections::projector::METRICS_COMPONENT,
+                    projector.assignment(),
+                );
                 set.spawn(async move { projector.run(token).await.map(|()| component) });
             }
         }

@@ -394,7 +394,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = components::prepare_database(&settings, false).await?;
             platform::kafka::partition_count(&settings.kafka, &settings.kafka.topic)?;
             let shutdown = platform::shutdown::on_signals();
-            let set = components::start(&chosen, &settings, &pool, &shutdown)?;
+            // The listener first: the components' metric handles need the recorder.
+            let readiness = platform::admin::Readiness::default();
+            let admin = components::admin(&settings, &pool, &readiness, &shutdown).await?;
+            let set = components::start_watched(&chosen, &settings, &pool, &shutdown, &readiness)?;
             // The facts behind the database and broker gauges of the components run here, for
             // the admin listener to serve (nothing to serve them when it is off).
             if matches!(settings.admin.address(), Ok(Some(_))) {
@@ -402,6 +405,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 orderflow::status::collector::spawn(&settings, &pool, &chosen, every, &shutdown);
             }
             components::supervise(set, &shutdown).await?;
+            drop(admin);
         }
         Command::Stock {
             action: StockAction::Set { items },
@@ -558,15 +562,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = components::prepare_database(&settings, true).await?;
             components::ensure_topics(&settings, settings.kafka.partitions).await?;
             let shutdown = platform::shutdown::on_signals();
-            let set = if external {
-                None
+            // Components in this process get the admin listener, as `orderflow run` would.
+            let (admin, set) = if external {
+                (None, None)
             } else {
-                Some(components::start(
+                let readiness = platform::admin::Readiness::default();
+                let admin = components::admin(&settings, &pool, &readiness, &shutdown).await?;
+                let set = components::start_watched(
                     &Component::ALL,
                     &settings,
                     &pool,
                     &shutdown,
-                )?)
+                    &readiness,
+                )?;
+                (admin, Some(set))
             };
             let options = DemoOptions {
                 orders,
@@ -582,6 +591,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(set) = set {
                 components::supervise(set, &shutdown).await?;
             }
+            drop(admin);
             result?;
         }
     }

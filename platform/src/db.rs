@@ -11,6 +11,28 @@ use crate::config::{redact_url, DatabaseSettings};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Begin a transaction on a pooled connection, timing the wait for the connection (and its
+/// `BEGIN`, one round trip on an idle connection) as `orderflow_db_pool_acquire_seconds`. The
+/// engine begins every batch this way, so the histogram shows when the pool runs dry.
+pub async fn begin(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let started = std::time::Instant::now();
+    let tx = pool.begin().await;
+    ::metrics::histogram!(crate::metrics::names::DB_POOL_ACQUIRE).record(started.elapsed());
+    tx
+}
+
+/// A pooled connection, its wait timed like [`begin`]'s.
+pub async fn acquire(
+    pool: &PgPool,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+    let started = std::time::Instant::now();
+    let conn = pool.acquire().await;
+    ::metrics::histogram!(crate::metrics::names::DB_POOL_ACQUIRE).record(started.elapsed());
+    conn
+}
+
 /// Connect a pool. Fails with a message that names the URL (password hidden) and what to do.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = settings

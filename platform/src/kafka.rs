@@ -6,6 +6,11 @@
 //! group's offsets read or set from outside it ([`group_offsets_client`]), the log's ends and
 //! metadata ([`probe`]), and topic administration ([`admin`]). All start from
 //! [`client_config`], which carries the security settings.
+//!
+//! The long-running shapes (group members, producers, the log-following reader) carry a
+//! context from [`crate::kafka_stats`]: in a process with a metrics recorder they ask librdkafka
+//! for statistics and turn them into gauges, and a member reports whether it holds its
+//! assignment (readiness).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,12 +19,26 @@ use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaSettings;
+use crate::kafka_stats::{Member, Stats, STATISTICS_INTERVAL_MS};
+
+/// Every producer of orderflow: a `FutureProducer` whose context turns librdkafka's
+/// statistics into gauges.
+pub type Producer = FutureProducer<Stats>;
+
+/// Ask librdkafka for statistics every few seconds, but only where a metrics recorder takes
+/// them (the admin listener is on): one-shot commands and processes with `admin.listen = off`
+/// pay nothing for them.
+fn ask_for_statistics(config: &mut ClientConfig) {
+    if crate::metrics::installed() {
+        config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
+    }
+}
 
 /// The base of every Kafka client: where the brokers are and how to talk to them securely
 /// (`kafka.security_protocol`, SASL, TLS). Producers, consumers, admin and metadata clients all
@@ -93,6 +112,7 @@ pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
         // Java or Python producer that writes an order's first event lands on the same
         // partition as our replies.
         .set("partitioner", "murmur2_random");
+    ask_for_statistics(&mut config);
     config
 }
 
@@ -127,13 +147,27 @@ pub fn consumer_config(kafka: &KafkaSettings, group_id: &str, client_id: &str) -
         // records, and the next fetch overlaps with applying it either way.
         .set("queued.min.messages", "20000")
         .set("queued.max.messages.kbytes", "8192");
+    ask_for_statistics(&mut config);
     config
 }
 
+/// A member of consumer group `group` with [`consumer_config`]'s settings, subscribed to
+/// nothing yet. Its context reports statistics and whether it holds its assignment
+/// ([`crate::kafka_stats::Member`]).
+pub fn group_member(
+    kafka: &KafkaSettings,
+    group: &str,
+    client_id: &str,
+) -> anyhow::Result<StreamConsumer<Member>> {
+    consumer_config(kafka, group, client_id)
+        .create_with_context(Member::new(client_id))
+        .with_context(|| format!("creating consumer for group {group}"))
+}
+
 /// A producer with [`producer_config`]'s settings.
-pub fn producer(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<FutureProducer> {
+pub fn producer(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<Producer> {
     producer_config(kafka, client_id)
-        .create()
+        .create_with_context(Stats::producer(client_id))
         .with_context(|| format!("creating Kafka producer for {}", kafka.brokers))
 }
 
@@ -210,13 +244,16 @@ fn reader_config(kafka: &KafkaSettings, role: &str) -> ClientConfig {
 }
 
 /// A group-less reader (settings in `reader_config`) with librdkafka's fetch sizes: for a
-/// reader that follows the log, such as the archiver.
+/// reader that follows the log, such as the archiver. Reports statistics like the members do.
 pub fn reader<T>(kafka: &KafkaSettings, role: &str) -> anyhow::Result<T>
 where
     T: FromClientConfigAndContext<EndAware>,
 {
-    reader_config(kafka, role)
-        .create_with_context(EndAware)
+    let mut config = reader_config(kafka, role);
+    ask_for_statistics(&mut config);
+    let stats = Stats::consumer(&format!("orderflow-{role}"));
+    config
+        .create_with_context(EndAware { stats: Some(stats) })
         .with_context(|| format!("creating the {role} reader for {}", kafka.brokers))
 }
 
@@ -234,16 +271,25 @@ where
         // Keep up to 200,000 records prefetched (default 100,000), so the fold rarely waits
         // for a fetch; a bulk read is one reader in its process.
         .set("queued.min.messages", "200000")
-        .create_with_context(EndAware)
+        .create_with_context(EndAware::default())
         .with_context(|| format!("creating the {role} reader for {}", kafka.brokers))
 }
 
 /// Client context of the group-less readers, which ask for end-of-partition events: the end
-/// of a partition is news for them, not an error, so it is not logged as one.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EndAware;
+/// of a partition is news for them, not an error, so it is not logged as one. A reader that
+/// follows the log ([`reader`]) also reports statistics.
+#[derive(Debug, Default, Clone)]
+pub struct EndAware {
+    stats: Option<Stats>,
+}
 
 impl ClientContext for EndAware {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(stats) = &self.stats {
+            stats.record(statistics);
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         let end = matches!(
             error,

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::kafka::Producer;
 
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,11 +112,7 @@ pub async fn insert(
 /// Send `rows` in order, wait for every acknowledgement, then mark them published. The
 /// idempotent producer keeps their order per partition; an error leaves the rows unpublished
 /// for the relay.
-pub async fn publish(
-    pool: &PgPool,
-    producer: &FutureProducer,
-    rows: &[OutboxRow],
-) -> anyhow::Result<()> {
+pub async fn publish(pool: &PgPool, producer: &Producer, rows: &[OutboxRow]) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -215,7 +213,7 @@ type StoredRow = (
 /// crashed between its commit and its publish). Returns how many were published.
 pub async fn relay(
     pool: &PgPool,
-    producer: &FutureProducer,
+    producer: &Producer,
     step: &str,
     older_than: Duration,
 ) -> anyhow::Result<usize> {

@@ -8,13 +8,13 @@ use chrono::Utc;
 use events::Event;
 use platform::config::KafkaSettings;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer as _};
 
 /// How many sends are in flight before the publisher waits for acknowledgements.
 const IN_FLIGHT_MAX: usize = 10_000;
 
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: platform::kafka::Producer,
     topic: String,
 }
 

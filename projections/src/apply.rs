@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::Utc;
-use events::Event;
+use chrono::{DateTime, Utc};
+use events::{Event, EventBody};
 use platform::deadletter::{self, DeadLetter, ErrorClass, FailedAttempt};
 use platform::outbox::OutboxRow;
 use rdkafka::message::OwnedMessage;
@@ -21,7 +21,7 @@ use rdkafka::Message;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::fold::{self, EventRow, Fold, LogPosition};
+use crate::fold::{self, EventRow, Fold, LogPosition, OrderRow};
 use crate::store::{self, Advance, Target};
 use crate::NAME;
 
@@ -31,6 +31,10 @@ pub struct ProjectionOutcome {
     pub applied: usize,
     pub duplicates: usize,
     pub rejected: usize,
+    /// Orders this batch ended: `completed` or `cancelled`, and the time from their
+    /// `OrderCreated` to the terminal event (both event times), for
+    /// `orderflow_order_terminal_seconds`. Empty for batches without a terminal event.
+    pub terminal: Vec<(&'static str, chrono::TimeDelta)>,
 }
 
 /// A batch of records with each one decoded: its event and timeline row, or why it does not
@@ -202,6 +206,7 @@ pub async fn apply(
     order_ids.sort_unstable();
     order_ids.dedup();
     let (orders, lines, steps) = store::load(tx, target, &order_ids).await?;
+    outcome.terminal = terminal_ages(&orders, &new_events);
     let mut folding = Fold::resume(orders, lines, steps);
     for (_, event) in &new_events {
         folding.apply(event);
@@ -210,6 +215,44 @@ pub async fn apply(
     store::advance(tx, target, &advances(batch, &pending, &new_events)).await?;
     store::plan_key_lookups(tx, false).await?;
     Ok((outcome, dead))
+}
+
+/// The orders `events` end (their first `OrderCompleted` or `OrderCancelled`, for orders not
+/// already terminal in `stored`), with the time from their creation to that event.
+fn terminal_ages(
+    stored: &[OrderRow],
+    events: &[(usize, &Event)],
+) -> Vec<(&'static str, chrono::TimeDelta)> {
+    let ends = |e: &Event| match e.body {
+        EventBody::OrderCompleted(_) => Some("completed"),
+        EventBody::OrderCancelled(_) => Some("cancelled"),
+        _ => None,
+    };
+    if !events.iter().any(|(_, e)| ends(e).is_some()) {
+        return Vec::new();
+    }
+    let mut created: HashMap<&str, Option<DateTime<Utc>>> = stored
+        .iter()
+        .map(|o| {
+            let open = o.completed_at.is_none() && o.cancelled_at.is_none();
+            (o.order_id.as_str(), open.then_some(o.created_at))
+        })
+        .collect();
+    let mut ages = Vec::new();
+    for (_, event) in events {
+        let order_id = event.meta.order_id.as_str();
+        if matches!(event.body, EventBody::OrderCreated(_)) {
+            created
+                .entry(order_id)
+                .or_insert(Some(event.meta.occurred_at));
+        } else if let Some(outcome) = ends(event) {
+            // Taken once: a second terminal event of the order changes nothing.
+            if let Some(Some(at)) = created.insert(order_id, None) {
+                ages.push((outcome, event.meta.occurred_at - at));
+            }
+        }
+    }
+    ages
 }
 
 /// Per partition of the `pending` records: the next offset, the latest event time and how many

@@ -1,6 +1,7 @@
 //! Offsets kept in Postgres (the live generation's `positions`, written with the rows), read on
 //! partition assignment.
 
+use platform::kafka_stats::Member;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
@@ -14,19 +15,28 @@ use crate::store;
 /// position, or at the beginning when none is stored.
 ///
 /// The consumer uses eager rebalancing (see `platform::kafka::consumer_config`), so an
-/// assignment is always a whole new set.
+/// assignment is always a whole new set. Like every group member's context it also reports
+/// librdkafka's statistics and whether the member holds its assignment (`member`).
 pub struct DbOffsets {
     pool: PgPool,
     consumer: String,
     runtime: tokio::runtime::Handle,
+    pub member: Member,
 }
 
 impl DbOffsets {
-    pub fn new(pool: PgPool, consumer: String, runtime: tokio::runtime::Handle) -> Self {
+    /// `client_id` names the client in the statistics' gauges.
+    pub fn new(
+        pool: PgPool,
+        consumer: String,
+        client_id: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         DbOffsets {
             pool,
             consumer,
             runtime,
+            member: Member::new(client_id),
         }
     }
 
@@ -92,7 +102,11 @@ impl DbOffsets {
     }
 }
 
-impl ClientContext for DbOffsets {}
+impl ClientContext for DbOffsets {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.member.stats.record(statistics);
+    }
+}
 
 impl ConsumerContext for DbOffsets {
     fn rebalance(
@@ -102,9 +116,17 @@ impl ConsumerContext for DbOffsets {
         tpl: &mut TopicPartitionList,
     ) {
         let result = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => consumer.unassign(),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = self.assign(consumer, tpl);
+                self.member.assignment.set(assigned.is_ok());
+                assigned
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.member.assignment.set(false);
+                consumer.unassign()
+            }
             other => {
+                self.member.assignment.set(false);
                 tracing::error!(consumer = %self.consumer, error = ?other, "rebalance error; dropping the assignment");
                 consumer.unassign()
             }

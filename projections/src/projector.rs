@@ -7,16 +7,24 @@
 //! projector is behind (the previous batch came back full), so a cold start catches up in
 //! fewer, larger transactions. A batch is written by up to [`WRITERS`] transactions at once,
 //! each with whole partitions and their positions, so Postgres works on more than one core.
+//!
+//! Measured as the component `projector` ([`ComponentMetrics`]): records consumed by the
+//! reader, batch sizes, each part's apply and commit, the batch from its poll to the offset
+//! commit, and `orderflow_order_terminal_seconds` for every order a committed batch ended
+//! (event times: its `OrderCreated` to its terminal event).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
+use metrics::Histogram;
 use platform::config::{ConsumerSettings, KafkaSettings};
+use platform::kafka_stats::Assignment;
+use platform::metrics::names::ORDER_TERMINAL;
+use platform::metrics::{ComponentMetrics, FailureKind};
 use platform::outbox::OutboxRow;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,11 +53,18 @@ pub struct Projector {
     pool: PgPool,
     consumer: StreamConsumer<DbOffsets>,
     /// Sends dead letters only; projections produce nothing else.
-    producer: FutureProducer,
+    producer: platform::kafka::Producer,
     group: String,
     topic: String,
     batching: ConsumerSettings,
+    metrics: ComponentMetrics,
+    completed: Histogram,
+    cancelled: Histogram,
 }
+
+/// The `component` label of the projector's metrics (its group and `--only` name is
+/// `projections`).
+pub const METRICS_COMPONENT: &str = "projector";
 
 impl Projector {
     /// Join the projections' consumer group on the order log (`kafka`); batches and retry
@@ -65,6 +80,7 @@ impl Projector {
         let context = DbOffsets::new(
             pool.clone(),
             NAME.to_string(),
+            &client_id,
             tokio::runtime::Handle::current(),
         );
         let consumer: StreamConsumer<DbOffsets> =
@@ -82,12 +98,22 @@ impl Projector {
             group,
             topic: kafka.topic.clone(),
             batching: batching.clone(),
+            metrics: ComponentMetrics::new(METRICS_COMPONENT),
+            completed: metrics::histogram!(ORDER_TERMINAL, "outcome" => "completed"),
+            cancelled: metrics::histogram!(ORDER_TERMINAL, "outcome" => "cancelled"),
         })
+    }
+
+    /// Whether the group has given the projector its partitions (readiness).
+    pub fn assignment(&self) -> Assignment {
+        self.consumer.context().member.assignment.clone()
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(topic = %self.topic, "projector started");
-        platform::outbox::relay(&self.pool, &self.producer, NAME, Duration::ZERO).await?;
+        let relayed =
+            platform::outbox::relay(&self.pool, &self.producer, NAME, Duration::ZERO).await?;
+        self.metrics.published.increment(relayed as u64);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.batching.retry_delay_ms_min))
             .with_max_delay(Duration::from_millis(self.batching.retry_delay_ms_max))
@@ -104,21 +130,31 @@ impl Projector {
             self.batching.clone(),
             reading.clone(),
             ready,
+            self.metrics.clone(),
         ));
         // `None` once the reader stopped: on shutdown, or because it failed.
-        while let Some(batch) = batches.recv().await {
+        while let Some((polled, batch)) = batches.recv().await {
             let records = batch.len();
             let next_offsets = platform::kafka::next_offsets(batch.messages());
             let parts = batch.split(WRITERS);
             let applied = parts.iter().map(|part| async {
-                let attempt = || apply_batch(&self.pool, &self.group, part);
+                let attempt = || apply_measured(&self.pool, &self.group, part, &self.metrics);
                 attempt
                     .retry(backoff)
-                    .when(|error: &anyhow::Error| {
-                        is_retryable(error) && !shutdown.is_cancelled()
+                    .when(|error: &anyhow::Error| is_retryable(error) && !shutdown.is_cancelled())
+                    .notify(|error, delay| {
+                        self.metrics.failure(FailureKind::Unavailable).increment(1);
+                        tracing::warn!(%error, ?delay, "projection batch failed; retrying")
                     })
-                    .notify(|error, delay| tracing::warn!(%error, ?delay, "projection batch failed; retrying"))
                     .await
+                    .inspect_err(|error| {
+                        let kind = if is_retryable(error) {
+                            FailureKind::Unavailable
+                        } else {
+                            FailureKind::Permanent
+                        };
+                        self.metrics.failure(kind).increment(1);
+                    })
             });
             let mut dead = Vec::new();
             for (outcome, dead_letters) in futures::future::try_join_all(applied)
@@ -126,6 +162,7 @@ impl Projector {
                 .context("projection cannot apply a batch")?
             {
                 tracing::debug!(?outcome, records, "projection batch applied");
+                record(&self.metrics, [&self.completed, &self.cancelled], &outcome);
                 dead.extend(dead_letters);
             }
             let publish = || platform::outbox::publish(&self.pool, &self.producer, &dead);
@@ -134,8 +171,12 @@ impl Projector {
                 .notify(|error, delay| tracing::warn!(%error, ?delay, "publishing dead letters failed; retrying"))
                 .await
                 .context("publishing dead letters")?;
+            self.metrics.published.increment(dead.len() as u64);
             // A hint only: the stored offsets in Postgres are what assignment uses.
+            let committing = Instant::now();
             platform::kafka::commit_offsets(&consumer, &next_offsets);
+            self.metrics.commit_offsets.record(committing.elapsed());
+            self.metrics.batch_duration.record(polled.elapsed());
             if shutdown.is_cancelled() {
                 break;
             }
@@ -149,12 +190,32 @@ impl Projector {
     }
 }
 
+/// A committed part's counts, and the orders it ended into `terminal` (completed, cancelled).
+fn record(metrics: &ComponentMetrics, terminal: [&Histogram; 2], outcome: &ProjectionOutcome) {
+    metrics.applied.increment(outcome.applied as u64);
+    metrics.duplicate.increment(outcome.duplicates as u64);
+    metrics.dead_lettered.increment(outcome.rejected as u64);
+    // A projection rejects only records that do not decode.
+    metrics
+        .failure(FailureKind::Poison)
+        .increment(outcome.rejected as u64);
+    let [completed, cancelled] = terminal;
+    for (ended, age) in &outcome.terminal {
+        let seconds = age.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        match *ended {
+            "cancelled" => cancelled.record(seconds),
+            _ => completed.record(seconds),
+        }
+    }
+}
+
 /// Poll and decode batches until `reading` is cancelled or the writer is gone.
 async fn read(
     consumer: Arc<StreamConsumer<DbOffsets>>,
     batching: ConsumerSettings,
     reading: CancellationToken,
-    ready: mpsc::Sender<Decoded>,
+    ready: mpsc::Sender<(Instant, Decoded)>,
+    metrics: ComponentMetrics,
 ) -> anyhow::Result<()> {
     let max_wait = Duration::from_millis(batching.batch_max_wait_ms);
     let live_max = batching.batch_max_events.max(1);
@@ -166,6 +227,9 @@ async fn read(
             max = live_max;
             continue;
         }
+        let polled = Instant::now();
+        metrics.consumed.increment(messages.len() as u64);
+        metrics.batch_records.record(messages.len() as f64);
         max = if messages.len() >= max {
             catch_up_max
         } else {
@@ -175,7 +239,7 @@ async fn read(
         let batch = tokio::task::spawn_blocking(move || Decoded::decode(messages))
             .await
             .context("decoding a batch panicked")?;
-        if ready.send(batch).await.is_err() {
+        if ready.send((polled, batch)).await.is_err() {
             break;
         }
     }
@@ -187,6 +251,24 @@ fn is_retryable(error: &anyhow::Error) -> bool {
         .chain()
         .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
         .is_some_and(platform::db::is_retryable)
+}
+
+/// [`apply_batch`], its apply and its commit timed into `metrics`.
+async fn apply_measured(
+    pool: &PgPool,
+    group: &str,
+    batch: &Decoded,
+    metrics: &ComponentMetrics,
+) -> anyhow::Result<(ProjectionOutcome, Vec<OutboxRow>)> {
+    let mut tx = platform::db::begin(pool).await?;
+    let started = Instant::now();
+    let live = generations::live(&mut tx, true).await?;
+    let result = apply::apply(&mut tx, &live.target()?, batch, Some(group)).await?;
+    metrics.handler_duration.record(started.elapsed());
+    let committing = Instant::now();
+    tx.commit().await?;
+    metrics.commit_database.record(committing.elapsed());
+    Ok(result)
 }
 
 /// Apply one batch to the live generation: the live row is share-locked for the transaction,

@@ -36,6 +36,11 @@ impl Target {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
         }
+        // The child's admin listener takes a free port unless told otherwise: a pipeline
+        // already running on this host holds the default one.
+        if std::env::var_os("ORDERFLOW_ADMIN__LISTEN").is_none() {
+            command.env("ORDERFLOW_ADMIN__LISTEN", "127.0.0.1:0");
+        }
         command
     }
 

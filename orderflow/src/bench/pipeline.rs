@@ -25,7 +25,7 @@ use rand::SeedableRng;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -121,7 +121,7 @@ pub fn parse_order_id(prefix: &str, id: &str) -> Option<(usize, usize)> {
 
 /// Sends the run's orders: `demo::generate`'s mix, one seeded generator for the whole run.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: platform::kafka::Producer,
     topic: String,
     prefix: String,
     rng: StdRng,

@@ -215,6 +215,7 @@ async fn sigkilled_archiver_processes_leave_no_gap_or_duplicate() {
             .env("ORDERFLOW_ARCHIVE__DIR", &dir)
             .env("ORDERFLOW_ARCHIVE__SEGMENT_MAX_RECORDS", "1")
             .env("ORDERFLOW_ARCHIVE__FLUSH_INTERVAL_MS", "0")
+            .env("ORDERFLOW_ADMIN__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .spawn()

@@ -24,6 +24,8 @@ pub fn orderflow(env: &TestEnv) -> Command {
             &env.settings.kafka.group_prefix,
         )
         .env("ORDERFLOW_DATABASE__URL", &env.settings.database.url)
+        // Tests run side by side: each process's admin listener takes a free port.
+        .env("ORDERFLOW_ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn");
     command
 }
