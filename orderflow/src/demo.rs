@@ -2,7 +2,8 @@
 //! every one is terminal in the read model, and summarise from the read models.
 //!
 //! Orders go out at once, or at a bounded rate (`--rate`, orders per second) so that the
-//! pipeline is measured, and faults are injected, under a steady flow rather than one burst.
+//! pipeline is measured, and faults are injected, under a steady flow rather than one burst. A
+//! paced order is stamped (`occurred_at`) when it is published, so event times show latency.
 //!
 //! The mix (deterministic for a seed): about 80 % succeed; about 7 % ask for a sku with no
 //! stock (`out_of_stock`), 7 % exceed the payment limit (`payment_declined`) and 6 % ship to a
@@ -140,7 +141,7 @@ pub async fn run(
         .context("seeding demo stock")?;
     let mut rng = StdRng::seed_from_u64(options.seed);
     let now = Utc::now();
-    let events: Vec<Event> = (0..options.orders)
+    let mut events: Vec<Event> = (0..options.orders)
         .map(|i| generate(&run_id, i, &mut rng).0.into_event(now))
         .collect::<Result<_, _>>()
         .context("a generated demo order is invalid (a bug in the generator)")?;
@@ -158,6 +159,13 @@ pub async fn run(
             while published < events.len() {
                 let due = due_by(rate, started.elapsed()).min(events.len());
                 if due > published {
+                    // Stamped when they go out, not when generated: an order's latency (and
+                    // the terminal-latency histogram built from event times) starts at its
+                    // publish, as it would for an upstream system's order.
+                    let now = Utc::now();
+                    for event in &mut events[published..due] {
+                        event.meta.occurred_at = now;
+                    }
                     publish_all(&publisher, &events[published..due], published).await?;
                     published = due;
                 } else {
