@@ -217,3 +217,50 @@ async fn an_unreachable_database_or_broker_is_exit_2_and_named() {
     assert!(stderr.contains("Kafka broker at 127.0.0.1:1"), "{stderr}");
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cannot_be_read_leaves_its_gauges_unknown_not_stale() {
+    let env = TestEnv::new().await;
+    platform::metrics::recorder();
+    let mut collector = Collector::new(&env.settings, env.pool.clone(), &[Component::Shipping]);
+    assert!(collector.collect().await.is_some(), "first read");
+    let group = env.settings.group_id("shipping");
+    let lag = |text: &str| {
+        series_value(
+            text,
+            "orderflow_consumer_lag_records",
+            &[&format!("group=\"{group}\""), "partition=\"0\""],
+        )
+    };
+    assert_eq!(lag(&platform::metrics::render()).as_deref(), Some("0"));
+
+    // Postgres goes away for this collector: the facts it gave, and the lag that needs them
+    // together with the broker's, become unknown instead of keeping their last value.
+    env.pool.close().await;
+    let started = std::time::Instant::now();
+    let (mut dead, mut lag_now) = (None, None);
+    while started.elapsed() < WAIT {
+        assert!(
+            collector.collect().await.is_none(),
+            "a read without Postgres"
+        );
+        let text = platform::metrics::render();
+        dead = series_value(
+            &text,
+            "orderflow_dead_letters_open",
+            &["component=\"shipping\""],
+        );
+        lag_now = lag(&text);
+        // Other tests of this process may set the shipping series from their own database.
+        if dead.as_deref() == Some("NaN") {
+            break;
+        }
+    }
+    assert_eq!(dead.as_deref(), Some("NaN"), "orderflow_dead_letters_open");
+    assert_eq!(
+        lag_now.as_deref(),
+        Some("NaN"),
+        "orderflow_consumer_lag_records"
+    );
+    env.finish().await;
+}
