@@ -10,6 +10,7 @@ pub mod demo;
 pub mod dlq;
 pub mod replay;
 pub mod restore;
+pub mod serve;
 pub mod settings;
 pub mod state;
 pub mod status;

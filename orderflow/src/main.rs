@@ -62,7 +62,15 @@ enum Command {
         /// Run only these components (repeatable); more processes join the same groups.
         #[arg(long, value_enum)]
         only: Vec<Component>,
+        /// Also serve the HTTP API (the [api] section, on api.listen), as `orderflow serve`.
+        #[arg(long)]
+        api: bool,
     },
+    /// Serve the HTTP API (the [api] section: api.listen, default 127.0.0.1:8080) until
+    /// SIGINT/SIGTERM, then answer the requests in flight and exit. Refuses to start without
+    /// authentication: until it exists, only api.insecure_dev_principal (development only)
+    /// lets it serve.
+    Serve,
     /// Manage inventory stock.
     Stock {
         #[command(subcommand)]
@@ -381,7 +389,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 event.meta.event_id, settings.kafka.topic
             );
         }
-        Command::Run { only } => {
+        Command::Serve => orderflow::serve::run(&settings).await?,
+        Command::Run { only, api } => {
             let chosen = if only.is_empty() {
                 let mut all = Component::ALL.to_vec();
                 if !settings.archive.dir.is_empty() {
@@ -404,7 +413,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let every = Duration::from_millis(settings.admin.collect_interval_ms);
                 orderflow::status::collector::spawn(&settings, &pool, &chosen, every, &shutdown);
             }
-            components::supervise(set, &shutdown).await?;
+            let api = if api {
+                Some(orderflow::serve::start(&settings, &pool, &shutdown).await?)
+            } else {
+                None
+            };
+            let supervised = components::supervise(set, &shutdown).await;
+            if let Some(api) = api {
+                shutdown.cancel();
+                api.await
+                    .map_err(|e| anyhow::anyhow!("the API task panicked: {e}"))??;
+            }
+            supervised?;
             drop(admin);
         }
         Command::Stock {

@@ -1,7 +1,8 @@
 //! `Settings`: the whole configuration file, composed of every component's own section. Each
 //! section's type lives with what it configures — `[kafka]`, `[database]` and `[consumer]` in
 //! `platform::config`, `[admin]` (the metrics and health listener) in `platform::admin`,
-//! `[payment]`, `[shipping]` and `[saga]` in their `consumers` steps, `[archive]` in `archive` —
+//! `[payment]`, `[shipping]` and `[saga]` in their `consumers` steps, `[archive]` in `archive`,
+//! `[api]` (the HTTP API) in `api` —
 //! and this crate, the one that knows every component, puts them together and hands each
 //! component only its own sections.
 //!
@@ -11,6 +12,7 @@
 
 use std::path::Path;
 
+use api::ApiSettings;
 use archive::ArchiveSettings;
 use consumers::payment::PaymentSettings;
 use consumers::saga::SagaSettings;
@@ -31,6 +33,7 @@ pub struct Settings {
     pub payment: PaymentSettings,
     pub shipping: ShippingSettings,
     pub saga: SagaSettings,
+    pub api: ApiSettings,
     pub archive: ArchiveSettings,
     pub admin: AdminSettings,
 }
@@ -68,12 +71,14 @@ mod tests {
                  [shipping]\nunserved_countries = [\"AQ\", \"KP\"]\n\
                  [saga]\npayment_timeout_ms = 60000\n\
                  [archive]\ndir = \"/var/lib/orderflow/archive\"\n\
+                 [api]\nlisten = \"0.0.0.0:8443\"\n\
                  [admin]\nlisten = \"0.0.0.0:9464\"\n",
             )?;
             jail.set_env("ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR", "123456");
             jail.set_env("ORDERFLOW_SHIPPING__CALLS__BREAKER_FAILURES", "9");
             jail.set_env("ORDERFLOW_SAGA__DEADLINE_CHECK_INTERVAL_MS", "0");
             jail.set_env("ORDERFLOW_CONSUMER__BATCH_MAX_EVENTS", "64");
+            jail.set_env("ORDERFLOW_API__INSECURE_DEV_PRINCIPAL", "service");
             let s = Settings::load(Some(Path::new("orderflow.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.kafka.topic, "from-file");
             assert_eq!(s.payment.decline_over_minor, 123_456, "env over file");
@@ -89,6 +94,9 @@ mod tests {
             assert_eq!(s.saga.deadline_check_interval_ms, 0);
             assert_eq!(s.consumer.batch_max_events, 64);
             assert_eq!(s.archive.dir, "/var/lib/orderflow/archive");
+            assert_eq!(s.api.listen, "0.0.0.0:8443");
+            assert_eq!(s.api.insecure_dev_principal.as_deref(), Some("service"));
+            assert_eq!(s.api.wait_max_secs, 10, "unset keys keep defaults");
             assert_eq!(s.admin.listen, "0.0.0.0:9464");
             assert_eq!(s.group_id("payment"), "orderflow.payment");
             Ok(())

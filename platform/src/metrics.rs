@@ -31,6 +31,8 @@ pub mod names {
     pub const BATCH_FAILURES: &str = "orderflow_batch_failures_total";
     pub const EVENTS_PUBLISHED: &str = "orderflow_events_published_total";
     pub const REDRIVES: &str = "orderflow_redrives_total";
+    pub const HTTP_REQUESTS: &str = "orderflow_http_requests_total";
+    pub const HTTP_ORDERS_ACCEPTED: &str = "orderflow_http_orders_accepted_total";
     // Histograms.
     pub const BATCH_RECORDS: &str = "orderflow_batch_records";
     pub const BATCH_DURATION: &str = "orderflow_batch_duration_seconds";
@@ -39,6 +41,7 @@ pub mod names {
     pub const PORT_CALL_DURATION: &str = "orderflow_port_call_duration_seconds";
     pub const ORDER_TERMINAL: &str = "orderflow_order_terminal_seconds";
     pub const DB_POOL_ACQUIRE: &str = "orderflow_db_pool_acquire_seconds";
+    pub const HTTP_REQUEST_DURATION: &str = "orderflow_http_request_duration_seconds";
     // Gauges computed from the database and the broker (`orderflow status` and the sampler).
     pub const CONSUMER_LAG: &str = "orderflow_consumer_lag_records";
     pub const OUTBOX_UNPUBLISHED: &str = "orderflow_outbox_unpublished_rows";
@@ -85,6 +88,10 @@ pub struct Metric {
     pub buckets: &'static [f64],
 }
 
+/// One HTTP request: a key lookup (sub-millisecond) to a `Prefer: wait` of ten seconds.
+const HTTP_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+];
 /// Upper bounds for durations of a batch, a handler, a commit: 1 ms to 30 s.
 const BATCH_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -203,6 +210,16 @@ pub const CATALOG: &[Metric] = &[
         &["component", "outcome"],
         "Dead letters redriven, by outcome.",
     ),
+    counter(
+        HTTP_REQUESTS,
+        &["route", "method", "status"],
+        "HTTP API requests answered, by route template (never a raw path), method and status.",
+    ),
+    counter(
+        HTTP_ORDERS_ACCEPTED,
+        &[],
+        "Orders newly accepted by POST /v1/orders (written to the outbox; repeats not counted).",
+    ),
     histogram(
         BATCH_RECORDS,
         Unit::Count,
@@ -251,6 +268,13 @@ pub const CATALOG: &[Metric] = &[
         &[],
         ACQUIRE_SECONDS,
         "Waiting for a connection from the Postgres pool.",
+    ),
+    histogram(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        &["route", "method"],
+        HTTP_SECONDS,
+        "One HTTP API request from its head read to its answer, by route template and method.",
     ),
     gauge(
         CONSUMER_LAG,

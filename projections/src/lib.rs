@@ -16,6 +16,7 @@ pub mod fold;
 pub mod generations;
 pub mod offsets;
 pub mod projector;
+pub mod query;
 pub mod rebuild;
 pub mod restore;
 pub mod store;

@@ -12,6 +12,7 @@ mod deadletters;
 mod delivery;
 mod faults;
 mod giveup;
+mod http;
 mod metrics;
 mod outcomes;
 mod parking;

@@ -1,0 +1,26 @@
+//! The HTTP API (issue 13): the front door for upstream systems, customers and operators.
+//!
+//! `POST /v1/orders` writes the order's `OrderCreated` to the outbox in the transaction that
+//! records its idempotency key ([`store`]); the relay ([`server`]) publishes it. Reads come from
+//! the read models through `projections::query`. Every error is problem+json ([`problem`]);
+//! every request gets a request id ([`request_id`]), a timeout, an access-log line and metrics
+//! ([`server`]). Who calls is a [`auth::Principal`] from a pluggable [`auth::Authenticator`];
+//! until real authentication exists only the dev-only principal can be configured, and
+//! [`start`] refuses to serve without it.
+//!
+//! This crate is the front door only: it never decides anything about an order (the steps
+//! do), never reads or writes step state, and never produces to Kafka except through the
+//! outbox.
+
+pub mod auth;
+pub mod document;
+pub mod ids;
+pub mod orders;
+pub mod problem;
+pub mod request_id;
+pub mod server;
+pub mod settings;
+pub mod store;
+
+pub use server::{app, openapi, start, Api, AppState};
+pub use settings::ApiSettings;

@@ -1,0 +1,280 @@
+//! The HTTP server: the router (routes, docs page, fallbacks), the hygiene every request goes
+//! through (request id, header limit, timeout, access log, metrics, panics as `500`), graceful
+//! shutdown, and the relay that publishes the API's outbox rows.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use platform::config::KafkaSettings;
+use platform::kafka::Producer;
+use platform::outbox::OutboxRow;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::{DevPrincipal, SharedAuthenticator};
+use crate::problem::ApiError;
+use crate::settings::ApiSettings;
+use crate::{orders, request_id, store};
+
+/// Total size of a request's header names and values accepted (more: `431`).
+pub const HEADERS_MAX_BYTES: usize = 16 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<ApiSettings>,
+    /// The order log the commands go to.
+    pub topic: Arc<str>,
+    pub authenticator: SharedAuthenticator,
+    /// Publishes a request's outbox rows right after its commit (the relay catches up on
+    /// whatever this misses).
+    pub producer: Option<Arc<Producer>>,
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Publish `rows` in the background; a failure leaves them for the relay.
+    pub fn publish_soon(&self, rows: Vec<OutboxRow>) {
+        let (Some(producer), false) = (self.producer.clone(), rows.is_empty()) else {
+            return;
+        };
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = platform::outbox::publish(&pool, &producer, &rows).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "publishing accepted commands failed; the relay retries"
+                );
+            }
+        });
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "orderflow API",
+        description = "The HTTP front door of orderflow: submit orders, follow them, cancel them. \
+                       Every error is application/problem+json (RFC 9457) with a stable `type`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags((name = "orders", description = "Orders: submit, read, list, timeline, cancel")),
+)]
+struct ApiDoc;
+
+/// The routes and the OpenAPI document generated from them.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(orders::create, orders::list))
+        .routes(routes!(orders::get_one))
+        .routes(routes!(orders::events))
+        .routes(routes!(orders::cancel))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document of the API, as served at `/openapi.json` (and committed as
+/// `docs/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The whole application for `state`: routes, `/openapi.json`, the docs page at `/docs`,
+/// problem+json fallbacks, and the hygiene layers.
+pub fn app(state: AppState) -> Router {
+    let (router, spec) = routes();
+    let timeout = state.settings.request_timeout();
+    router
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .fallback(|| async { ApiError::NotFound("no such resource; see /openapi.json".into()) })
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
+        }))
+        .layer(axum::middleware::from_fn_with_state(timeout, hygiene))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::HeaderName::from_static("x-api-key"),
+        ]))
+}
+
+/// Request id, header limit, timeout, access log and metrics around every request.
+async fn hygiene(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id::accept_or_generate(
+        request
+            .headers()
+            .get(request_id::HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    // The template the request matched, never its raw path (bounded label values).
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = method_label(request.method());
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    let mut response = request_id::scope(id.clone(), async move {
+        if header_bytes > HEADERS_MAX_BYTES {
+            return ApiError::HeadersTooLarge.into_response();
+        }
+        match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::Unavailable(format!(
+                "the request took longer than {} ms; retry",
+                timeout.as_millis()
+            ))
+            .into_response(),
+        }
+    })
+    .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::counter!(platform::metrics::names::HTTP_REQUESTS,
+        "route" => route.clone(), "method" => method, "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!(platform::metrics::names::HTTP_REQUEST_DURATION,
+        "route" => route.clone(), "method" => method)
+    .record(elapsed.as_secs_f64());
+    // No header is logged: credentials never reach the log.
+    tracing::info!(
+        target: "orderflow::access",
+        request_id = %id,
+        method,
+        route = %route,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A running API: its address, and the tasks to wait for.
+pub struct Api {
+    pub address: SocketAddr,
+    server: JoinHandle<anyhow::Result<()>>,
+    relay: JoinHandle<()>,
+}
+
+impl Api {
+    /// Wait until the server stopped (after the shutdown token is cancelled and in-flight
+    /// requests are answered) and the relay with it.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("the API server task panicked")?;
+        self.relay.await.context("the API relay task panicked")?;
+        served
+    }
+}
+
+/// Start the API: check `settings` (no authentication configured is an error), bind, serve
+/// until `shutdown` is cancelled (then stop accepting and drain in-flight requests), and relay
+/// the API's outbox rows to `kafka` every `api.relay_interval_ms`. Returns once listening.
+pub async fn start(
+    settings: &ApiSettings,
+    kafka: &KafkaSettings,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Api> {
+    settings.check()?;
+    let role = settings.dev_role()?;
+    tracing::warn!(
+        role = role.name(),
+        "UNAUTHENTICATED: api.insecure_dev_principal is set; every request is served as this role \
+         without authentication. For development only"
+    );
+    let address = settings.address()?;
+    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
+        format!("api.listen = {address}: cannot listen there (in use? set another address, or port 0, in [api] or ORDERFLOW_API__LISTEN)")
+    })?;
+    let address = listener
+        .local_addr()
+        .context("reading the API's bound address")?;
+    let producer = Arc::new(platform::kafka::producer(kafka, "orderflow-api")?);
+    let state = AppState {
+        pool: pool.clone(),
+        settings: Arc::new(settings.clone()),
+        topic: Arc::from(kafka.topic.as_str()),
+        authenticator: Arc::new(DevPrincipal::new(role)),
+        producer: Some(producer.clone()),
+        shutdown: shutdown.clone(),
+    };
+    let app = app(state);
+    tracing::info!(%address, "HTTP API listening");
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .context("serving the HTTP API")
+    });
+    let every = Duration::from_millis(settings.relay_interval_ms);
+    let relay = tokio::spawn(relay(pool, producer, every, shutdown));
+    Ok(Api {
+        address,
+        server,
+        relay,
+    })
+}
+
+/// Publish the API's outbox rows that the request that wrote them did not (the broker was
+/// down, the process stopped), every `every`, until `shutdown`.
+async fn relay(
+    pool: PgPool,
+    producer: Arc<Producer>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let relayed = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = platform::outbox::relay(&pool, &producer, store::OUTBOX_STEP, every) => r,
+        };
+        if let Err(e) = relayed {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "relaying the API's outbox rows failed; retrying"
+            );
+        }
+    }
+}

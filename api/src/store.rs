@@ -1,0 +1,134 @@
+//! The API's own table, `api.idempotency` (migration `20261129000002_api_idempotency.sql`):
+//! written only by [`accept`], in the transaction that puts the order's `OrderCreated` into
+//! the outbox, and read back for repeats and for orders the read models do not have yet.
+
+use chrono::{DateTime, Utc};
+use platform::outbox::{OutboxRecord, OutboxRow};
+use sqlx::{PgConnection, PgPool};
+
+/// The outbox step of the API's rows; the API's relay publishes them.
+pub const OUTBOX_STEP: &str = "api";
+
+/// An accepted order as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub order_id: String,
+    pub request_hash: Vec<u8>,
+    pub request: serde_json::Value,
+    pub customer_id: String,
+    pub status: u16,
+    pub response: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What [`accept`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Newly accepted: the record and the outbox rows are committed.
+    New(Accepted, Vec<OutboxRow>),
+    /// The order id was accepted before; the stored record (compare its hash).
+    Existing(Accepted),
+}
+
+/// The record of a new order to write with its command.
+pub struct NewRecord<'a> {
+    pub order_id: &'a str,
+    pub principal: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: &'a [u8],
+    pub request: &'a serde_json::Value,
+    pub customer_id: &'a str,
+    pub status: u16,
+    pub response: &'a serde_json::Value,
+}
+
+/// In one transaction: the idempotency record and `command` into the outbox; or, when the
+/// order id is already recorded, the stored record and nothing written. A concurrent request
+/// for the same id waits on the primary key and then sees the first one's record.
+pub async fn accept(
+    pool: &PgPool,
+    record: NewRecord<'_>,
+    command: OutboxRecord,
+) -> Result<Outcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "INSERT INTO api.idempotency
+             (order_id, principal, idempotency_key, request_hash, request, customer_id, status, response)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (order_id) DO NOTHING
+         RETURNING created_at",
+    )
+    .bind(record.order_id)
+    .bind(record.principal)
+    .bind(record.idempotency_key)
+    .bind(record.request_hash)
+    .bind(record.request)
+    .bind(record.customer_id)
+    .bind(record.status as i16)
+    .bind(record.response)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(created_at) = inserted else {
+        tx.rollback().await?;
+        let existing = find(&mut *pool.acquire().await?, record.order_id).await?;
+        // The row exists (the insert conflicted on it) and rows are never deleted.
+        return existing
+            .map(Outcome::Existing)
+            .ok_or(sqlx::Error::RowNotFound);
+    };
+    let rows = platform::outbox::insert(&mut tx, OUTBOX_STEP, vec![command]).await?;
+    tx.commit().await?;
+    Ok(Outcome::New(
+        Accepted {
+            order_id: record.order_id.to_string(),
+            request_hash: record.request_hash.to_vec(),
+            request: record.request.clone(),
+            customer_id: record.customer_id.to_string(),
+            status: record.status,
+            response: record.response.clone(),
+            created_at,
+        },
+        rows,
+    ))
+}
+
+/// The record of `order_id`, if it was accepted through the API.
+pub async fn find(
+    conn: &mut PgConnection,
+    order_id: &str,
+) -> Result<Option<Accepted>, sqlx::Error> {
+    let row: Option<(
+        String,
+        Vec<u8>,
+        serde_json::Value,
+        String,
+        i16,
+        serde_json::Value,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
+        "SELECT order_id, request_hash, request, customer_id, status, response, created_at
+         FROM api.idempotency WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(
+        |(order_id, request_hash, request, customer_id, status, response, created_at)| Accepted {
+            order_id,
+            request_hash,
+            request,
+            customer_id,
+            status: status as u16,
+            response,
+            created_at,
+        },
+    ))
+}
+
+/// Write `command` (a cancellation request) to the outbox in a transaction of its own.
+pub async fn enqueue(pool: &PgPool, command: OutboxRecord) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = platform::outbox::insert(&mut tx, OUTBOX_STEP, vec![command]).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
