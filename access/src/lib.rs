@@ -14,6 +14,7 @@
 //! asks it who a request is and whether it may go on, and turns its answers into responses.
 //! It never logs a token, a key or a pepper.
 
+pub mod api_keys;
 pub mod jwt;
 pub mod principal;
 pub mod secret;
