@@ -474,6 +474,25 @@ pub async fn attempt_batch(
         keep
     });
     let events: Vec<&Event> = to_handle.iter().map(|(_, event)| *event).collect();
+    // With traces exported: a span per handled event, continuing the trace its record carries
+    // (linked to the batch, the current span); its context goes with the event's replies.
+    let spans: Vec<tracing::Span> = if platform::trace::enabled() {
+        let batch = tracing::Span::current();
+        to_handle
+            .iter()
+            .map(|(message, event)| {
+                let facts = platform::trace::RecordFacts {
+                    order_id: &event.meta.order_id,
+                    event_type: event.event_type().as_str(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                };
+                platform::trace::consumer_span(name, name, facts, message.headers(), &batch)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let bodies = step.apply(tx, &events).await.map_err(|error| match error {
         ApplyError::Events(failures) => BatchError::Records(
             failures
@@ -488,8 +507,10 @@ pub async fn attempt_batch(
         ApplyError::State(other) => BatchError::Batch(anyhow::Error::new(other)),
     })?;
     let now = Utc::now();
-    for (event, bodies) in events.iter().zip(bodies) {
+    let mut traces = Vec::new();
+    for (index, (event, bodies)) in events.iter().zip(bodies).enumerate() {
         outcome.applied += 1;
+        let trace = spans.get(index).and_then(platform::trace::Carrier::of);
         for (i, body) in bodies.into_iter().enumerate() {
             let reply_id = events::reply_event_id(event.meta.event_id, &format!("{name}/{i}"));
             let reply = Event::caused_by(event, reply_id, now, body);
@@ -511,9 +532,10 @@ pub async fn attempt_batch(
                     ("event_id".into(), reply_id.to_string()),
                 ],
             });
+            traces.push(trace.clone());
         }
     }
-    let mut rows = outbox::insert(tx, name, to_outbox).await?;
+    let mut rows = outbox::insert_traced(tx, name, to_outbox, traces).await?;
     outcome.replies = rows.len();
     rows.extend(dead_rows);
     rows.sort_by_key(|r| r.id);

@@ -18,8 +18,10 @@ use platform::kafka_stats::{Assignment, Member};
 use platform::metrics::ComponentMetrics;
 use platform::outbox::{self, OutboxRow};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::engine::{apply_with_retry, identity, unbounded_backoff, Identity};
 use crate::Step;
@@ -112,6 +114,13 @@ impl StepRunner {
                 let started = Instant::now();
                 self.metrics.consumed.increment(batch.len() as u64);
                 self.metrics.batch_records.record(batch.len() as f64);
+                // With traces exported, the batch's span (linked to its records' contexts);
+                // each handled record's span is opened by the engine under it.
+                let span = platform::trace::batch_span(
+                    name,
+                    batch.len(),
+                    batch.iter().map(|m| m.headers()),
+                );
                 let (outcome, rows) = apply_with_retry(
                     self.step.as_ref(),
                     &self.identity,
@@ -121,6 +130,7 @@ impl StepRunner {
                     &shutdown,
                     &self.metrics,
                 )
+                .instrument(span.clone())
                 .await?;
                 outcome.record(&self.metrics);
                 tracing::debug!(step = name, ?outcome, "batch applied");
@@ -133,6 +143,7 @@ impl StepRunner {
                 publish
                     .retry(unbounded_backoff(policy))
                     .notify(|error, delay| tracing::warn!(step = name, %error, ?delay, "publishing failed; retrying"))
+                    .instrument(span)
                     .await
                     .context("publishing replies")?;
                 self.metrics.published.increment(rows.len() as u64);

@@ -329,7 +329,6 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     };
-    platform::telemetry::init();
     // Multi-threaded: the projector's assignment callback blocks a worker briefly.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -341,13 +340,54 @@ fn main() -> ExitCode {
             return setup_failure;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    // Spans are exported from the runtime, so it exists first.
+    let started = {
+        let _inside = runtime.enter();
+        start_telemetry(&cli)
+    };
+    let traces = match started {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: invalid configuration: {error}");
+            return setup_failure;
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             setup_failure
         }
+    };
+    // The components have stopped; the last spans go out while the runtime still runs.
+    if let Some(traces) = traces {
+        traces.shutdown();
     }
+    code
+}
+
+/// Logging, and trace export when the `[tracing]` section turns it on, with the resource
+/// naming what this process runs. Settings that do not load leave logging only: the command
+/// reports them.
+fn start_telemetry(
+    cli: &Cli,
+) -> Result<Option<platform::trace::Tracing>, platform::trace::TraceError> {
+    let Ok(settings) = Settings::load(cli.config.as_deref()) else {
+        platform::telemetry::init();
+        return Ok(None);
+    };
+    let components = match &cli.command {
+        Command::Run { only, .. } if !only.is_empty() => {
+            only.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
+        }
+        Command::Run { .. } => "all".to_string(),
+        Command::Serve => "api".to_string(),
+        Command::Publish { .. } => "publish".to_string(),
+        Command::Demo { .. } => "demo".to_string(),
+        Command::Cancel { .. } => "cancel".to_string(),
+        _ => "cli".to_string(),
+    };
+    platform::telemetry::start(&settings.tracing, &components)
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -1,6 +1,7 @@
 //! `Settings`: the whole configuration file, composed of every component's own section. Each
 //! section's type lives with what it configures — `[kafka]`, `[database]` and `[consumer]` in
 //! `platform::config`, `[admin]` (the metrics and health listener) in `platform::admin`,
+//! `[tracing]` (trace export) in `platform::trace`,
 //! `[payment]`, `[shipping]` and `[saga]` in their `consumers` steps, `[archive]` in `archive`,
 //! `[api]` (the HTTP API) in `api` —
 //! and this crate, the one that knows every component, puts them together and hands each
@@ -21,6 +22,7 @@ use platform::admin::AdminSettings;
 use platform::config::{
     kafka, layered, ConfigError, ConsumerSettings, DatabaseSettings, KafkaSettings,
 };
+use platform::trace::TracingSettings;
 use serde::{Deserialize, Serialize};
 
 /// Every section of the configuration file; the defaults are each section's own.
@@ -36,6 +38,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub archive: ArchiveSettings,
     pub admin: AdminSettings,
+    pub tracing: TracingSettings,
 }
 
 impl Settings {
@@ -72,8 +75,10 @@ mod tests {
                  [saga]\npayment_timeout_ms = 60000\n\
                  [archive]\ndir = \"/var/lib/orderflow/archive\"\n\
                  [api]\nlisten = \"0.0.0.0:8443\"\n\
-                 [admin]\nlisten = \"0.0.0.0:9464\"\n",
+                 [admin]\nlisten = \"0.0.0.0:9464\"\n\
+                 [tracing]\notlp_endpoint = \"http://collector:4318\"\n",
             )?;
+            jail.set_env("ORDERFLOW_TRACING__SAMPLING_RATIO", "0.25");
             jail.set_env("ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR", "123456");
             jail.set_env("ORDERFLOW_SHIPPING__CALLS__BREAKER_FAILURES", "9");
             jail.set_env("ORDERFLOW_SAGA__DEADLINE_CHECK_INTERVAL_MS", "0");
@@ -98,6 +103,9 @@ mod tests {
             assert_eq!(s.api.insecure_dev_principal.as_deref(), Some("service"));
             assert_eq!(s.api.wait_max_secs, 10, "unset keys keep defaults");
             assert_eq!(s.admin.listen, "0.0.0.0:9464");
+            assert_eq!(s.tracing.otlp_endpoint, "http://collector:4318");
+            assert_eq!(s.tracing.sampling_ratio, 0.25);
+            assert_eq!(s.tracing.service_name, "orderflow");
             assert_eq!(s.group_id("payment"), "orderflow.payment");
             Ok(())
         });

@@ -1,6 +1,6 @@
 //! Runtime plumbing every component shares: the infrastructure's settings (`[kafka]`,
 //! `[database]`, `[consumer]`) and the layering every settings type loads with, Kafka client
-//! configuration, the Postgres pool and its migrations, shutdown and logging.
+//! configuration, the Postgres pool and its migrations, shutdown, logging and traces.
 //!
 //! Nothing here knows about orders or the wire format; domain code lives in the other crates.
 
@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

@@ -3,6 +3,10 @@
 //! crash left unpublished are published again by [`relay`], by whichever member runs it.
 //!
 //! The outbox deals in bytes; it never encodes or decodes an event.
+//!
+//! Each row keeps the trace context of the span that decided it (`trace_context`, NULL when
+//! traces are not exported) and its record is published with it in its headers, so the
+//! consumers of the record continue the order's trace ([`crate::trace`]).
 
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::kafka::Producer;
+use crate::trace::Carrier;
 
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub struct OutboxRecord {
 pub struct OutboxRow {
     pub id: i64,
     pub record: OutboxRecord,
+    /// The trace context the record is published with.
+    pub trace: Option<Carrier>,
 }
 
 fn headers_json(headers: &[(String, String)]) -> serde_json::Value {
@@ -61,16 +68,35 @@ fn headers_from_json(value: &serde_json::Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// Insert `records` in one statement; returns the rows that were new (a record whose
-/// `(step, event_id)` is already there is skipped).
+/// Insert `records` in one statement, each with the trace context of the current span;
+/// returns the rows that were new (a record whose `(step, event_id)` is already there is
+/// skipped).
 pub async fn insert(
     tx: &mut PgConnection,
     step: &str,
     records: Vec<OutboxRecord>,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let current = Carrier::current();
+    let traces = vec![current; records.len()];
+    insert_traced(tx, step, records, traces).await
+}
+
+/// [`insert`], each record with its own trace context (`traces[i]` for `records[i]`): the
+/// engine decides a batch's events together, each under the span of the record it handled.
+pub async fn insert_traced(
+    tx: &mut PgConnection,
+    step: &str,
+    records: Vec<OutboxRecord>,
+    traces: Vec<Option<Carrier>>,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     if records.is_empty() {
         return Ok(Vec::new());
     }
+    debug_assert_eq!(records.len(), traces.len());
+    let trace_json: Vec<Option<serde_json::Value>> = traces
+        .iter()
+        .map(|t| t.as_ref().map(Carrier::to_json))
+        .collect();
     let ids: Vec<Uuid> = records.iter().map(|r| r.event_id).collect();
     let types: Vec<&str> = records.iter().map(|r| r.event_type.as_str()).collect();
     let orders: Vec<&str> = records.iter().map(|r| r.order_id.as_str()).collect();
@@ -80,10 +106,10 @@ pub async fn insert(
     let headers: Vec<serde_json::Value> =
         records.iter().map(|r| headers_json(&r.headers)).collect();
     let inserted: Vec<(i64, Uuid)> = sqlx::query_as(
-        "INSERT INTO pipeline.outbox (step, event_id, event_type, order_id, topic, record_key, payload, headers)
-         SELECT $1, e.id, e.ty, e.ord, e.topic, e.k, e.p, e.h
-         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::jsonb[])
-              AS e(id, ty, ord, topic, k, p, h)
+        "INSERT INTO pipeline.outbox (step, event_id, event_type, order_id, topic, record_key, payload, headers, trace_context)
+         SELECT $1, e.id, e.ty, e.ord, e.topic, e.k, e.p, e.h, e.t
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::jsonb[], $9::jsonb[])
+              AS e(id, ty, ord, topic, k, p, h, t)
          ON CONFLICT (step, event_id) DO NOTHING
          RETURNING id, event_id",
     )
@@ -95,16 +121,20 @@ pub async fn insert(
     .bind(&keys)
     .bind(&payloads)
     .bind(&headers)
+    .bind(&trace_json)
     .fetch_all(&mut *tx)
     .await?;
     let by_event: std::collections::HashMap<Uuid, i64> =
         inserted.into_iter().map(|(id, ev)| (ev, id)).collect();
     Ok(records
         .into_iter()
-        .filter_map(|record| {
-            by_event
-                .get(&record.event_id)
-                .map(|id| OutboxRow { id: *id, record })
+        .zip(traces)
+        .filter_map(|(record, trace)| {
+            by_event.get(&record.event_id).map(|id| OutboxRow {
+                id: *id,
+                record,
+                trace,
+            })
         })
         .collect())
 }
@@ -124,6 +154,9 @@ pub async fn publish(pool: &PgPool, producer: &Producer, rows: &[OutboxRow]) -> 
                 key,
                 value: Some(value.as_bytes()),
             });
+        }
+        if let Some(trace) = &row.trace {
+            headers = trace.write(headers);
         }
         let key: &[u8] = r.key.as_deref().unwrap_or(r.order_id.as_bytes());
         let mut record = FutureRecord::to(&r.topic).key(key).headers(headers);
@@ -207,6 +240,7 @@ type StoredRow = (
     Option<Vec<u8>>,
     Option<Vec<u8>>,
     serde_json::Value,
+    Option<serde_json::Value>,
 );
 
 /// Publish `step`'s rows that stayed unpublished for longer than `older_than` (a member
@@ -220,7 +254,8 @@ pub async fn relay(
     let mut total = 0;
     loop {
         let rows: Vec<StoredRow> = sqlx::query_as(
-            "SELECT id, event_id, event_type, order_id, topic, record_key, payload, headers FROM pipeline.outbox
+            "SELECT id, event_id, event_type, order_id, topic, record_key, payload, headers, trace_context
+             FROM pipeline.outbox
              WHERE step = $1 AND published_at IS NULL
                AND created_at < now() - make_interval(secs => $2)
              ORDER BY id LIMIT 1000",
@@ -236,17 +271,20 @@ pub async fn relay(
         let rows: Vec<OutboxRow> = rows
             .into_iter()
             .map(
-                |(id, event_id, event_type, order_id, topic, key, payload, headers)| OutboxRow {
-                    id,
-                    record: OutboxRecord {
-                        event_id,
-                        event_type,
-                        order_id,
-                        topic,
-                        key,
-                        payload,
-                        headers: headers_from_json(&headers),
-                    },
+                |(id, event_id, event_type, order_id, topic, key, payload, headers, trace)| {
+                    OutboxRow {
+                        id,
+                        trace: trace.as_ref().and_then(Carrier::from_json),
+                        record: OutboxRecord {
+                            event_id,
+                            event_type,
+                            order_id,
+                            topic,
+                            key,
+                            payload,
+                            headers: headers_from_json(&headers),
+                        },
+                    }
                 },
             )
             .collect();

@@ -1,5 +1,6 @@
 //! Appending events to the order log: encoded by `events`, keyed by order id (so an order's
-//! events share a partition and stay in order), sent by the idempotent producer.
+//! events share a partition and stay in order), sent by the idempotent producer. With traces
+//! exported, every event is sent under a span of its own whose context its record carries.
 
 use std::io::BufRead;
 
@@ -66,17 +67,27 @@ impl Publisher {
                                 key: "event_id",
                                 value: Some(event_id.as_str()),
                             });
+                        // With traces exported, each event starts its order's trace (or joins
+                        // the current span's: an API request) and the record carries it.
+                        let span = platform::trace::event_span(
+                            "publish",
+                            "publish",
+                            &event.meta.order_id,
+                            event.event_type().as_str(),
+                        );
+                        let headers = platform::trace::inject(headers, &span);
                         let record = FutureRecord::to(&self.topic)
                             .key(event.meta.order_id.as_bytes())
                             .payload(payload)
                             .headers(headers);
                         Some(async move {
-                            (
-                                i,
-                                self.producer
-                                    .send(record, rdkafka::util::Timeout::Never)
-                                    .await,
-                            )
+                            let sent = self
+                                .producer
+                                .send(record, rdkafka::util::Timeout::Never)
+                                .await;
+                            // The span ends when the broker acknowledged the record.
+                            drop(span);
+                            (i, sent)
                         })
                     });
             for (i, result) in futures::future::join_all(sends).await {

@@ -25,9 +25,11 @@ use platform::metrics::names::ORDER_TERMINAL;
 use platform::metrics::{ComponentMetrics, FailureKind};
 use platform::outbox::OutboxRow;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::apply::{self, Decoded};
 pub use crate::apply::{dead_letter_undecodable, ProjectionOutcome};
@@ -136,6 +138,7 @@ impl Projector {
         while let Some((polled, batch)) = batches.recv().await {
             let records = batch.len();
             let next_offsets = platform::kafka::next_offsets(batch.messages());
+            let (span, projected) = trace_batch(&batch);
             let parts = batch.split(WRITERS);
             let applied = parts.iter().map(|part| async {
                 let attempt = || apply_measured(&self.pool, &self.group, part, &self.metrics);
@@ -158,6 +161,7 @@ impl Projector {
             });
             let mut dead = Vec::new();
             for (outcome, dead_letters) in futures::future::try_join_all(applied)
+                .instrument(span)
                 .await
                 .context("projection cannot apply a batch")?
             {
@@ -165,6 +169,8 @@ impl Projector {
                 record(&self.metrics, [&self.completed, &self.cancelled], &outcome);
                 dead.extend(dead_letters);
             }
+            // The records are in the read models: their spans end with the commit.
+            drop(projected);
             let publish = || platform::outbox::publish(&self.pool, &self.producer, &dead);
             publish
                 .retry(backoff)
@@ -244,6 +250,38 @@ async fn read(
         }
     }
     Ok(())
+}
+
+/// With traces exported: the batch's span, and a `projected` span per record continuing the
+/// trace the record carries (its order's), open until the batch is committed.
+fn trace_batch(batch: &Decoded) -> (tracing::Span, Vec<tracing::Span>) {
+    if !platform::trace::enabled() {
+        return (tracing::Span::none(), Vec::new());
+    }
+    let messages = batch.messages();
+    let span =
+        platform::trace::batch_span(NAME, messages.len(), messages.iter().map(|m| m.headers()));
+    let projected = messages
+        .iter()
+        .map(|message| {
+            let order_id = message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .unwrap_or_default();
+            let event_type = message
+                .payload()
+                .and_then(events::peek_type)
+                .map_or("undecodable", |t| t.as_str());
+            let facts = platform::trace::RecordFacts {
+                order_id,
+                event_type,
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            platform::trace::consumer_span("projected", NAME, facts, message.headers(), &span)
+        })
+        .collect();
+    (span, projected)
 }
 
 fn is_retryable(error: &anyhow::Error) -> bool {

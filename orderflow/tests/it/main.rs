@@ -20,4 +20,5 @@ mod restore;
 mod secure;
 mod status;
 mod support;
+mod traces;
 mod upstream;
