@@ -77,14 +77,55 @@ impl AppState {
 )]
 struct ApiDoc;
 
+/// The answers every endpoint can give, whatever it does: added to each operation that does
+/// not document them itself.
+struct CommonAnswers;
+
+impl utoipa::Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let common = [
+            ("401", "No valid credentials (once an authenticator is configured)"),
+            ("403", "The caller's role may not use this endpoint"),
+            ("431", "Request headers larger than the server accepts"),
+            ("500", "Internal error: the body carries only the request id"),
+            ("503", "Postgres unreachable or the request took longer than api.request_timeout_ms; see Retry-After"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                for (status, description) in common {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    crate::problem::PROBLEM_JSON,
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("Problem")))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
+    }
+}
+
 /// The routes and the OpenAPI document generated from them.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(orders::create, orders::list))
         .routes(routes!(orders::get_one))
         .routes(routes!(orders::events))
         .routes(routes!(orders::cancel))
-        .split_for_parts()
+        .split_for_parts();
+    utoipa::Modify::modify(&CommonAnswers, &mut spec);
+    (router, spec)
 }
 
 /// The OpenAPI 3.1 document of the API, as served at `/openapi.json` (and committed as
@@ -274,6 +315,66 @@ async fn relay(
             tracing::warn!(
                 error = format!("{e:#}"),
                 "relaying the API's outbox rows failed; retrying"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/openapi.json` is the code's spec. Regenerate it with
+    /// `UPDATE_OPENAPI=1 cargo test -p api committed_spec`.
+    #[test]
+    fn the_committed_spec_is_the_code_s() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+        let generated =
+            serde_json::to_string_pretty(&openapi()).expect("the spec serializes") + "\n";
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).expect("writing docs/openapi.json");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json differs from the spec the code generates: regenerate it with \
+             `UPDATE_OPENAPI=1 cargo test -p api committed_spec` and commit it"
+        );
+    }
+
+    #[test]
+    fn the_spec_is_openapi_3_1_and_documents_every_answer() {
+        let spec = serde_json::to_value(openapi()).expect("the spec serializes");
+        assert!(
+            spec["openapi"].as_str().unwrap_or("").starts_with("3.1"),
+            "{}",
+            spec["openapi"]
+        );
+        let paths = spec["paths"].as_object().expect("paths");
+        for route in [
+            "/v1/orders",
+            "/v1/orders/{order_id}",
+            "/v1/orders/{order_id}/events",
+            "/v1/orders/{order_id}/cancellation",
+        ] {
+            assert!(paths.contains_key(route), "{route} missing");
+        }
+        for (route, item) in paths {
+            for (method, operation) in item.as_object().expect("path item") {
+                let answers = operation["responses"].as_object().expect("responses");
+                for status in ["400", "401", "403", "431", "500", "503"] {
+                    assert!(
+                        answers.contains_key(status),
+                        "{method} {route} does not document {status}"
+                    );
+                }
+            }
+        }
+        let create = &spec["paths"]["/v1/orders"]["post"]["responses"];
+        for status in ["202", "409", "413", "415", "422"] {
+            assert!(
+                create.get(status).is_some(),
+                "POST /v1/orders does not document {status}"
             );
         }
     }

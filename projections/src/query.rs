@@ -116,16 +116,16 @@ pub async fn page(
     after: Option<(DateTime<Utc>, &str)>,
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    // The row comparison `(created_at, order_id) > ($5, $6)` is an index range on
-    // `orders (created_at)` (or `(customer_id, created_at)` with a customer), ordered the same.
-    // Planned per call: which index fits depends on the filters given.
+    // `created_at >= $5` bounds the scan of `orders (created_at)` (or `(customer_id,
+    // created_at)` with a customer), which returns rows in page order; the row comparison then
+    // drops the ties already shown. Planned per call: which index fits depends on the filters.
     sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM analytics.orders
          WHERE ($1::text IS NULL OR customer_id = $1)
            AND ($2::text IS NULL OR status = $2)
            AND ($3::timestamptz IS NULL OR created_at >= $3)
            AND ($4::timestamptz IS NULL OR created_at < $4)
-           AND ($5::timestamptz IS NULL OR (created_at, order_id) > ($5, $6))
+           AND ($5::timestamptz IS NULL OR (created_at >= $5 AND (created_at, order_id) > ($5, $6)))
          ORDER BY created_at, order_id
          LIMIT $7"
     ))
