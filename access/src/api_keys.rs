@@ -30,7 +30,7 @@ const SECRET_BYTES: usize = 32;
 const LAST_USED_EVERY_SECS: i64 = 60;
 
 /// A key as `list` shows it: never the secret, nor its MAC.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct KeyInfo {
     pub id: String,
     pub name: String,
@@ -39,6 +39,17 @@ pub struct KeyInfo {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// What authenticating a key reads of its row.
+#[derive(sqlx::FromRow)]
+struct StoredKey {
+    role: String,
+    customer_id: Option<String>,
+    secret_hmac: Vec<u8>,
+    revoked: bool,
+    /// `last_used_at` is older than a minute (or unset).
+    stale: bool,
 }
 
 /// Why a key could not be created or revoked (a usage mistake: fix what is named).
@@ -99,7 +110,12 @@ impl ApiKeys {
     }
 
     /// Create a key; returns the whole key (shown once, never stored) and its id.
-    pub async fn create(&self, name: &str, role: Role, customer_id: Option<&str>) -> Result<(String, KeyInfo), KeyError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        role: Role,
+        customer_id: Option<&str>,
+    ) -> Result<(String, KeyInfo), KeyError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
             return Err(KeyError::Name);
@@ -107,7 +123,9 @@ impl ApiKeys {
         let customer_id = customer_id.map(str::trim).filter(|c| !c.is_empty());
         match (role, customer_id) {
             (Role::Customer, None) => return Err(KeyError::CustomerMissing),
-            (Role::Customer, Some(c)) if c.chars().count() > ID_MAX_CHARS => return Err(KeyError::CustomerMissing),
+            (Role::Customer, Some(c)) if c.chars().count() > ID_MAX_CHARS => {
+                return Err(KeyError::CustomerMissing)
+            }
             (Role::Customer, Some(_)) | (_, None) => {}
             (_, Some(_)) => return Err(KeyError::CustomerNotCustomer),
         }
@@ -144,25 +162,12 @@ impl ApiKeys {
 
     /// Every key, oldest first.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, KeyError> {
-        let rows: Vec<(String, String, String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-            sqlx::query_as(
-                "SELECT id, name, role, customer_id, created_at, last_used_at, revoked_at FROM api_keys \
-                 ORDER BY created_at, id",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name, role, customer_id, created_at, last_used_at, revoked_at)| KeyInfo {
-                id,
-                name,
-                role,
-                customer_id,
-                created_at,
-                last_used_at,
-                revoked_at,
-            })
-            .collect())
+        Ok(sqlx::query_as::<_, KeyInfo>(
+            "SELECT id, name, role, customer_id, created_at, last_used_at, revoked_at FROM api_keys \
+             ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Revoke key `id` (given with or without `ofk_`); revoking a revoked key keeps its first
@@ -182,13 +187,16 @@ impl ApiKeys {
     }
 
     /// The principal `presented` proves (`Ok(Err(..))`: refused, `401`), or a database failure.
-    pub async fn authenticate(&self, presented: &str) -> Result<Result<Principal, KeyRejected>, LookupError> {
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+    ) -> Result<Result<Principal, KeyRejected>, LookupError> {
         let Some((id, secret)) = parse(presented) else {
             return Ok(Err(KeyRejected::Malformed));
         };
-        let row: Option<(String, Option<String>, Vec<u8>, bool, bool)> = sqlx::query_as(
-            "SELECT role, customer_id, secret_hmac, revoked_at IS NOT NULL, \
-                    coalesce(last_used_at < now() - make_interval(secs => $2), true) \
+        let row: Option<StoredKey> = sqlx::query_as(
+            "SELECT role, customer_id, secret_hmac, revoked_at IS NOT NULL AS revoked, \
+                    coalesce(last_used_at < now() - make_interval(secs => $2), true) AS stale \
              FROM api_keys WHERE id = $1",
         )
         .bind(id)
@@ -196,7 +204,14 @@ impl ApiKeys {
         .fetch_optional(&self.pool)
         .await?;
         let expected = self.mac(id, secret);
-        let Some((role, customer_id, stored, revoked, stale)) = row else {
+        let Some(StoredKey {
+            role,
+            customer_id,
+            secret_hmac: stored,
+            revoked,
+            stale,
+        }) = row
+        else {
             return Ok(Err(KeyRejected::Unknown));
         };
         if !bool::from(stored.as_slice().ct_eq(&expected[..])) {
@@ -219,7 +234,11 @@ impl ApiKeys {
             .execute(&self.pool)
             .await?;
         }
-        Ok(Ok(Principal { id: format!("{PREFIX}{id}"), role, customer_id }))
+        Ok(Ok(Principal {
+            id: format!("{PREFIX}{id}"),
+            role,
+            customer_id,
+        }))
     }
 }
 
@@ -227,8 +246,12 @@ impl ApiKeys {
 pub fn parse(presented: &str) -> Option<(&str, &str)> {
     let rest = presented.strip_prefix(PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    let id_ok = id.len() == ID_BYTES * 2 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let secret_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let id_ok =
+        id.len() == ID_BYTES * 2 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let secret_ok = secret.len() == 43
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (id_ok && secret_ok).then_some((id, secret))
 }
 
@@ -251,7 +274,10 @@ mod tests {
         let good = format!("ofk_0123456789abcdef_{secret}");
         assert_eq!(parse(&good), Some(("0123456789abcdef", secret.as_str())));
         let with_underscore = format!("ofk_0123456789abcdef_{}_b", "a".repeat(41));
-        assert!(parse(&with_underscore).is_some(), "base64url secrets may hold `_`");
+        assert!(
+            parse(&with_underscore).is_some(),
+            "base64url secrets may hold `_`"
+        );
         for bad in [
             String::new(),
             "ofk_".into(),
@@ -267,14 +293,18 @@ mod tests {
     }
 
     async fn keys(pepper: &str) -> ApiKeys {
-        let base = std::env::var("ORDERFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let base = std::env::var("ORDERFLOW_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
         let url = format!("{base}/access_keys_{}", uuid::Uuid::new_v4().simple());
         // CREATE DATABASE copies template1 and fails while another session copies it too
         // (tests run in parallel): try again a few times.
         let mut attempt = 0;
         while let Err(e) = platform::db::ensure_database(&url).await {
             attempt += 1;
-            assert!(attempt < 20, "Postgres at 127.0.0.1:5432 is needed (scripts/dev-up starts it): {e:#}");
+            assert!(
+                attempt < 20,
+                "Postgres at 127.0.0.1:5432 is needed (scripts/dev-up starts it): {e:#}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
         }
         let pool = PgPool::connect(&url).await.unwrap();
@@ -289,15 +319,23 @@ mod tests {
         assert!(parse(&key).is_some(), "{key}");
         assert_eq!(info.role, "service");
         let principal = keys.authenticate(&key).await.unwrap().unwrap();
-        assert_eq!(principal, Principal { id: format!("ofk_{}", info.id), role: Role::Service, customer_id: None });
+        assert_eq!(
+            principal,
+            Principal {
+                id: format!("ofk_{}", info.id),
+                role: Role::Service,
+                customer_id: None
+            }
+        );
 
         // Only the MAC is stored: the secret appears nowhere in the row.
         let (_, secret) = parse(&key).unwrap();
-        let row: String = sqlx::query_scalar("SELECT row_to_json(k)::text FROM api_keys k WHERE id = $1")
-            .bind(&info.id)
-            .fetch_one(&keys.pool)
-            .await
-            .unwrap();
+        let row: String =
+            sqlx::query_scalar("SELECT row_to_json(k)::text FROM api_keys k WHERE id = $1")
+                .bind(&info.id)
+                .fetch_one(&keys.pool)
+                .await
+                .unwrap();
         assert!(!row.contains(secret), "{row}");
 
         // Used once: last_used_at set; listed without any secret.
@@ -311,27 +349,63 @@ mod tests {
         let mut wrong = key.clone();
         let last = wrong.pop().unwrap();
         wrong.push(if last == 'A' { 'B' } else { 'A' });
-        assert_eq!(keys.authenticate(&wrong).await.unwrap(), Err(KeyRejected::Mismatch));
+        assert_eq!(
+            keys.authenticate(&wrong).await.unwrap(),
+            Err(KeyRejected::Mismatch)
+        );
         let unknown = format!("ofk_ffffffffffffffff_{secret}");
-        assert_eq!(keys.authenticate(&unknown).await.unwrap(), Err(KeyRejected::Unknown));
-        let other_pepper = ApiKeys::new(keys.pool.clone(), Secret::new("another-pepper-0123456789abcdef0123"));
-        assert_eq!(other_pepper.authenticate(&key).await.unwrap(), Err(KeyRejected::Mismatch));
-        assert_eq!(keys.authenticate("Bearer nonsense").await.unwrap(), Err(KeyRejected::Malformed));
+        assert_eq!(
+            keys.authenticate(&unknown).await.unwrap(),
+            Err(KeyRejected::Unknown)
+        );
+        let other_pepper = ApiKeys::new(
+            keys.pool.clone(),
+            Secret::new("another-pepper-0123456789abcdef0123"),
+        );
+        assert_eq!(
+            other_pepper.authenticate(&key).await.unwrap(),
+            Err(KeyRejected::Mismatch)
+        );
+        assert_eq!(
+            keys.authenticate("Bearer nonsense").await.unwrap(),
+            Err(KeyRejected::Malformed)
+        );
 
         keys.revoke(&format!("ofk_{}", info.id)).await.unwrap();
-        assert_eq!(keys.authenticate(&key).await.unwrap(), Err(KeyRejected::Revoked));
+        assert_eq!(
+            keys.authenticate(&key).await.unwrap(),
+            Err(KeyRejected::Revoked)
+        );
         assert!(keys.list().await.unwrap()[0].revoked_at.is_some());
-        assert!(matches!(keys.revoke("0000000000000000").await, Err(KeyError::NoSuchKey(_))));
+        assert!(matches!(
+            keys.revoke("0000000000000000").await,
+            Err(KeyError::NoSuchKey(_))
+        ));
     }
 
     #[tokio::test]
     async fn customer_keys_carry_their_customer_and_others_none() {
         let keys = keys("pepper-0123456789abcdef0123456789abcdef").await;
-        assert!(matches!(keys.create("shop", Role::Customer, None).await, Err(KeyError::CustomerMissing)));
-        assert!(matches!(keys.create("svc", Role::Service, Some("c-1")).await, Err(KeyError::CustomerNotCustomer)));
-        assert!(matches!(keys.create(" ", Role::Service, None).await, Err(KeyError::Name)));
-        let (key, _) = keys.create("shop", Role::Customer, Some("c-1")).await.unwrap();
+        assert!(matches!(
+            keys.create("shop", Role::Customer, None).await,
+            Err(KeyError::CustomerMissing)
+        ));
+        assert!(matches!(
+            keys.create("svc", Role::Service, Some("c-1")).await,
+            Err(KeyError::CustomerNotCustomer)
+        ));
+        assert!(matches!(
+            keys.create(" ", Role::Service, None).await,
+            Err(KeyError::Name)
+        ));
+        let (key, _) = keys
+            .create("shop", Role::Customer, Some("c-1"))
+            .await
+            .unwrap();
         let principal = keys.authenticate(&key).await.unwrap().unwrap();
-        assert_eq!((principal.role, principal.customer_id.as_deref()), (Role::Customer, Some("c-1")));
+        assert_eq!(
+            (principal.role, principal.customer_id.as_deref()),
+            (Role::Customer, Some("c-1"))
+        );
     }
 }

@@ -71,11 +71,19 @@ pub enum JwtConfigError {
     #[error("api.auth.jwt.{0} is empty but a jwks_file is set; tokens must be checked against a configured {0}")]
     Missing(&'static str),
     #[error("api.auth.jwt.jwks_file {path}: cannot read it: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("api.auth.jwt.jwks_file {path}: not a JWKS document ({{\"keys\": [...]}}): {reason}")]
     Parse { path: String, reason: String },
     #[error("api.auth.jwt.jwks_file {path}: key #{index}{kid}: {reason}")]
-    Key { path: String, index: usize, kid: String, reason: String },
+    Key {
+        path: String,
+        index: usize,
+        kid: String,
+        reason: String,
+    },
 }
 
 /// One verification key with the one algorithm it is allowed to verify.
@@ -104,18 +112,26 @@ impl KeySet {
             let fail = |reason: &str| JwtConfigError::Key {
                 path: path.into(),
                 index,
-                kid: if kid.is_empty() { String::new() } else { format!(" (kid {kid:?})") },
+                kid: if kid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (kid {kid:?})")
+                },
                 reason: reason.into(),
             };
             if kid.is_empty() {
                 return Err(fail("no `kid`; every key needs one so tokens can name it"));
             }
             let algorithm = pinned_algorithm(jwk).map_err(|r| fail(&r))?;
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| fail(&format!("not a usable public key: {e}")))?;
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| fail(&format!("not a usable public key: {e}")))?;
             if key.family() != algorithm.family() {
                 return Err(fail("its `alg` does not fit its key type (`kty`)"));
             }
-            if keys.insert(kid.clone(), PinnedKey { algorithm, key }).is_some() {
+            if keys
+                .insert(kid.clone(), PinnedKey { algorithm, key })
+                .is_some()
+            {
                 return Err(fail("the same `kid` appears twice; give each key its own"));
             }
         }
@@ -144,7 +160,9 @@ fn pinned_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
         Some(KeyAlgorithm::RS256) => Ok(Algorithm::RS256),
         Some(KeyAlgorithm::ES256) => Ok(Algorithm::ES256),
         Some(KeyAlgorithm::EdDSA) => Ok(Algorithm::EdDSA),
-        Some(other) => Err(format!("`alg` {other:?} is not accepted; use RS256, ES256 or EdDSA")),
+        Some(other) => Err(format!(
+            "`alg` {other:?} is not accepted; use RS256, ES256 or EdDSA"
+        )),
         None => Err("no `alg`; every key must pin its algorithm (RS256, ES256 or EdDSA)".into()),
     }
 }
@@ -199,7 +217,10 @@ impl Verifier {
             }
             None => KeySet::default(),
         };
-        Ok(Verifier { settings, keys: RwLock::new(Arc::new(keys)) })
+        Ok(Verifier {
+            settings,
+            keys: RwLock::new(Arc::new(keys)),
+        })
     }
 
     pub fn settings(&self) -> &JwtSettings {
@@ -214,7 +235,10 @@ impl Verifier {
         };
         let keys = KeySet::load(path)?;
         let count = keys.len();
-        *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
         Ok(count)
     }
 
@@ -226,7 +250,10 @@ impl Verifier {
     fn current(&self) -> Arc<KeySet> {
         // A panic while holding the lock cannot leave a half-written set: the write replaces
         // one Arc, so a poisoned lock still holds a whole key set.
-        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The principal `token` proves, or why it does not.
@@ -238,10 +265,14 @@ impl Verifier {
         if keys.is_empty() {
             return Err(Rejected::NoKeys);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| Rejected::Header(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| Rejected::Header(e.to_string()))?;
         if let Some(typ) = &header.typ {
             let typ = typ.to_ascii_lowercase();
-            if !matches!(typ.as_str(), "jwt" | "at+jwt" | "application/jwt" | "application/at+jwt") {
+            if !matches!(
+                typ.as_str(),
+                "jwt" | "at+jwt" | "application/jwt" | "application/at+jwt"
+            ) {
                 return Err(Rejected::Type(typ));
             }
         }
@@ -251,7 +282,10 @@ impl Verifier {
         let kid = header.kid.as_deref().ok_or(Rejected::NoKid)?;
         let pinned = keys.keys.get(kid).ok_or(Rejected::UnknownKid)?;
         if header.alg != pinned.algorithm {
-            return Err(Rejected::Algorithm { token: header.alg, key: pinned.algorithm });
+            return Err(Rejected::Algorithm {
+                token: header.alg,
+                key: pinned.algorithm,
+            });
         }
         let mut validation = Validation::new(pinned.algorithm);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -261,12 +295,19 @@ impl Verifier {
         validation.leeway = self.settings.leeway_secs;
         validation.set_issuer(&[self.settings.issuer.as_str()]);
         validation.set_audience(&[self.settings.audience.as_str()]);
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &pinned.key, &validation)
-            .map_err(|e| Rejected::Invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &pinned.key,
+            &validation,
+        )
+        .map_err(|e| Rejected::Invalid(e.to_string()))?;
         self.principal(&data.claims)
     }
 
-    fn principal(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Result<Principal, Rejected> {
+    fn principal(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Principal, Rejected> {
         let sub = claims
             .get("sub")
             .and_then(|v| v.as_str())
@@ -275,7 +316,9 @@ impl Verifier {
         let role_claim = &self.settings.role_claim;
         let names: Vec<&str> = match claims.get(role_claim) {
             Some(serde_json::Value::String(s)) => s.split_whitespace().collect(),
-            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str()).collect(),
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(|v| v.as_str()).collect()
+            }
             _ => Vec::new(),
         };
         let mut roles: Vec<Role> = names.into_iter().filter_map(Role::parse).collect();
@@ -297,7 +340,11 @@ impl Verifier {
         } else {
             None
         };
-        Ok(Principal { id: sub.to_string(), role, customer_id })
+        Ok(Principal {
+            id: sub.to_string(),
+            role,
+            customer_id,
+        })
     }
 }
 

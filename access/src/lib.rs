@@ -15,8 +15,10 @@
 //! It never logs a token, a key or a pepper.
 
 pub mod api_keys;
+pub mod flags;
 pub mod jwt;
 pub mod principal;
+pub mod ratelimit;
 pub mod secret;
 
 pub use principal::{Principal, Role};

@@ -22,8 +22,13 @@ pub enum SecretError {
     Empty { setting: &'static str },
     #[error("{setting}: the secret is shorter than {min} bytes; use at least {min} random bytes (e.g. `openssl rand -hex 32`)")]
     Short { setting: &'static str, min: usize },
-    #[error("{setting}: no secret configured; set a file ({setting}) or the environment variable {env}")]
-    Missing { setting: &'static str, env: &'static str },
+    #[error(
+        "{setting}: no secret configured; set a file ({setting}) or the environment variable {env}"
+    )]
+    Missing {
+        setting: &'static str,
+        env: &'static str,
+    },
 }
 
 impl Secret {
@@ -39,7 +44,12 @@ impl Secret {
     /// Read a secret from `file` (surrounding whitespace trimmed) or, without a file, from the
     /// environment variable `env`; `setting` names where it is configured, for the errors. At
     /// least `min_bytes` long.
-    pub fn load(setting: &'static str, file: Option<&Path>, env: &'static str, min_bytes: usize) -> Result<Secret, SecretError> {
+    pub fn load(
+        setting: &'static str,
+        file: Option<&Path>,
+        env: &'static str,
+        min_bytes: usize,
+    ) -> Result<Secret, SecretError> {
         let value = match file {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|source| SecretError::File {
@@ -58,7 +68,10 @@ impl Secret {
             return Err(SecretError::Empty { setting });
         }
         if value.len() < min_bytes {
-            return Err(SecretError::Short { setting, min: min_bytes });
+            return Err(SecretError::Short {
+                setting,
+                min: min_bytes,
+            });
         }
         Ok(Secret(value))
     }
@@ -93,11 +106,16 @@ mod tests {
     fn a_secret_comes_from_a_file_or_the_environment() {
         let path = std::env::temp_dir().join(format!("access-secret-{}", uuid::Uuid::new_v4()));
         std::fs::write(&path, "  0123456789abcdef0123456789abcdef\n").unwrap();
-        let secret = Secret::load("api.auth.api_key_pepper_file", Some(&path), "UNUSED", 32).unwrap();
+        let secret =
+            Secret::load("api.auth.api_key_pepper_file", Some(&path), "UNUSED", 32).unwrap();
         assert_eq!(secret.expose(), "0123456789abcdef0123456789abcdef");
-        let short = Secret::load("api.auth.api_key_pepper_file", Some(&path), "UNUSED", 64).unwrap_err();
+        let short =
+            Secret::load("api.auth.api_key_pepper_file", Some(&path), "UNUSED", 64).unwrap_err();
         assert!(short.to_string().contains("shorter than 64"), "{short}");
-        assert!(!short.to_string().contains("0123"), "the value leaks: {short}");
+        assert!(
+            !short.to_string().contains("0123"),
+            "the value leaks: {short}"
+        );
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(
             Secret::load("s", Some(&path), "UNUSED", 1),
@@ -105,8 +123,16 @@ mod tests {
         ));
         std::fs::remove_file(&path).unwrap();
         let missing = Secret::load("s", Some(&path), "UNUSED", 1).unwrap_err();
-        assert!(missing.to_string().contains("cannot read the secret file"), "{missing}");
+        assert!(
+            missing.to_string().contains("cannot read the secret file"),
+            "{missing}"
+        );
         let unset = Secret::load("s", None, "ACCESS_TEST_SURELY_UNSET_VARIABLE", 1).unwrap_err();
-        assert!(unset.to_string().contains("ACCESS_TEST_SURELY_UNSET_VARIABLE"), "{unset}");
+        assert!(
+            unset
+                .to_string()
+                .contains("ACCESS_TEST_SURELY_UNSET_VARIABLE"),
+            "{unset}"
+        );
     }
 }
