@@ -20,6 +20,8 @@ pub mod jwt;
 pub mod principal;
 pub mod ratelimit;
 pub mod secret;
+pub mod settings;
 
 pub use principal::{Principal, Role};
 pub use secret::Secret;
+pub use settings::AuthSettings;

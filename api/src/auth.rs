@@ -1,12 +1,14 @@
 //! Who is calling: the [`Principal`] every handler receives, its [`Role`], and the pluggable
 //! [`Authenticator`] that turns a request's headers into one.
 //!
-//! Only the dev-only [`DevPrincipal`] exists so far (`api.insecure_dev_principal`): it serves
-//! every request as one fixed role, without authentication. Real authenticators (JWT, API
-//! keys) implement [`Authenticator`] and replace it; handlers do not change. Every route
+//! The real authenticator is [`crate::security::Credentials`] (JWT bearer tokens, API keys);
+//! the dev-only [`DevPrincipal`] (`api.insecure_dev_principal`, opt-in, warned about loudly)
+//! serves every request as one fixed role without authentication. Handlers do not change. Every route
 //! declares the roles it admits (`crate::orders::roles`); a customer sees only its own orders,
 //! and another customer's order is `404`, not `403`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -74,9 +76,14 @@ impl Principal {
     }
 }
 
-/// Turns a request's headers into a principal. `Err(ApiError::Unauthenticated)` answers `401`.
+/// Turns a request's headers into a principal. `Err(ApiError::Unauthenticated)` answers `401`,
+/// `Err(ApiError::Unavailable)` `503` (the credential store could not be asked). Asynchronous:
+/// an API key is looked up in Postgres ([`crate::security::Credentials`]).
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError>;
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> Pin<Box<dyn Future<Output = Result<Principal, ApiError>> + Send + 'a>>;
 }
 
 /// DEVELOPMENT ONLY: every request is this principal, unauthenticated. A customer principal
@@ -95,8 +102,11 @@ impl DevPrincipal {
 }
 
 impl Authenticator for DevPrincipal {
-    fn authenticate(&self, _headers: &HeaderMap) -> Result<Principal, ApiError> {
-        Ok(self.0.clone())
+    fn authenticate<'a>(
+        &'a self,
+        _headers: &'a HeaderMap,
+    ) -> Pin<Box<dyn Future<Output = Result<Principal, ApiError>> + Send + 'a>> {
+        Box::pin(std::future::ready(Ok(self.0.clone())))
     }
 }
 
@@ -107,7 +117,11 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.authenticator.authenticate(&parts.headers)
+        // The guard middleware authenticated the request already (once per request).
+        if let Some(done) = parts.extensions.get::<crate::security::Authenticated>() {
+            return done.clone().into_result();
+        }
+        state.authenticator.authenticate(&parts.headers).await
     }
 }
 

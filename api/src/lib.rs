@@ -4,9 +4,10 @@
 //! records its idempotency key ([`store`]); the relay ([`server`]) publishes it. Reads come from
 //! the read models through `projections::query`. Every error is problem+json ([`problem`]);
 //! every request gets a request id ([`request_id`]), a timeout, an access-log line and metrics
-//! ([`server`]). Who calls is a [`auth::Principal`] from a pluggable [`auth::Authenticator`];
-//! until real authentication exists only the dev-only principal can be configured, and
-//! [`start`] refuses to serve without it.
+//! ([`server`]). Who calls is a [`auth::Principal`] from a pluggable [`auth::Authenticator`]:
+//! JWT bearer tokens and API keys ([`security`], on the `access` crate), or the dev-only
+//! principal; [`start`] refuses to serve with neither. [`security::guard`] rate-limits every
+//! request and sheds new orders in maintenance or when the outbox backlog is too long.
 //!
 //! This crate is the front door only: it never decides anything about an order (the steps
 //! do), never reads or writes step state, and never produces to Kafka except through the
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod orders;
 pub mod problem;
 pub mod request_id;
+pub mod security;
 pub mod server;
 pub mod settings;
 pub mod store;

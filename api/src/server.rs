@@ -41,6 +41,8 @@ pub struct AppState {
     /// The order log the commands go to.
     pub topic: Arc<str>,
     pub authenticator: SharedAuthenticator,
+    /// Rate limits, flags and the outbox backlog ([`crate::security::guard`]).
+    pub guard: Arc<crate::security::Guard>,
     /// Publishes a request's outbox rows right after its commit (the relay catches up on
     /// whatever this misses).
     pub producer: Option<Arc<Producer>>,
@@ -139,11 +141,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn app(state: AppState) -> Router {
     let (router, spec) = routes();
     let timeout = state.settings.request_timeout();
+    let guard_state = state.clone();
     router
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(|| async { ApiError::NotFound("no such resource; see /openapi.json".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            guard_state,
+            crate::security::guard,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
         }))
@@ -254,12 +261,58 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Api> {
     settings.check()?;
-    let role = settings.dev_role()?;
-    tracing::warn!(
-        role = role.name(),
-        "UNAUTHENTICATED: api.insecure_dev_principal is set; every request is served as this role \
-         without authentication. For development only"
+    let mut watched = Vec::new();
+    let authenticator: SharedAuthenticator = match settings.dev_role()? {
+        Some(role) => {
+            tracing::warn!(
+                role = role.name(),
+                "UNAUTHENTICATED: api.insecure_dev_principal is set; every request is served as \
+                 this role without authentication. For development only; never in production"
+            );
+            Arc::new(DevPrincipal::new(role))
+        }
+        None => {
+            let jwt = Arc::new(access::jwt::Verifier::new(settings.auth.jwt())?);
+            let keys = settings
+                .auth
+                .pepper()?
+                .map(|pepper| access::api_keys::ApiKeys::new(pool.clone(), pepper));
+            tracing::info!(
+                jwt_keys = jwt.has_keys(),
+                api_keys = keys.is_some(),
+                "HTTP API authentication configured"
+            );
+            if let Some(path) = settings.auth.jwks_file.clone() {
+                let verifier = jwt.clone();
+                watched.push(access::flags::Watched {
+                    path,
+                    reload: Box::new(move || match verifier.reload() {
+                        Ok(n) => tracing::info!(keys = n, "JWT keys reloaded"),
+                        Err(e) => tracing::error!(error = %e, "JWT keys not reloaded; the keys in force stay"),
+                    }),
+                });
+            }
+            Arc::new(crate::security::Credentials { jwt, keys })
+        }
+    };
+    let flags = Arc::new(access::flags::LiveFlags::new(settings.flags_file.clone())?);
+    let guard = Arc::new(crate::security::Guard::new(
+        flags,
+        settings.outbox_backlog_max,
+    ));
+    if let Some(path) = settings.flags_file.clone() {
+        let g = guard.clone();
+        watched.push(access::flags::Watched {
+            path,
+            reload: Box::new(move || g.reload_flags()),
+        });
+    }
+    access::flags::watch(
+        watched,
+        Duration::from_millis(settings.auth.reload_check_ms),
+        shutdown.clone(),
     );
+    guard.spawn_housekeeping(pool.clone(), shutdown.clone());
     let address = settings.address()?;
     let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
         format!("api.listen = {address}: cannot listen there (in use? set another address, or port 0, in [api] or ORDERFLOW_API__LISTEN)")
@@ -272,7 +325,8 @@ pub async fn start(
         pool: pool.clone(),
         settings: Arc::new(settings.clone()),
         topic: Arc::from(kafka.topic.as_str()),
-        authenticator: Arc::new(DevPrincipal::new(role)),
+        authenticator,
+        guard,
         producer: Some(producer.clone()),
         shutdown: shutdown.clone(),
     };
@@ -280,10 +334,14 @@ pub async fn start(
     tracing::info!(%address, "HTTP API listening");
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-            .context("serving the HTTP API")
+        // The client address keys the rate limit of unauthenticated requests.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .context("serving the HTTP API")
     });
     let every = Duration::from_millis(settings.relay_interval_ms);
     let relay = tokio::spawn(relay(pool, producer, every, shutdown));

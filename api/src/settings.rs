@@ -35,6 +35,15 @@ pub struct ApiSettings {
     /// How often the API's outbox rows that are not yet on the log are published again
     /// (after a failed publish, e.g. while the broker is down).
     pub relay_interval_ms: u64,
+    /// How callers authenticate (`[api.auth]`): the JWKS file and the claims tokens must
+    /// carry, the API key pepper.
+    pub auth: access::AuthSettings,
+    /// The live flags file (TOML: `accept_orders`, `retry_after_secs`, `[rate_limits.<role>]`),
+    /// reloaded on SIGHUP and when it changes; the defaults without one.
+    pub flags_file: Option<std::path::PathBuf>,
+    /// Unpublished outbox rows above which new orders are answered `503` with `Retry-After`
+    /// instead of queueing without limit.
+    pub outbox_backlog_max: u64,
 }
 
 impl Default for ApiSettings {
@@ -48,6 +57,9 @@ impl Default for ApiSettings {
             wait_max_secs: 10,
             page_size_max: 200,
             relay_interval_ms: 1_000,
+            auth: access::AuthSettings::default(),
+            flags_file: None,
+            outbox_backlog_max: 100_000,
         }
     }
 }
@@ -61,12 +73,18 @@ pub enum SettingsError {
     )]
     Listen(String),
     #[error(
-        "the HTTP API has no authenticator yet: refusing to serve without authentication. For \
-         local development only, set api.insecure_dev_principal = \"service\" (or customer, \
-         operator, analyst; ORDERFLOW_API__INSECURE_DEV_PRINCIPAL) to serve every request as \
-         that role, unauthenticated"
+        "the HTTP API has no way to authenticate callers: refusing to serve. Set \
+         api.auth.jwks_file (with api.auth.issuer and api.auth.audience) for JWT bearer tokens, \
+         and/or api.auth.api_key_pepper_file (or ORDERFLOW_API_KEY_PEPPER) for API keys. For \
+         local development only, api.insecure_dev_principal = \"service\" (or customer, \
+         operator, analyst) serves every request as that role, unauthenticated"
     )]
     NoAuthentication,
+    #[error(
+        "api.insecure_dev_principal is set together with real authentication (api.auth): \
+         remove api.insecure_dev_principal; it would bypass the configured authentication"
+    )]
+    DevWithAuthentication,
     #[error(
         "api.insecure_dev_principal = {0:?} is not a role: use customer, service, operator or \
          analyst"
@@ -85,13 +103,22 @@ impl ApiSettings {
             .map_err(|_| SettingsError::Listen(self.listen.clone()))
     }
 
-    /// The role of the dev-only principal; an error when it is unset (no authentication).
-    pub fn dev_role(&self) -> Result<Role, SettingsError> {
-        let name = self
-            .insecure_dev_principal
-            .as_deref()
-            .ok_or(SettingsError::NoAuthentication)?;
-        Role::parse(name.trim()).ok_or_else(|| SettingsError::DevRole(name.to_string()))
+    /// The role of the dev-only principal, `None` when it is unset (real authentication).
+    /// Strictly opt-in: it is an error together with `[api.auth]`, and with neither the API
+    /// does not start.
+    pub fn dev_role(&self) -> Result<Option<Role>, SettingsError> {
+        let Some(name) = self.insecure_dev_principal.as_deref() else {
+            if !self.auth.configured() {
+                return Err(SettingsError::NoAuthentication);
+            }
+            return Ok(None);
+        };
+        if self.auth.configured() {
+            return Err(SettingsError::DevWithAuthentication);
+        }
+        Role::parse(name.trim())
+            .map(Some)
+            .ok_or_else(|| SettingsError::DevRole(name.to_string()))
     }
 
     /// Every setting that must be positive is.
@@ -102,6 +129,7 @@ impl ApiSettings {
             ("request_timeout_ms", self.request_timeout_ms),
             ("page_size_max", u64::from(self.page_size_max)),
             ("relay_interval_ms", self.relay_interval_ms),
+            ("auth.reload_check_ms", self.auth.reload_check_ms),
         ] {
             if value == 0 {
                 return Err(SettingsError::Zero(name));
@@ -136,19 +164,30 @@ mod tests {
             settings.check(),
             Err(SettingsError::NoAuthentication)
         ));
-        let mut settings = ApiSettings::default();
-        settings.insecure_dev_principal = Some("root".into());
+        let mut settings = ApiSettings {
+            insecure_dev_principal: Some("root".into()),
+            ..ApiSettings::default()
+        };
         assert!(matches!(settings.check(), Err(SettingsError::DevRole(_))));
         settings.insecure_dev_principal = Some("service".into());
         settings.check().expect("a role is enough");
+        settings.auth.jwks_file = Some("jwks.json".into());
+        assert!(matches!(
+            settings.check(),
+            Err(SettingsError::DevWithAuthentication)
+        ));
+        settings.insecure_dev_principal = None;
+        settings.check().expect("a JWKS file is authentication");
         settings.listen = "localhost".into();
         assert!(matches!(settings.check(), Err(SettingsError::Listen(_))));
     }
 
     #[test]
     fn the_wait_stays_below_the_request_timeout() {
-        let mut settings = ApiSettings::default();
-        settings.request_timeout_ms = 5_000;
+        let mut settings = ApiSettings {
+            request_timeout_ms: 5_000,
+            ..ApiSettings::default()
+        };
         assert_eq!(settings.wait_max(), Duration::from_secs(4));
         settings.request_timeout_ms = 60_000;
         assert_eq!(settings.wait_max(), Duration::from_secs(10));
