@@ -1,5 +1,5 @@
 //! `[api.auth]`: how callers prove who they are — the JWT key file and what tokens must say,
-//! and the API key pepper (a file, or `ORDERFLOW_API_KEY_PEPPER`). Secrets are only ever
+//! and the API key pepper (a file, or `OFK_PEPPER`). Secrets are only ever
 //! named here (a path, a variable), never held in these settings.
 
 use std::path::PathBuf;
@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::jwt::JwtSettings;
 use crate::secret::{Secret, SecretError};
 
-/// The environment variable read for the API key pepper when no file is configured.
-pub const PEPPER_ENV: &str = "ORDERFLOW_API_KEY_PEPPER";
+/// The environment variable read for the API key pepper when no file is configured. Not an
+/// `ORDERFLOW_*` name: those are settings keys, and a secret is not a setting (nor printed with
+/// them).
+pub const PEPPER_ENV: &str = "OFK_PEPPER";
 
 /// The `[api.auth]` section (`ORDERFLOW_API__AUTH__*`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,7 +31,7 @@ pub struct AuthSettings {
     /// The claim that names a customer principal's customer.
     pub customer_claim: String,
     /// A file holding the API key pepper (at least 32 bytes); without it the environment
-    /// variable `ORDERFLOW_API_KEY_PEPPER`; without both, API keys are not accepted.
+    /// variable `OFK_PEPPER`; without both, API keys are not accepted.
     pub api_key_pepper_file: Option<PathBuf>,
     /// How often the JWKS and flags files are checked for changes, in milliseconds (SIGHUP
     /// reloads at once).

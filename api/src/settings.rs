@@ -75,7 +75,7 @@ pub enum SettingsError {
     #[error(
         "the HTTP API has no way to authenticate callers: refusing to serve. Set \
          api.auth.jwks_file (with api.auth.issuer and api.auth.audience) for JWT bearer tokens, \
-         and/or api.auth.api_key_pepper_file (or ORDERFLOW_API_KEY_PEPPER) for API keys. For \
+         and/or api.auth.api_key_pepper_file (or OFK_PEPPER) for API keys. For \
          local development only, api.insecure_dev_principal = \"service\" (or customer, \
          operator, analyst) serves every request as that role, unauthenticated"
     )]

@@ -68,8 +68,8 @@ enum Command {
     },
     /// Serve the HTTP API (the [api] section: api.listen, default 127.0.0.1:8080) until
     /// SIGINT/SIGTERM, then answer the requests in flight and exit. Refuses to start without
-    /// authentication: until it exists, only api.insecure_dev_principal (development only)
-    /// lets it serve.
+    /// authentication: api.auth.jwks_file (JWT bearer tokens) and/or an API key pepper
+    /// (api.auth.api_key_pepper_file); api.insecure_dev_principal is for development only.
     Serve,
     /// Manage inventory stock.
     Stock {
@@ -148,6 +148,12 @@ enum Command {
     Generations {
         #[command(subcommand)]
         action: GenerationAction,
+    },
+    /// API keys for integrations: create (the key is printed once), list, revoke. Needs the
+    /// pepper the API uses (api.auth.api_key_pepper_file or OFK_PEPPER).
+    ApiKeys {
+        #[command(subcommand)]
+        action: ApiKeyAction,
     },
     /// Row counts and checksums of every table holding pipeline state (steps, inbox, outbox,
     /// dead letters, read models), for comparing two databases; see docs/disaster-recovery.md.
@@ -239,6 +245,26 @@ enum Command {
         #[arg(long)]
         rate: Option<NonZeroU32>,
     },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyAction {
+    /// Create a key and print it once on stdout (`ofk_<id>_<secret>`); only its HMAC is stored.
+    Create {
+        /// What the key is for (shown by `list`).
+        #[arg(long)]
+        name: String,
+        /// customer, service, operator or analyst.
+        #[arg(long)]
+        role: String,
+        /// The customer a customer key acts for (only with --role customer).
+        #[arg(long)]
+        customer: Option<String>,
+    },
+    /// Every key: id, name, role, customer, created, last used, revoked (never a secret).
+    List,
+    /// Revoke a key by its id (with or without `ofk_`); it is refused from then on.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -544,6 +570,55 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if let Some(dir) = dump {
                 orderflow::state::dump(&pool, &dir).await?;
+            }
+        }
+        Command::ApiKeys { action } => {
+            let pepper = settings.api.auth.pepper()?.context(
+                "no API key pepper: set api.auth.api_key_pepper_file or OFK_PEPPER \
+                 (the same one the API uses)",
+            )?;
+            let pool = components::prepare_database(&settings, false).await?;
+            let keys = access::api_keys::ApiKeys::new(pool, pepper);
+            match action {
+                ApiKeyAction::Create {
+                    name,
+                    role,
+                    customer,
+                } => {
+                    let role = access::Role::parse(role.trim()).with_context(|| {
+                        format!("--role {role:?}: use customer, service, operator or analyst")
+                    })?;
+                    let (key, info) = keys.create(&name, role, customer.as_deref()).await?;
+                    eprintln!(
+                        "created API key ofk_{} ({}, role {}); it is shown only now:",
+                        info.id, info.name, info.role
+                    );
+                    println!("{key}");
+                }
+                ApiKeyAction::List => {
+                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                        t.map_or("-".to_string(), |t| {
+                            t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                        })
+                    };
+                    println!("id\tname\trole\tcustomer\tcreated\tlast_used\trevoked");
+                    for k in keys.list().await? {
+                        println!(
+                            "ofk_{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            k.id,
+                            k.name,
+                            k.role,
+                            k.customer_id.as_deref().unwrap_or("-"),
+                            time(Some(k.created_at)),
+                            time(k.last_used_at),
+                            time(k.revoked_at)
+                        );
+                    }
+                }
+                ApiKeyAction::Revoke { id } => {
+                    keys.revoke(&id).await?;
+                    eprintln!("revoked API key {id}");
+                }
             }
         }
         Command::Generations { action } => {
