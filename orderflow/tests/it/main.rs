@@ -4,6 +4,7 @@
 
 mod analytics;
 mod archive;
+mod auth;
 mod bench;
 mod breaker;
 mod check;
