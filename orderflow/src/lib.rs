@@ -49,18 +49,30 @@ mod architecture {
         line.split('`')
             .skip(1)
             .step_by(2)
-            .filter(|t| !t.contains(' ') && !t.starts_with(".run"))
+            // `.run/` is made at run time, `~/…` is outside the repository.
+            .filter(|t| !t.contains(' ') && !t.starts_with(".run") && !t.starts_with('~'))
             .filter(|t| t.ends_with('/') || extensions.iter().any(|e| t.ends_with(e)))
             .collect()
     }
 
     fn exists(root: &Path, all: &[PathBuf], within: Option<&str>, name: &str) -> bool {
         let name = name.trim_end_matches('/');
+        // A placeholder (`runbooks/<alert>.md`) stands for any name, like `*`.
+        let name = match (name.find('<'), name.find('>')) {
+            (Some(open), Some(close)) if open < close => {
+                format!("{}*{}", &name[..open], &name[close + 1..])
+            }
+            _ => name.to_string(),
+        };
+        let name = name.as_str();
         if let Some((dir, pattern)) = name.rsplit_once("/*") {
-            return std::fs::read_dir(root.join(dir)).is_ok_and(|entries| {
-                entries
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(pattern))
+            let bases = [Some(root.to_path_buf()), within.map(|w| root.join(w))];
+            return bases.into_iter().flatten().any(|base| {
+                std::fs::read_dir(base.join(dir)).is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(pattern))
+                })
             });
         }
         if root.join(name).exists() {
@@ -121,6 +133,10 @@ mod architecture {
         assert!(!exists(&root, &all, Some("consumers/"), "kafka.rs"));
         assert!(!exists(&root, &all, None, "consumers/src/handler.rs"));
         assert!(exists(&root, &all, None, "schemas/*.avsc"));
+        assert!(exists(&root, &all, None, "docs/runbooks/<alert>.md"));
+        assert!(exists(&root, &all, Some("docs/"), "runbooks/<alert>.md"));
+        assert!(!exists(&root, &all, None, "docs/runbooks/<alert>.avsc"));
+        assert!(named_paths("`~/.cache/orderflow/` and `docs/`") == ["docs/"]);
         assert_eq!(
             named_paths("`a.rs` and `b/` but not `x y.rs` or `.run/k/`"),
             ["a.rs", "b/"]
