@@ -508,3 +508,196 @@ async fn rate_limits_count_down_to_429_and_maintenance_flips_without_restart() {
     server.shutdown.cancel();
     env.finish().await;
 }
+
+/// Which roles each route admits (issue 13): the table the matrix checks. A route the
+/// OpenAPI document has and this table lacks fails the test, so no route escapes it.
+const MATRIX: &[(&str, &str, &[&str])] = &[
+    ("post", "/v1/orders", &["service", "operator"]),
+    (
+        "get",
+        "/v1/orders",
+        &["customer", "service", "operator", "analyst"],
+    ),
+    (
+        "get",
+        "/v1/orders/{order_id}",
+        &["customer", "service", "operator", "analyst"],
+    ),
+    (
+        "get",
+        "/v1/orders/{order_id}/events",
+        &["customer", "service", "operator", "analyst"],
+    ),
+    (
+        "post",
+        "/v1/orders/{order_id}/cancellation",
+        &["customer", "service", "operator"],
+    ),
+];
+
+#[tokio::test]
+async fn every_route_answers_every_role_as_the_matrix_says() {
+    let env = TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("orderflow-auth-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, _) = rsa_key(&dir, "k1");
+    let server = serve(&env, &key).await;
+    let addr = server.addr;
+    let spec = serde_json::to_value(api::openapi()).unwrap();
+    let mut routes = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            routes.push((method.clone(), path.clone()));
+        }
+    }
+    assert!(!routes.is_empty());
+    for (method, path) in &routes {
+        let Some((_, _, allowed)) = MATRIX.iter().find(|(m, p, _)| m == method && p == path) else {
+            panic!("{method} {path} is not in the route × role matrix: add it with the roles it admits");
+        };
+        for role in ["customer", "service", "operator", "analyst"] {
+            // A fresh subject per call: the serve() flags give customers a 3-request bucket.
+            let mut c = claims(&format!("{role}-{}", uuid::Uuid::new_v4().simple()), role);
+            c["customer_id"] = json!("c-matrix");
+            let bearer = format!("Bearer {}", sign("k1", &key, &c));
+            // An order id nobody has: reads of it are 404 for whoever may read.
+            let target = path.replace("{order_id}", "o-matrix-none");
+            let id = format!("o-matrix-{role}-{}", uuid::Uuid::new_v4().simple());
+            let body = if *path == "/v1/orders" {
+                order(&id)
+            } else {
+                json!({"reason": "customer_request"}).to_string()
+            };
+            let answer = call(
+                addr,
+                &method.to_uppercase(),
+                &target,
+                &[("Authorization", &bearer)],
+                &body,
+            )
+            .await;
+            let admitted = allowed.contains(&role);
+            let expected: &[u16] =
+                match (admitted, method.as_str(), target.contains("o-matrix-none")) {
+                    (false, _, _) => &[403],
+                    (true, "get", false) => &[200],
+                    (true, "post", false) => &[202],
+                    (true, _, true) => &[404],
+                    _ => unreachable!(),
+                };
+            assert!(
+                expected.contains(&answer.status),
+                "{role} {method} {path}: {} (expected {expected:?}): {}",
+                answer.status,
+                answer.body
+            );
+        }
+    }
+    server.shutdown.cancel();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_customer_sees_only_its_own_orders() {
+    let mut env = TestEnv::new().await;
+    env.start(&[orderflow::components::Component::Projections]);
+    let dir = std::env::temp_dir().join(format!("orderflow-auth-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, _) = rsa_key(&dir, "k1");
+    let server = serve(&env, &key).await;
+    let addr = server.addr;
+    let service = format!("Bearer {}", sign("k1", &key, &claims("svc-1", "service")));
+    let accepted = call(
+        addr,
+        "POST",
+        "/v1/orders",
+        &[("Authorization", &service)],
+        &order("o-own-1"),
+    )
+    .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let customer = |id: &str| {
+        // A fresh subject per call: the serve() flags give customers a 3-request bucket.
+        let mut c = claims(
+            &format!("user-{}", uuid::Uuid::new_v4().simple()),
+            "customer",
+        );
+        c["customer_id"] = json!(id);
+        format!("Bearer {}", sign("k1", &key, &c))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = call(
+            addr,
+            "GET",
+            "/v1/orders/o-own-1",
+            &[("Authorization", &customer("c-1")), ("Prefer", "wait=2")],
+            "",
+        )
+        .await;
+        if a.status == 200 {
+            break;
+        }
+        assert_eq!(a.status, 404, "{}", a.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the order never reached the read model"
+        );
+    }
+    let foreign = call(
+        addr,
+        "GET",
+        "/v1/orders/o-own-1",
+        &[("Authorization", &customer("c-2"))],
+        "",
+    )
+    .await;
+    assert_eq!(
+        foreign.status, 404,
+        "another customer's order is 404, not 403: {}",
+        foreign.body
+    );
+    let events = call(
+        addr,
+        "GET",
+        "/v1/orders/o-own-1/events",
+        &[("Authorization", &customer("c-2"))],
+        "",
+    )
+    .await;
+    assert_eq!(events.status, 404, "{}", events.body);
+    let cancel = call(
+        addr,
+        "POST",
+        "/v1/orders/o-own-1/cancellation",
+        &[("Authorization", &customer("c-2"))],
+        &json!({"reason": "customer_request"}).to_string(),
+    )
+    .await;
+    assert_eq!(cancel.status, 404, "{}", cancel.body);
+    let listed = call(
+        addr,
+        "GET",
+        "/v1/orders",
+        &[("Authorization", &customer("c-2"))],
+        "",
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    assert!(
+        !listed.body.contains("o-own-1"),
+        "another customer's order is listed: {}",
+        listed.body
+    );
+    let own = call(
+        addr,
+        "GET",
+        "/v1/orders",
+        &[("Authorization", &customer("c-1"))],
+        "",
+    )
+    .await;
+    assert!(own.body.contains("o-own-1"), "{}", own.body);
+    server.shutdown.cancel();
+    env.finish().await;
+}
