@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use platform::outbox::{OutboxRecord, OutboxRow};
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 
 /// The outbox step of the API's rows; the API's relay publishes them.
 pub const OUTBOX_STEP: &str = "api";
@@ -76,7 +77,7 @@ pub async fn accept(
             .map(Outcome::Existing)
             .ok_or(sqlx::Error::RowNotFound);
     };
-    let rows = platform::outbox::insert(&mut tx, OUTBOX_STEP, vec![command]).await?;
+    let rows = insert_traced(&mut tx, "create", command).await?;
     tx.commit().await?;
     Ok(Outcome::New(
         Accepted {
@@ -131,7 +132,21 @@ pub async fn find(
 /// Write `command` (a cancellation request) to the outbox in a transaction of its own.
 pub async fn enqueue(pool: &PgPool, command: OutboxRecord) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows = platform::outbox::insert(&mut tx, OUTBOX_STEP, vec![command]).await?;
+    let rows = insert_traced(&mut tx, "request", command).await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+/// `command` into the outbox under a producer span of its own, so the row carries trace context
+/// (`platform::outbox::insert` stores the current span's) and the order's trace starts here,
+/// as it does at `orderflow publish`. Nothing is built when trace export is off.
+async fn insert_traced(
+    tx: &mut PgConnection,
+    action: &str,
+    command: OutboxRecord,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let span = platform::trace::event_span(action, "api", &command.order_id, &command.event_type);
+    platform::outbox::insert(tx, OUTBOX_STEP, vec![command])
+        .instrument(span)
+        .await
 }
