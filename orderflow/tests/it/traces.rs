@@ -1,7 +1,8 @@
 //! One OpenTelemetry trace per order across the log: `orderflow run` and `orderflow publish`
 //! export to an OTLP/HTTP sink started here (it decodes the protobuf the exporter posts), and
 //! the spans of each order must form one trace whose parent links follow the causation chain:
-//! create → reserve → authorize → schedule → complete → projected.
+//! create → reserve → authorize → schedule → complete → projected. An order accepted by
+//! `orderflow serve` starts its trace at the API.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -343,4 +344,128 @@ async fn one_order_is_one_trace_whose_parents_follow_the_causation_chain() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// POST `body` as JSON to `path` of `addr` with a bare HTTP/1.1 request; the status code.
+async fn post_json(addr: SocketAddr, path: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to orderflow serve");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read answer");
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {}", String::from_utf8_lossy(&answer)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_accepted_over_http_is_one_trace_that_starts_at_the_api() {
+    let env = TestEnv::new().await;
+    env.set_stock(&[("SKU-A", 100)]).await;
+    let (address, spans) = sink().await;
+    let endpoint = format!("http://{address}");
+    let traced = |command: &mut std::process::Command| {
+        command
+            .env("ORDERFLOW_TRACING__OTLP_ENDPOINT", &endpoint)
+            .env("ORDERFLOW_TRACING__SAMPLING_RATIO", "1.0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    };
+    // A free port for the API: bound here, released, handed to the child.
+    let api: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut serve = orderflow(&env);
+    serve
+        .arg("serve")
+        .env("ORDERFLOW_API__LISTEN", api.to_string())
+        .env("ORDERFLOW_API__INSECURE_DEV_PRINCIPAL", "service");
+    traced(&mut serve);
+    let mut serve = serve.spawn().expect("start orderflow serve");
+    let mut run = orderflow(&env);
+    run.arg("run");
+    traced(&mut run);
+    let mut run = run.spawn().expect("start orderflow run");
+
+    let order = "h-1";
+    let body = format!(
+        r#"{{"order_id":"{order}","customer_id":"c-1","currency":"EUR","lines":[{{"sku":"SKU-A","quantity":1,"unit_price_minor":100}}],"shipping_address":{{"name":"A","line1":"1 Main","city":"Berlin","postal_code":"10115","country":"DE"}}}}"#
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if tokio::net::TcpStream::connect(api).await.is_ok() {
+            break;
+        }
+        if let Ok(Some(exit)) = serve.try_wait() {
+            stop(&mut run);
+            panic!("orderflow serve exited ({exit}) before listening on {api}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serve never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(post_json(api, "/v1/orders", &body).await, 202, "accepted");
+
+    let of = |received: &[Received], component: &str, event: &str| -> Option<Received> {
+        received
+            .iter()
+            .find(|s| s.attr("order.id") == order && s.is(component, event))
+            .cloned()
+    };
+    let received = loop {
+        let received = spans.lock().unwrap().clone();
+        if of(&received, "projections", "OrderCompleted").is_some()
+            && of(&received, "saga", "ShipmentScheduled").is_some()
+        {
+            break received;
+        }
+        if tokio::time::Instant::now() > deadline {
+            stop(&mut serve);
+            stop(&mut run);
+            let names: Vec<String> = received
+                .iter()
+                .map(|s| format!("{} {}", s.attr("order.id"), s.name))
+                .collect();
+            panic!("the order's trace did not arrive within {WAIT:?}; got {names:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    stop(&mut serve);
+    stop(&mut run);
+
+    let of_order: Vec<&Received> = received
+        .iter()
+        .filter(|s| s.attr("order.id") == order)
+        .collect();
+    let traces: HashSet<&Vec<u8>> = of_order.iter().map(|s| &s.trace_id).collect();
+    assert_eq!(traces.len(), 1, "one trace: {of_order:#?}");
+    let create = of(&received, "api", "OrderCreated").expect("the API's producer span");
+    let by_id: HashMap<Vec<u8>, Received> = received
+        .iter()
+        .map(|s| (s.span_id.clone(), s.clone()))
+        .collect();
+    for (component, event) in [
+        ("inventory", "OrderCreated"),
+        ("saga", "ShipmentScheduled"),
+        ("projections", "OrderCompleted"),
+    ] {
+        let span = of(&received, component, event)
+            .unwrap_or_else(|| panic!("no span of {component} for {event}"));
+        assert!(
+            reaches(&by_id, &span, |p| p.span_id == create.span_id),
+            "{component} {event} does not descend from the API's create span"
+        );
+    }
+    env.finish().await;
 }
