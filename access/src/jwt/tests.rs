@@ -69,6 +69,8 @@ fn key(dir: &std::path::Path, kid: &str, algorithm: Algorithm) -> TestKey {
     };
     let pem = std::fs::read(&path).unwrap();
     let public_pem = openssl(&["pkey", "-in", path_s, "-pubout"]);
+    // A test key leaves nothing behind once loaded.
+    std::fs::remove_file(&path).unwrap();
     let encoding = match algorithm {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
         Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
@@ -127,6 +129,12 @@ struct Fixture {
     ed: TestKey,
     verifier: Verifier,
     jwks: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.jwks.parent().unwrap());
+    }
 }
 
 fn fixture() -> Fixture {
@@ -230,7 +238,7 @@ fn every_forged_token_is_refused_for_its_own_reason() {
     let unknown_kid = sign(
         &TestKey {
             kid: "rsa-9".into(),
-            ..key(&dir(), "rsa-9", Algorithm::RS256)
+            ..key(f.jwks.parent().unwrap(), "rsa-9", Algorithm::RS256)
         },
         &claims("service"),
     );
@@ -238,7 +246,7 @@ fn every_forged_token_is_refused_for_its_own_reason() {
     let impostor = sign(
         &TestKey {
             kid: "rsa-1".into(),
-            ..key(&dir(), "x", Algorithm::RS256)
+            ..key(f.jwks.parent().unwrap(), "x", Algorithm::RS256)
         },
         &claims("service"),
     );
@@ -246,7 +254,7 @@ fn every_forged_token_is_refused_for_its_own_reason() {
     let wrong_alg_for_kid = sign(
         &TestKey {
             kid: "rsa-1".into(),
-            ..key(&dir(), "y", Algorithm::ES256)
+            ..key(f.jwks.parent().unwrap(), "y", Algorithm::ES256)
         },
         &claims("service"),
     );
