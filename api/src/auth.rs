@@ -14,38 +14,12 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
 
 use crate::problem::ApiError;
 use crate::server::AppState;
 
-/// What a principal may do (issue 13): `customer` reads and cancels its own orders, `service`
-/// creates orders and reads any, `operator` everything operational, `analyst` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Customer,
-    Service,
-    Operator,
-    Analyst,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Customer, Role::Service, Role::Operator, Role::Analyst];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Customer => "customer",
-            Role::Service => "service",
-            Role::Operator => "operator",
-            Role::Analyst => "analyst",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
+/// The roles are `access`'s, one definition for the API, the credential stores and the CLI.
+pub use access::Role;
 
 /// The caller of a request, as the authenticator established it.
 #[derive(Debug, Clone, PartialEq, Eq)]

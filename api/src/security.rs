@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authenticator, Principal, Role};
+use crate::auth::{Authenticator, Principal};
 use crate::problem::{ApiError, Problem, PROBLEM_JSON};
 use crate::server::AppState;
 
@@ -41,15 +41,9 @@ pub struct Credentials {
 }
 
 fn to_api_principal(p: access::Principal) -> Principal {
-    let role = match p.role {
-        access::Role::Customer => Role::Customer,
-        access::Role::Service => Role::Service,
-        access::Role::Operator => Role::Operator,
-        access::Role::Analyst => Role::Analyst,
-    };
     Principal {
         id: p.id,
-        role,
+        role: p.role,
         customer_id: p.customer_id,
     }
 }
@@ -236,7 +230,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     let presented_credentials = request.headers().contains_key(header::AUTHORIZATION)
         || request.headers().contains_key(API_KEY_HEADER);
     let (class, key) = match &authenticated {
-        Authenticated::Yes(p) => (Class::Role(to_access_role(p.role)), p.id.clone()),
+        Authenticated::Yes(p) => (Class::Role(p.role), p.id.clone()),
         _ => {
             let address = request
                 .extensions()
@@ -305,15 +299,6 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         );
     }
     response
-}
-
-fn to_access_role(role: Role) -> access::Role {
-    match role {
-        Role::Customer => access::Role::Customer,
-        Role::Service => access::Role::Service,
-        Role::Operator => access::Role::Operator,
-        Role::Analyst => access::Role::Analyst,
-    }
 }
 
 #[cfg(test)]
