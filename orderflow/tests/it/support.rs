@@ -9,6 +9,7 @@ use events::{Address, Event, OrderLine};
 use orderflow::components::{self, Component};
 use orderflow::settings::Settings;
 use producers::{OrderInput, Publisher};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -301,6 +302,39 @@ impl TestEnv {
         .execute(&admin)
         .await
         .expect("drop test database");
+        // And its topics: a broker kept between runs (scripts/dev-up reuses a running one)
+        // would otherwise collect every run's partitions and answer metadata ever slower.
+        if let Err(e) = self.delete_topics().await {
+            eprintln!("warning: the topics of this test were left on the broker: {e:#}");
+        }
+    }
+
+    /// Delete the test's log topic and every topic named after it (its dead-letter topics).
+    async fn delete_topics(&self) -> anyhow::Result<()> {
+        let kafka = &self.settings.kafka;
+        let metadata =
+            platform::kafka::probe(kafka)?.fetch_metadata(None, Duration::from_secs(10))?;
+        let ours: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|name| name.starts_with(&kafka.topic))
+            .collect();
+        if ours.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = ours.iter().map(String::as_str).collect();
+        let options =
+            rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in platform::kafka::admin(kafka)?
+            .delete_topics(&names, &options)
+            .await?
+        {
+            if let Err((topic, code)) = result {
+                anyhow::bail!("deleting {topic}: {code}");
+            }
+        }
+        Ok(())
     }
 }
 
