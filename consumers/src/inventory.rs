@@ -559,6 +559,37 @@ pub async fn set_stock(tx: &mut PgConnection, stock: &[(String, i64)]) -> Result
     Ok(())
 }
 
+/// One sku's stock as operators read it (`GET /v1/stock`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StockLevel {
+    pub sku: String,
+    /// Free to reserve.
+    pub available: i64,
+    /// Held by reservations not yet released.
+    pub reserved: i64,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// At most `limit` skus' stock in sku order, after `after` (keyset pagination); only `skus`
+/// when given.
+pub async fn stock_levels(
+    conn: &mut PgConnection,
+    skus: Option<&[String]>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<StockLevel>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sku, available, reserved, updated_at FROM inventory.stock
+         WHERE ($1::text[] IS NULL OR sku = ANY($1)) AND ($2::text IS NULL OR sku > $2)
+         ORDER BY sku LIMIT $3",
+    )
+    .bind(skus)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,53 @@ pub async fn per_step(conn: &mut PgConnection) -> Result<Vec<(String, Parked)>, 
         .collect())
 }
 
+/// A parked order as operators list it (`GET /v1/parked`): its head record (the one that
+/// failed and is retried first) and how many records it holds.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ParkedOrder {
+    pub step: String,
+    pub order_id: String,
+    /// Records held: the failed one and those behind it.
+    pub records: i64,
+    /// Failed attempts at the head record.
+    pub attempts: i32,
+    pub first_failed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+    /// The last failed attempt's error, as the step recorded it.
+    pub last_error: Option<String>,
+}
+
+/// At most `limit` parked orders of `step` (all steps when `None`) in (step, order id) order,
+/// after `after` (keyset pagination).
+pub async fn orders(
+    conn: &mut PgConnection,
+    step: Option<&str>,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> Result<Vec<ParkedOrder>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT h.step, h.order_id, c.records, h.attempts, h.first_failed_at, h.next_attempt_at,
+                h.parked_at, h.history -> -1 ->> 'error' AS last_error
+         FROM (SELECT DISTINCT ON (step, order_id) step, order_id, attempts, first_failed_at,
+                      next_attempt_at, parked_at, history
+               FROM pipeline.parked
+               WHERE ($1::text IS NULL OR step = $1)
+                 AND ($2::text IS NULL OR (step, order_id) > ($2, $3))
+               ORDER BY step, order_id, seq
+               LIMIT $4) h
+         CROSS JOIN LATERAL (SELECT count(*) AS records FROM pipeline.parked p
+                             WHERE p.step = h.step AND p.order_id = h.order_id) c
+         ORDER BY h.step, h.order_id",
+    )
+    .bind(step)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 /// Store `message` behind the order's other held events. `history` is non-empty for the event
 /// that failed (it is retried first), empty for events held behind it.
 pub async fn hold(

@@ -186,6 +186,39 @@ pub async fn block_customer(
     Ok(())
 }
 
+/// Let the simulated provider authorize `customer_id` again; `false` when it was not blocked.
+/// Payments declined while blocked stay declined.
+pub async fn unblock_customer(pool: &PgPool, customer_id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM payment.blocked_customers WHERE customer_id = $1")
+        .bind(customer_id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A customer's block as operators read it (`GET /v1/customers/{id}/block`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CustomerBlock {
+    pub customer_id: String,
+    /// Why, as the operator who blocked the customer wrote it.
+    pub note: String,
+    pub blocked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The block of `customer_id`, if the customer is blocked.
+pub async fn customer_block(
+    pool: &PgPool,
+    customer_id: &str,
+) -> Result<Option<CustomerBlock>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT customer_id, note, created_at AS blocked_at FROM payment.blocked_customers
+         WHERE customer_id = $1",
+    )
+    .bind(customer_id)
+    .fetch_optional(pool)
+    .await
+}
+
 /// The payment step: its provider, behind a timeout and a circuit breaker.
 pub struct Payment {
     provider: Arc<dyn PaymentProvider>,

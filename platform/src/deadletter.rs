@@ -222,11 +222,12 @@ pub async fn open_per_consumer(conn: &mut PgConnection) -> Result<Vec<(String, i
     .await
 }
 
-/// A dead letter as operators list it (`orderflow dlq list`).
+/// A dead letter as operators list it (`orderflow dlq list`, `GET /v1/dead-letters`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Listed {
     pub id: Uuid,
     pub consumer: String,
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub error_class: String,
@@ -234,7 +235,29 @@ pub struct Listed {
     pub attempts: i32,
     pub last_failed_at: DateTime<Utc>,
     pub error: String,
+    pub redriven_at: Option<DateTime<Utc>>,
     pub redrive_outcome: Option<String>,
+}
+
+/// Where a page of [`page`] starts: after this dead letter's (consumer, topic, partition,
+/// offset), the order the list is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAfter {
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl From<&Listed> for ListedAfter {
+    fn from(row: &Listed) -> ListedAfter {
+        ListedAfter {
+            consumer: row.consumer.clone(),
+            topic: row.topic.clone(),
+            partition: row.partition,
+            offset: row.offset,
+        }
+    }
 }
 
 /// Dead letters of `consumer` (all consumers when `None`), open ones only unless `all`, in
@@ -244,15 +267,34 @@ pub async fn list(
     consumer: Option<&str>,
     all: bool,
 ) -> Result<Vec<Listed>, sqlx::Error> {
+    page(pool, consumer, all, None, i64::MAX).await
+}
+
+/// At most `limit` dead letters as [`list`] orders them, starting after `after` (keyset
+/// pagination: a page never repeats or skips a row that existed through the walk).
+pub async fn page(
+    pool: &sqlx::PgPool,
+    consumer: Option<&str>,
+    all: bool,
+    after: Option<&ListedAfter>,
+    limit: i64,
+) -> Result<Vec<Listed>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, consumer, partition, \"offset\", error_class, error_kind, attempts, last_failed_at, error,
-                redrive_outcome
+        "SELECT id, consumer, topic, partition, \"offset\", error_class, error_kind, attempts, last_failed_at,
+                error, redriven_at, redrive_outcome
          FROM pipeline.dead_letters
          WHERE ($1::text IS NULL OR consumer = $1) AND ($2 OR redriven_at IS NULL)
-         ORDER BY consumer, topic, partition, \"offset\"",
+           AND ($3::text IS NULL OR (consumer, topic, partition, \"offset\") > ($3, $4, $5, $6))
+         ORDER BY consumer, topic, partition, \"offset\"
+         LIMIT $7",
     )
     .bind(consumer)
     .bind(all)
+    .bind(after.map(|a| a.consumer.as_str()))
+    .bind(after.map(|a| a.topic.as_str()))
+    .bind(after.map(|a| a.partition))
+    .bind(after.map(|a| a.offset))
+    .bind(limit)
     .fetch_all(pool)
     .await
 }
