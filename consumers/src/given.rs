@@ -52,6 +52,8 @@ pub fn created(order: &str, lines: &[(&str, i32, i64)], country: &str) -> Event 
                 postal_code: "1".into(),
                 country: country.into(),
             },
+            contact: None,
+            sealed: None,
         }),
     )
 }

@@ -3,7 +3,9 @@
 //!
 //! This module owns the byte layout (`C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint
 //! of the writer schema's Parsing Canonical Form, then the Avro binary datum), the schema
-//! catalog, and the mapping between typed events and Avro values. It must not invent domain
+//! catalog (every version of every type: the fingerprint picks the writer's), the mapping
+//! between typed events and Avro values, and the one place an older version becomes the
+//! current model (`upcast_order_created_v1`). It must not invent domain
 //! rules (those live in `validate`, which it calls on both sides), must not read schemas from
 //! disk at run time, and [`decode`] must never panic or allocate without bound, whatever bytes
 //! it is handed: it reads untrusted input straight off the log.
@@ -44,6 +46,22 @@ pub enum EncodeError {
     Avro {
         event_type: EventType,
         reason: String,
+    },
+    /// [`encode_version`] was asked for a version of the type that this build has no schema
+    /// for. A bug in the caller.
+    #[error("{event_type} has no schema version {version} (this build knows 1 to {current})")]
+    UnknownVersion {
+        event_type: EventType,
+        version: u32,
+        current: u32,
+    },
+    /// [`encode_version`] was asked for an older version that cannot carry the event's data
+    /// (e.g. a contact in an `OrderCreated` v1). Write the current version instead.
+    #[error("{event_type} version {version} cannot carry {field}; write the current version")]
+    NotRepresentable {
+        event_type: EventType,
+        version: u32,
+        field: &'static str,
     },
     /// The encoded datum is larger than any reader accepts, so it would be dead on arrival.
     #[error("{event_type} encodes to {len} bytes, more than the {max} readers accept")]
@@ -114,20 +132,57 @@ pub struct SchemaInfo {
     pub schema_json: &'static str,
 }
 
-/// Every schema this build writes and reads, one per event type, in [`EventType::ALL`] order.
+/// Every schema this build reads: every version of every event type, in [`EventType::ALL`]
+/// order and by version within a type. The one it writes for a type is the highest
+/// ([`writer_schema`]); the older ones are kept so that records already on the log and in
+/// archives stay readable.
 pub fn schema_catalog() -> &'static [SchemaInfo] {
     &CATALOG.infos
 }
 
-/// Encode `event` as an Avro single-object encoded record.
+/// The schema this build writes for `event_type`: its [`EventType::current_version`].
+pub fn writer_schema(event_type: EventType) -> &'static SchemaInfo {
+    &CATALOG.entry(event_type).info
+}
+
+/// Encode `event` as an Avro single-object encoded record of its type's current schema
+/// version ([`writer_schema`]).
 ///
 /// The event is validated first; an invalid event is refused with [`EncodeError::Invalid`].
 /// `occurred_at` is written at microsecond precision (the schema's `timestamp-micros`): any
 /// sub-microsecond part is dropped, so such an event does not round-trip exactly.
 pub fn encode(event: &Event) -> Result<Vec<u8>, EncodeError> {
+    encode_version(event, event.event_type().current_version())
+}
+
+/// Encode `event` with an older schema version of its type, as a build from before that
+/// version's successor wrote it: for tests of mixed logs and for a producer that must keep
+/// writing what not-yet-upgraded readers know. Refused when the version does not exist
+/// ([`EncodeError::UnknownVersion`]) or cannot carry the event's data
+/// ([`EncodeError::NotRepresentable`]: an `OrderCreated` v1 has no contact or sealed fields).
+pub fn encode_version(event: &Event, version: u32) -> Result<Vec<u8>, EncodeError> {
     validate(event)?;
     let event_type = event.event_type();
-    let entry = CATALOG.entry(event_type);
+    let entry = CATALOG
+        .version(event_type, version)
+        .ok_or(EncodeError::UnknownVersion {
+            event_type,
+            version,
+            current: event_type.current_version(),
+        })?;
+    if let (1, EventBody::OrderCreated(order)) = (version, &event.body) {
+        let lost = [
+            ("contact", order.contact.is_some()),
+            ("sealed", order.sealed.is_some()),
+        ];
+        if let Some((field, _)) = lost.into_iter().find(|(_, present)| *present) {
+            return Err(EncodeError::NotRepresentable {
+                event_type,
+                version,
+                field,
+            });
+        }
+    }
     let avro = |reason: String| EncodeError::Avro { event_type, reason };
 
     let version = i32::try_from(entry.info.version).map_err(|_| {
@@ -231,12 +286,18 @@ struct Catalog {
 }
 
 impl Catalog {
+    /// The entry this build writes for `event_type`.
     fn entry(&self, event_type: EventType) -> &Entry {
+        self.version(event_type, event_type.current_version())
+            // SOURCES has every version up to the current one of every EventType; the catalog
+            // test checks every type.
+            .expect("every event type has an embedded schema of its current version")
+    }
+
+    fn version(&self, event_type: EventType, version: u32) -> Option<&Entry> {
         self.entries
             .iter()
-            .find(|e| e.info.event_type == event_type)
-            // SOURCES has one schema per EventType; the catalog test checks every type.
-            .expect("every event type has an embedded schema")
+            .find(|e| e.info.event_type == event_type && e.info.version == version)
     }
 
     fn by_fingerprint(&self, fingerprint: u64) -> Option<&Entry> {
@@ -246,20 +307,26 @@ impl Catalog {
     }
 }
 
-/// `(event type, version, file name, file text)`, in `EventType::ALL` order.
+/// `(event type, version, file name, file text)`, in `EventType::ALL` order, then by version.
 macro_rules! source {
     ($t:ident) => {
+        source!($t, 1)
+    };
+    ($t:ident, $v:literal) => {
         (
             EventType::$t,
-            1,
-            concat!(stringify!($t), ".v1.avsc"),
-            include_str!(concat!("../../schemas/", stringify!($t), ".v1.avsc")),
+            $v,
+            concat!(stringify!($t), ".v", $v, ".avsc"),
+            include_str!(concat!("../../schemas/", stringify!($t), ".v", $v, ".avsc")),
         )
     };
 }
 
-const SOURCES: [(EventType, u32, &str, &str); 16] = [
-    source!(OrderCreated),
+/// Every schema file of `schemas/`. A new version is added here beside the old ones, never
+/// instead of them (docs/schema-evolution.md).
+const SOURCES: [(EventType, u32, &str, &str); 17] = [
+    source!(OrderCreated, 1),
+    source!(OrderCreated, 2),
     source!(InventoryReserved),
     source!(InventoryRejected),
     source!(InventoryReleased),
@@ -352,6 +419,10 @@ fn to_value(event: &Event, version: i32) -> Value {
             ));
             f.push(("currency", string(&b.currency)));
             f.push(("shipping_address", address_value(&b.shipping_address)));
+            if version >= 2 {
+                f.push(("contact", optional(b.contact.as_ref().map(contact_value))));
+                f.push(("sealed", optional(b.sealed.as_ref().map(sealed_value))));
+            }
         }
         EventBody::InventoryReserved(b) => {
             f.push(("reservation_id", Value::Uuid(b.reservation_id)));
@@ -464,6 +535,30 @@ fn address_value(a: &Address) -> Value {
     ])
 }
 
+/// A `["null", T]` union: branch 0 is null, branch 1 the value.
+fn optional(value: Option<Value>) -> Value {
+    match value {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(v) => Value::Union(1, Box::new(v)),
+    }
+}
+
+fn contact_value(c: &Contact) -> Value {
+    record(vec![
+        ("email", string(&c.email)),
+        ("phone", optional(c.phone.as_deref().map(string))),
+    ])
+}
+
+fn sealed_value(s: &SealedPersonal) -> Value {
+    record(vec![
+        ("key_id", string(&s.key_id)),
+        ("algorithm", string(&s.algorithm)),
+        ("nonce", Value::Bytes(s.nonce.clone())),
+        ("ciphertext", Value::Bytes(s.ciphertext.clone())),
+    ])
+}
+
 fn items_value(items: &[SkuQuantity]) -> Value {
     Value::Array(
         items
@@ -515,7 +610,7 @@ fn from_value(entry: &Entry, value: Value) -> Result<Event, DecodeError> {
         });
     }
     let meta = read_meta(&mut r, event_id).map_err(malformed)?;
-    let body = read_body(event_type, &mut r).map_err(malformed)?;
+    let body = read_body(event_type, entry.info.version, &mut r).map_err(malformed)?;
     r.finish().map_err(malformed)?;
     Ok(Event { meta, body })
 }
@@ -530,29 +625,32 @@ fn read_meta(r: &mut Fields, event_id: Uuid) -> Result<Metadata, String> {
     })
 }
 
-fn read_body(event_type: EventType, r: &mut Fields) -> Result<EventBody, String> {
+/// The body of a record written with `version` of `event_type`'s schema, as the current model.
+fn read_body(event_type: EventType, version: u32, r: &mut Fields) -> Result<EventBody, String> {
     Ok(match event_type {
-        EventType::OrderCreated => EventBody::OrderCreated(OrderCreated {
-            customer_id: r.string("customer_id")?,
-            lines: r.records("lines", "OrderLine", |l| {
-                Ok(OrderLine {
-                    sku: l.string("sku")?,
-                    quantity: l.int("quantity")?,
-                    unit_price_minor: l.long("unit_price_minor")?,
-                })
-            })?,
-            currency: r.string("currency")?,
-            shipping_address: r.record("shipping_address", "Address", |a| {
-                Ok(Address {
-                    name: a.string("name")?,
-                    line1: a.string("line1")?,
-                    line2: a.optional_string("line2")?,
-                    city: a.string("city")?,
-                    postal_code: a.string("postal_code")?,
-                    country: a.string("country")?,
-                })
-            })?,
-        }),
+        EventType::OrderCreated => {
+            let v1 = read_order_created_v1(r)?;
+            EventBody::OrderCreated(match version {
+                1 => upcast_order_created_v1(v1),
+                _ => OrderCreated {
+                    contact: r.optional_record("contact", "Contact", |c| {
+                        Ok(Contact {
+                            email: c.string("email")?,
+                            phone: c.optional_string("phone")?,
+                        })
+                    })?,
+                    sealed: r.optional_record("sealed", "SealedPersonal", |s| {
+                        Ok(SealedPersonal {
+                            key_id: s.string("key_id")?,
+                            algorithm: s.string("algorithm")?,
+                            nonce: s.bytes("nonce")?,
+                            ciphertext: s.bytes("ciphertext")?,
+                        })
+                    })?,
+                    ..upcast_order_created_v1(v1)
+                },
+            })
+        }
         EventType::InventoryReserved => EventBody::InventoryReserved(InventoryReserved {
             reservation_id: r.uuid("reservation_id")?,
             items: r.records("items", "SkuQuantity", read_sku_quantity)?,
@@ -639,6 +737,55 @@ fn read_body(event_type: EventType, r: &mut Fields) -> Result<EventBody, String>
     })
 }
 
+/// The fields of `OrderCreated` v1, which v2 keeps unchanged at the same positions.
+struct OrderCreatedV1 {
+    customer_id: String,
+    lines: Vec<OrderLine>,
+    currency: String,
+    shipping_address: Address,
+}
+
+fn read_order_created_v1(r: &mut Fields) -> Result<OrderCreatedV1, String> {
+    Ok(OrderCreatedV1 {
+        customer_id: r.string("customer_id")?,
+        lines: r.records("lines", "OrderLine", |l| {
+            Ok(OrderLine {
+                sku: l.string("sku")?,
+                quantity: l.int("quantity")?,
+                unit_price_minor: l.long("unit_price_minor")?,
+            })
+        })?,
+        currency: r.string("currency")?,
+        shipping_address: r.record("shipping_address", "Address", |a| {
+            Ok(Address {
+                name: a.string("name")?,
+                line1: a.string("line1")?,
+                line2: a.optional_string("line2")?,
+                city: a.string("city")?,
+                postal_code: a.string("postal_code")?,
+                country: a.string("country")?,
+            })
+        })?,
+    })
+}
+
+/// The one place an `OrderCreated` v1 becomes the current model: every v1 field keeps its
+/// meaning, and the fields v2 added take the defaults its schema declares (`contact` and
+/// `sealed` null), exactly what Avro schema resolution of a v1 record under the v2 reader
+/// schema gives (`scripts/check-schemas` checks that resolution). Every reader of the log —
+/// steps, projections, the archive's restore — gets v1 records through here, so they fold v1
+/// and v2 alike. A v3 would add `upcast_order_created_v2` and chain the two.
+fn upcast_order_created_v1(v1: OrderCreatedV1) -> OrderCreated {
+    OrderCreated {
+        customer_id: v1.customer_id,
+        lines: v1.lines,
+        currency: v1.currency,
+        shipping_address: v1.shipping_address,
+        contact: None,
+        sealed: None,
+    }
+}
+
 fn read_sku_quantity(r: &mut Fields) -> Result<SkuQuantity, String> {
     Ok(SkuQuantity {
         sku: r.string("sku")?,
@@ -698,6 +845,34 @@ impl Fields {
                 Value::Null => Ok(None),
                 Value::String(s) => Ok(Some(s)),
                 other => Err(self.mismatch(name, "null or string", &other)),
+            },
+            other => Err(self.mismatch(name, "union", &other)),
+        }
+    }
+
+    fn bytes(&mut self, name: &'static str) -> Result<Vec<u8>, String> {
+        match self.take(name)? {
+            Value::Bytes(b) => Ok(b),
+            other => Err(self.mismatch(name, "bytes", &other)),
+        }
+    }
+
+    /// A `["null", record]` union.
+    fn optional_record<T>(
+        &mut self,
+        name: &'static str,
+        record: &'static str,
+        read: impl FnOnce(&mut Fields) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        match self.take(name)? {
+            Value::Union(_, inner) => match *inner {
+                Value::Null => Ok(None),
+                value => {
+                    let mut inner = Fields::new(record, value)?;
+                    let out = read(&mut inner)?;
+                    inner.finish()?;
+                    Ok(Some(out))
+                }
             },
             other => Err(self.mismatch(name, "union", &other)),
         }

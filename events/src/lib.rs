@@ -1,5 +1,6 @@
 //! The order log's vocabulary: every event type, its metadata, its domain rules, and its
-//! wire format (Avro single-object encoding, schemas in the workspace `schemas/` folder).
+//! wire format (Avro single-object encoding, schemas in the workspace `schemas/` folder, every
+//! version of each readable, docs/schema-evolution.md).
 //!
 //! This is the only crate that knows the wire format. Other crates hand it typed [`Event`]s
 //! and bytes; they never build Avro values themselves.
@@ -9,7 +10,10 @@ mod codec;
 mod model;
 mod validate;
 
-pub use codec::{decode, encode, peek_type, schema_catalog, DecodeError, EncodeError, SchemaInfo};
+pub use codec::{
+    decode, encode, encode_version, peek_type, schema_catalog, writer_schema, DecodeError,
+    EncodeError, SchemaInfo,
+};
 pub use model::*;
 pub use validate::{is_known_currency, validate, validate_order, ValidationError, SAGA_STEPS};
 

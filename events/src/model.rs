@@ -113,9 +113,13 @@ impl EventType {
         }
     }
 
-    /// The schema version this build writes for the type.
+    /// The schema version this build writes for the type, and the one every older version is
+    /// upcast to when read (`schemas/<Type>.v<N>.avsc`; docs/schema-evolution.md).
     pub fn current_version(self) -> u32 {
-        1
+        match self {
+            EventType::OrderCreated => 2,
+            _ => 1,
+        }
     }
 }
 
@@ -126,6 +130,10 @@ impl std::fmt::Display for EventType {
 }
 
 /// The payload of an event, one variant per event type.
+// `OrderCreated` (with the contact and sealed data of v2) is far larger than the others; it is
+// also the most common event, decoded once per record and moved a handful of times, so
+// boxing it would add an allocation to every decode to shrink the rare small ones.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventBody {
     OrderCreated(OrderCreated),
@@ -189,6 +197,32 @@ pub struct Address {
     pub country: String,
 }
 
+/// How to reach the customer about an order. Personal data: see docs/schema-evolution.md.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// 3 to 254 characters, one `@` with a dotted domain after it.
+    pub email: String,
+    /// 3 to 32 characters of digits, spaces and `+ - ( ) .`, at least 3 of them digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// An order's personal fields, encrypted with the customer's data key (an AEAD, the order id
+/// as associated data). This crate only carries it: it never encrypts or decrypts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedPersonal {
+    /// Which data key sealed the fields; never a key itself.
+    pub key_id: String,
+    /// The AEAD algorithm, e.g. `AES-256-GCM`.
+    pub algorithm: String,
+    pub nonce: Vec<u8>,
+    /// The encrypted fields with the AEAD tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// An order as the current model sees it (schema version 2). A version 1 record reads as this
+/// with `contact` and `sealed` both `None` (the codec's `upcast_order_created_v1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderCreated {
     pub customer_id: String,
@@ -196,6 +230,11 @@ pub struct OrderCreated {
     /// ISO 4217 code, upper case.
     pub currency: String,
     pub shipping_address: Address,
+    /// The customer's contact, when the order came with one (since v2).
+    pub contact: Option<Contact>,
+    /// The personal fields, encrypted, once the intake has sealed them (since v2); `None` from
+    /// upstream producers and in every v1 record.
+    pub sealed: Option<SealedPersonal>,
 }
 
 impl OrderCreated {

@@ -6,11 +6,29 @@
 //! It must stay pure: no I/O, no clock, no wire-format knowledge, and no rule that depends on
 //! other events (stock levels, payment limits) — those belong to the services that own them.
 
-use crate::model::{Address, Event, EventBody, OrderCreated, OrderLine, Shortage, SkuQuantity};
+use crate::model::{
+    Address, Contact, Event, EventBody, OrderCreated, OrderLine, SealedPersonal, Shortage,
+    SkuQuantity,
+};
 
 /// The most lines one order may have. Bounds the size of an `OrderCreated` record and of the
 /// work every downstream step does for it.
 const MAX_LINES: usize = 500;
+/// Bounds of a contact's e-mail address, in characters (RFC 5321's path limit is 254).
+const EMAIL_CHARS: std::ops::RangeInclusive<usize> = 3..=254;
+/// The longest local part (before the `@`) of an e-mail address, in characters (RFC 5321).
+const EMAIL_LOCAL_CHARS_MAX: usize = 64;
+/// Bounds of a contact's phone number, in characters.
+const PHONE_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
+/// The fewest digits a phone number has.
+const PHONE_DIGITS_MIN: usize = 3;
+/// The longest key id or algorithm name of sealed personal data, in characters.
+const SEALED_NAME_CHARS_MAX: usize = 200;
+/// The largest nonce of sealed personal data, in bytes (AEAD nonces are 12 to 24 bytes).
+const SEALED_NONCE_BYTES_MAX: usize = 64;
+/// The largest ciphertext of sealed personal data, in bytes: far above an address and a
+/// contact, and a bound on what one record makes every reader hold.
+const SEALED_CIPHERTEXT_BYTES_MAX: usize = 64 * 1024;
 
 /// Why an event breaks a domain rule. Every message names what is wrong and where; line
 /// numbers are 1-based positions in the list they refer to (`lines`, `items` or `shortages`).
@@ -56,6 +74,15 @@ pub enum ValidationError {
     /// A money amount of a payment or completion event is negative.
     #[error("{field} must be >= 0, got {amount}")]
     NegativeAmount { field: &'static str, amount: i64 },
+    /// A contact's e-mail address that is not plausible: the reason says which rule it breaks.
+    #[error("contact.email {reason}")]
+    InvalidEmail { reason: String },
+    /// A contact's phone number that is not plausible: the reason says which rule it breaks.
+    #[error("contact.phone {reason}")]
+    InvalidPhone { reason: String },
+    /// Sealed personal data with a blank or oversized part (`field` names it).
+    #[error("sealed.{field} {reason}")]
+    InvalidSealed { field: &'static str, reason: String },
     /// A `SagaStepTimedOut` naming a step the saga does not wait for.
     #[error("step {step:?} is not one of inventory, payment, shipping")]
     UnknownStep { step: String },
@@ -83,13 +110,20 @@ pub fn validate(event: &Event) -> Result<(), ValidationError> {
 
 /// The full rules for a new order, for producers to call before publishing:
 /// `order_id` and `customer_id` not blank, a known currency, a valid country, 1 to
-/// `MAX_LINES` (500) lines each with a sku, a positive quantity and a non-negative price, and a
-/// total that fits in `i64` minor units.
+/// `MAX_LINES` (500) lines each with a sku, a positive quantity and a non-negative price, a
+/// total that fits in `i64` minor units, a plausible contact when there is one, and sealed
+/// personal data within its bounds when there is some.
 pub fn validate_order(order: &OrderCreated, order_id: &str) -> Result<(), ValidationError> {
     require("order_id", order_id)?;
     require("customer_id", &order.customer_id)?;
     require_currency(&order.currency)?;
     validate_address(&order.shipping_address)?;
+    if let Some(contact) = &order.contact {
+        validate_contact(contact)?;
+    }
+    if let Some(sealed) = &order.sealed {
+        validate_sealed(sealed)?;
+    }
     if order.lines.is_empty() {
         return Err(ValidationError::NoLines);
     }
@@ -229,6 +263,106 @@ fn validate_address(a: &Address) -> Result<(), ValidationError> {
         return Err(ValidationError::InvalidCountry {
             code: a.country.clone(),
         });
+    }
+    Ok(())
+}
+
+/// A plausible e-mail address, not a full RFC 5322 parser: bounded length, no whitespace or
+/// control characters, exactly one `@`, a local part of 1 to 64 characters, and a domain of
+/// dot-separated non-empty labels (at least two) that neither starts nor ends with `-`.
+fn validate_contact(c: &Contact) -> Result<(), ValidationError> {
+    let email = |reason: String| ValidationError::InvalidEmail { reason };
+    let chars = c.email.chars().count();
+    if !EMAIL_CHARS.contains(&chars) {
+        return Err(email(format!(
+            "must be {} to {} characters, got {chars}",
+            EMAIL_CHARS.start(),
+            EMAIL_CHARS.end()
+        )));
+    }
+    if c.email
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        return Err(email(
+            "must not contain spaces or control characters".into(),
+        ));
+    }
+    let Some((local, domain)) = c.email.split_once('@') else {
+        return Err(email("must contain an @".into()));
+    };
+    if domain.contains('@') {
+        return Err(email("must contain exactly one @".into()));
+    }
+    if local.is_empty() || local.chars().count() > EMAIL_LOCAL_CHARS_MAX {
+        return Err(email(format!(
+            "must have 1 to {EMAIL_LOCAL_CHARS_MAX} characters before the @"
+        )));
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2
+        || labels
+            .iter()
+            .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+    {
+        return Err(email(format!(
+            "domain {domain:?} must be dot-separated names, e.g. example.com"
+        )));
+    }
+    if let Some(phone) = &c.phone {
+        let invalid = |reason: String| ValidationError::InvalidPhone { reason };
+        let chars = phone.chars().count();
+        if !PHONE_CHARS.contains(&chars) {
+            return Err(invalid(format!(
+                "must be {} to {} characters, got {chars}",
+                PHONE_CHARS.start(),
+                PHONE_CHARS.end()
+            )));
+        }
+        if let Some(bad) = phone
+            .chars()
+            .find(|ch| !(ch.is_ascii_digit() || " +-().".contains(*ch)))
+        {
+            return Err(invalid(format!(
+                "may hold only digits, spaces and + - ( ) ., found {bad:?}"
+            )));
+        }
+        let digits = phone.chars().filter(char::is_ascii_digit).count();
+        if digits < PHONE_DIGITS_MIN {
+            return Err(invalid(format!(
+                "must have at least {PHONE_DIGITS_MIN} digits, got {digits}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sealed data is opaque here; only its parts' presence and sizes are checked.
+fn validate_sealed(s: &SealedPersonal) -> Result<(), ValidationError> {
+    let invalid = |field, reason: String| ValidationError::InvalidSealed { field, reason };
+    for (field, value) in [("key_id", &s.key_id), ("algorithm", &s.algorithm)] {
+        let chars = value.chars().count();
+        if is_blank(value) || chars > SEALED_NAME_CHARS_MAX {
+            return Err(invalid(
+                field,
+                format!("must be 1 to {SEALED_NAME_CHARS_MAX} characters, got {chars}"),
+            ));
+        }
+    }
+    for (field, len, max) in [
+        ("nonce", s.nonce.len(), SEALED_NONCE_BYTES_MAX),
+        (
+            "ciphertext",
+            s.ciphertext.len(),
+            SEALED_CIPHERTEXT_BYTES_MAX,
+        ),
+    ] {
+        if len == 0 || len > max {
+            return Err(invalid(
+                field,
+                format!("must be 1 to {max} bytes, got {len}"),
+            ));
+        }
     }
     Ok(())
 }

@@ -98,6 +98,8 @@ pub fn history(i: usize, placed: DateTime<Utc>, rng: &mut StdRng) -> Vec<Event> 
             postal_code: "12345".into(),
             country: if i % 3 == 0 { "FR" } else { "DE" }.into(),
         },
+        contact: None,
+        sealed: None,
     });
     let roll: u32 = rng.random_range(0..100);
     let reservation_id = uuid(rng);

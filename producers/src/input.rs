@@ -56,6 +56,8 @@ impl OrderInput {
             lines: self.lines,
             currency: self.currency,
             shipping_address: self.shipping_address,
+            contact: None,
+            sealed: None,
         };
         events::validate_order(&order, &self.order_id)?;
         let event_id = order_created_id(&self.order_id);

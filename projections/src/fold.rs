@@ -632,6 +632,8 @@ mod tests {
                 postal_code: "p".into(),
                 country: "DE".into(),
             },
+            contact: None,
+            sealed: None,
         })
     }
 

@@ -468,6 +468,8 @@ mod tests {
                 postal_code: "1".into(),
                 country: "DE".into(),
             },
+            contact: None,
+            sealed: None,
         })
     }
     fn reserved() -> EventBody {

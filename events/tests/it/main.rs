@@ -4,6 +4,7 @@
 //! workspace's `schemas/` folder or depend on test order.
 
 mod crafted;
+mod evolution;
 mod fingerprint;
 mod fuzz;
 mod roundtrip;

@@ -48,6 +48,25 @@ pub fn order(line2: Option<&str>) -> OrderCreated {
             postal_code: "10115".to_owned(),
             country: "DE".to_owned(),
         },
+        contact: None,
+        sealed: None,
+    }
+}
+
+/// The sample order with every field v2 added: a contact with a phone and sealed data.
+pub fn order_with_personal_data() -> OrderCreated {
+    OrderCreated {
+        contact: Some(Contact {
+            email: "zoe.mueller@example.com".to_owned(),
+            phone: Some("+49 30 1234567".to_owned()),
+        }),
+        sealed: Some(SealedPersonal {
+            key_id: "cust-7/1".to_owned(),
+            algorithm: "AES-256-GCM".to_owned(),
+            nonce: vec![0; 12],
+            ciphertext: (0..=255).collect(),
+        }),
+        ..order(None)
     }
 }
 
@@ -68,7 +87,8 @@ pub fn follow_up(n: u128, body: EventBody) -> Event {
     )
 }
 
-/// One valid sample per event type, plus the `line2` variant of `OrderCreated`.
+/// One valid sample per event type, plus the `line2` variant of `OrderCreated` and one with a
+/// contact and sealed data.
 pub fn all() -> Vec<Event> {
     let items = vec![
         SkuQuantity {
@@ -83,6 +103,10 @@ pub fn all() -> Vec<Event> {
     vec![
         order_created(None),
         order_created(Some("Hinterhaus, 3. OG")),
+        Event {
+            meta: meta(),
+            body: EventBody::OrderCreated(order_with_personal_data()),
+        },
         follow_up(
             1,
             EventBody::InventoryReserved(InventoryReserved {

@@ -147,6 +147,147 @@ fn bad_orders_table() {
             V::TotalOverflow,
         ),
     ];
+    let email = |reason: &str| V::InvalidEmail {
+        reason: reason.to_owned(),
+    };
+    let phone = |reason: &str| V::InvalidPhone {
+        reason: reason.to_owned(),
+    };
+    let contact_cases = [
+        (
+            "a@b",
+            email("domain \"b\" must be dot-separated names, e.g. example.com"),
+        ),
+        ("ab", email("must be 3 to 254 characters, got 2")),
+        ("ada.example.com", email("must contain an @")),
+        ("ada@@example.com", email("must contain exactly one @")),
+        ("a@b@example.com", email("must contain exactly one @")),
+        (
+            "@example.com",
+            email("must have 1 to 64 characters before the @"),
+        ),
+        (
+            "ada @example.com",
+            email("must not contain spaces or control characters"),
+        ),
+        (
+            "ada@example.com\n",
+            email("must not contain spaces or control characters"),
+        ),
+        (
+            "ada@example..com",
+            email("domain \"example..com\" must be dot-separated names, e.g. example.com"),
+        ),
+        (
+            "ada@-example.com",
+            email("domain \"-example.com\" must be dot-separated names, e.g. example.com"),
+        ),
+        (
+            "ada@example.",
+            email("domain \"example.\" must be dot-separated names, e.g. example.com"),
+        ),
+    ];
+    let long_local = format!("{}@example.com", "a".repeat(65));
+    let long_email = format!("a@{}.com", "b".repeat(250));
+    let mut cases = cases;
+    for (address, error) in contact_cases
+        .into_iter()
+        .map(|(a, e)| (a.to_owned(), e))
+        .chain([
+            (
+                long_local,
+                email("must have 1 to 64 characters before the @"),
+            ),
+            (long_email, email("must be 3 to 254 characters, got 256")),
+        ])
+    {
+        cases.push((
+            "bad e-mail",
+            "ord-1",
+            order_with(|o| {
+                o.contact = Some(Contact {
+                    email: address,
+                    phone: None,
+                })
+            }),
+            error,
+        ));
+    }
+    for (number, error) in [
+        ("12", phone("must be 3 to 32 characters, got 2")),
+        (
+            &*"1".repeat(33),
+            phone("must be 3 to 32 characters, got 33"),
+        ),
+        (
+            "call me",
+            phone("may hold only digits, spaces and + - ( ) ., found 'c'"),
+        ),
+        (
+            "+49/30",
+            phone("may hold only digits, spaces and + - ( ) ., found '/'"),
+        ),
+        ("+ (1)", phone("must have at least 3 digits, got 1")),
+    ] {
+        cases.push((
+            "bad phone",
+            "ord-1",
+            order_with(|o| {
+                o.contact = Some(Contact {
+                    email: "ada@example.com".into(),
+                    phone: Some(number.to_owned()),
+                })
+            }),
+            error,
+        ));
+    }
+    let sealed = |f: fn(&mut SealedPersonal)| {
+        let mut order = samples::order_with_personal_data();
+        f(order.sealed.as_mut().expect("sample has sealed data"));
+        order
+    };
+    let sealed_error = |field, reason: &str| V::InvalidSealed {
+        field,
+        reason: reason.to_owned(),
+    };
+    cases.extend([
+        (
+            "blank key id",
+            "ord-1",
+            sealed(|s| s.key_id = " ".into()),
+            sealed_error("key_id", "must be 1 to 200 characters, got 1"),
+        ),
+        (
+            "blank algorithm",
+            "ord-1",
+            sealed(|s| s.algorithm.clear()),
+            sealed_error("algorithm", "must be 1 to 200 characters, got 0"),
+        ),
+        (
+            "no nonce",
+            "ord-1",
+            sealed(|s| s.nonce.clear()),
+            sealed_error("nonce", "must be 1 to 64 bytes, got 0"),
+        ),
+        (
+            "huge nonce",
+            "ord-1",
+            sealed(|s| s.nonce = vec![1; 65]),
+            sealed_error("nonce", "must be 1 to 64 bytes, got 65"),
+        ),
+        (
+            "no ciphertext",
+            "ord-1",
+            sealed(|s| s.ciphertext.clear()),
+            sealed_error("ciphertext", "must be 1 to 65536 bytes, got 0"),
+        ),
+        (
+            "huge ciphertext",
+            "ord-1",
+            sealed(|s| s.ciphertext = vec![1; 65_537]),
+            sealed_error("ciphertext", "must be 1 to 65536 bytes, got 65537"),
+        ),
+    ]);
     for (name, order_id, order, expected) in cases {
         assert_eq!(
             validate_order(&order, order_id),
@@ -179,6 +320,26 @@ fn good_orders_pass() {
         o.shipping_address.line2 = Some(String::new());
     });
     assert_eq!(validate_order(&edge, "ord-1"), Ok(()));
+    assert_eq!(
+        validate_order(&samples::order_with_personal_data(), "ord-1"),
+        Ok(())
+    );
+    for (email, phone) in [
+        ("a@b.c", None),
+        (
+            "first.last+tag@mail.example.co.uk",
+            Some("+49 (30) 123-45.67"),
+        ),
+        ("zoë@müller.example", Some("123")),
+    ] {
+        let order = order_with(|o| {
+            o.contact = Some(Contact {
+                email: email.to_owned(),
+                phone: phone.map(str::to_owned),
+            })
+        });
+        assert_eq!(validate_order(&order, "ord-1"), Ok(()), "{email} {phone:?}");
+    }
 }
 
 #[test]

@@ -54,6 +54,8 @@ fn created(customer: &str, currency: &str, lines: &[(&str, i32, i64)]) -> EventB
             postal_code: "10115".into(),
             country: "DE".into(),
         },
+        contact: None,
+        sealed: None,
     })
 }
 

@@ -13,10 +13,7 @@ fn invalid_order_created(order_id: &str) -> Vec<u8> {
         .into_event(chrono::Utc::now())
         .expect("valid");
     let bytes = events::encode(&event).expect("encode");
-    let info = events::schema_catalog()
-        .iter()
-        .find(|i| i.event_type == events::EventType::OrderCreated)
-        .expect("OrderCreated schema");
+    let info = events::writer_schema(events::EventType::OrderCreated);
     let schema = apache_avro::Schema::parse_str(info.schema_json).expect("schema");
     let Value::Record(mut fields) =
         apache_avro::from_avro_datum(&schema, &mut &bytes[10..], None).expect("datum")
