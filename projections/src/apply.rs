@@ -35,6 +35,9 @@ pub struct ProjectionOutcome {
     /// `OrderCreated` to the terminal event (both event times), for
     /// `orderflow_order_terminal_seconds`. Empty for batches without a terminal event.
     pub terminal: Vec<(&'static str, chrono::TimeDelta)>,
+    /// Orders this batch applied a new event to (sorted, once each): the live projector
+    /// announces them ([`crate::changes`]).
+    pub changed_orders: Vec<String>,
 }
 
 /// A batch of records with each one decoded: its event and timeline row, or why it does not
@@ -206,6 +209,7 @@ pub async fn apply(
     order_ids.sort_unstable();
     order_ids.dedup();
     let (orders, lines, steps) = store::load(tx, target, &order_ids).await?;
+    outcome.changed_orders = order_ids.iter().map(|id| id.to_string()).collect();
     outcome.terminal = terminal_ages(&orders, &new_events);
     let mut folding = Fold::resume(orders, lines, steps);
     for (_, event) in &new_events {

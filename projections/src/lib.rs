@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod audit;
+pub mod changes;
 mod bulk;
 pub mod copy;
 pub mod fold;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::apply::{self, Decoded};
+use crate::changes;
 pub use crate::apply::{dead_letter_undecodable, ProjectionOutcome};
 use crate::generations;
 use crate::offsets::DbOffsets;
@@ -302,6 +303,7 @@ async fn apply_measured(
     let started = Instant::now();
     let live = generations::live(&mut tx, true).await?;
     let result = apply::apply(&mut tx, &live.target()?, batch, Some(group)).await?;
+    changes::notify(&mut tx, &changed(&result.0)).await?;
     metrics.handler_duration.record(started.elapsed());
     let committing = Instant::now();
     tx.commit().await?;
@@ -319,6 +321,12 @@ pub async fn apply_batch(
     let mut tx = pool.begin().await?;
     let live = generations::live(&mut tx, true).await?;
     let result = apply::apply(&mut tx, &live.target()?, batch, Some(group)).await?;
+    changes::notify(&mut tx, &changed(&result.0)).await?;
     tx.commit().await?;
     Ok(result)
+}
+
+/// The orders a batch changed, to announce with its commit (`Prefer: wait` listens).
+fn changed(outcome: &ProjectionOutcome) -> Vec<&str> {
+    outcome.changed_orders.iter().map(String::as_str).collect()
 }

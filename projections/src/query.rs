@@ -2,8 +2,9 @@
 //! filtered page of orders in (created_at, order_id) order, and the freshness of a partition.
 //! Read-only, through the analysts' views (`analytics.*`, the live generation), each query a
 //! key lookup or an index range: `orders` by primary key, `order_lines` by its primary key's
-//! prefix, `order_events (order_id, partition, offset)`, and the pages by `orders (created_at)`
-//! or `orders (customer_id, created_at)`.
+//! prefix, `order_events (order_id, partition, offset)`, and the pages by `orders (created_at,
+//! order_id)` (the whole keyset, migration 20261129000030) or `orders (customer_id,
+//! created_at)`.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -116,9 +117,10 @@ pub async fn page(
     after: Option<(DateTime<Utc>, &str)>,
     limit: i64,
 ) -> Result<Vec<OrderRow>, sqlx::Error> {
-    // `created_at >= $5` bounds the scan of `orders (created_at)` (or `(customer_id,
-    // created_at)` with a customer), which returns rows in page order; the row comparison then
-    // drops the ties already shown. Planned per call: which index fits depends on the filters.
+    // Unfiltered, a page is one range of `orders (created_at, order_id)` read in page order,
+    // the cursor's row comparison its start; with a customer, `(customer_id, created_at)`
+    // bounds the scan and the row comparison drops the ties already shown. Planned per call:
+    // which index fits depends on the filters.
     sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM analytics.orders
          WHERE ($1::text IS NULL OR customer_id = $1)
