@@ -102,7 +102,7 @@ fn cancelled(reason: &str) -> EventBody {
 }
 
 /// Four orders over two days with every kind of outcome.
-fn fixed_orders() -> Vec<Event> {
+pub(crate) fn fixed_orders() -> Vec<Event> {
     vec![
         // o1: c1 EUR 2×A@150 + 1×B@1000 = 1300, completed on day 1.
         event(

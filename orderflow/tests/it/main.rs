@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod deadletters;
 mod delivery;
+mod evolution;
 mod faults;
 mod giveup;
 mod http;
