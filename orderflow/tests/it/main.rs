@@ -3,6 +3,7 @@
 //! topic and consumer groups.
 
 mod analytics;
+mod api_guards;
 mod archive;
 mod auth;
 mod bench;
