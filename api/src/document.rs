@@ -16,14 +16,27 @@ use crate::problem::{ApiError, FieldError};
 /// An order as submitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "order_id": "o-1001",
+    "customer_id": "c-9",
+    "currency": "EUR",
+    "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_minor": 1999}],
+    "shipping_address": {"name": "Ada", "line1": "1 Main St", "city": "Berlin",
+                         "postal_code": "10115", "country": "DE"}
+}))]
 pub struct OrderDocument {
     /// The order's id (1-64 of `A-Z a-z 0-9 - _ . :`). Absent: derived from the
     /// `Idempotency-Key` header and the caller, which is then required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$")]
     pub order_id: Option<String>,
+    #[schema(pattern = "\\S")]
     pub customer_id: String,
     /// ISO 4217, upper case (`EUR`).
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    /// 1 to api.order_lines_max (100) lines.
+    #[schema(min_items = 1)]
     pub lines: Vec<LineDocument>,
     pub shipping_address: AddressDocument,
     /// Ties the order's events together; defaults to the request id.
@@ -34,10 +47,13 @@ pub struct OrderDocument {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineDocument {
+    #[schema(pattern = "\\S")]
     pub sku: String,
     /// More than 0.
+    #[schema(minimum = 1)]
     pub quantity: i32,
     /// In minor units of the currency (cents), 0 or more.
+    #[schema(minimum = 0)]
     pub unit_price_minor: i64,
 }
 
@@ -51,6 +67,7 @@ pub struct AddressDocument {
     pub city: String,
     pub postal_code: String,
     /// ISO 3166-1 alpha-2, upper case (`DE`).
+    #[schema(pattern = "^[A-Z]{2}$")]
     pub country: String,
 }
 

@@ -22,6 +22,7 @@ pub mod request_id;
 pub mod security;
 pub mod server;
 pub mod settings;
+pub mod spec;
 pub mod store;
 
 pub use server::{app, openapi, start, Api, AppState};

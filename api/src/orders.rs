@@ -543,7 +543,12 @@ fn prefer_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             ("Orderflow-Watermark" = String, description = "Newest applied event time of the order's log partition (RFC 3339)"),
             ("Preference-Applied" = String, description = "wait=N when a wait was honoured"),
         )),
-        (status = 304, description = "Unchanged since If-None-Match"),
+        (status = 304, description = "Unchanged since If-None-Match", headers(
+            ("ETag" = String, description = "The order's current version"),
+            ("Cache-Control" = String, description = "private, no-cache"),
+            ("Orderflow-Watermark" = String, description = "Newest applied event time of the order's log partition (RFC 3339)"),
+            ("Preference-Applied" = String, description = "wait=N when a wait was honoured"),
+        )),
         (status = 400, description = "Malformed order id or Prefer header", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or not one the caller may see)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unreachable or the request timed out", body = Problem, content_type = "application/problem+json"),

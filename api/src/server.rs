@@ -79,45 +79,6 @@ impl AppState {
 )]
 struct ApiDoc;
 
-/// The answers every endpoint can give, whatever it does: added to each operation that does
-/// not document them itself.
-struct CommonAnswers;
-
-impl utoipa::Modify for CommonAnswers {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let common = [
-            ("401", "No valid credentials (once an authenticator is configured)"),
-            ("403", "The caller's role may not use this endpoint"),
-            ("431", "Request headers larger than the server accepts"),
-            ("500", "Internal error: the body carries only the request id"),
-            ("503", "Postgres unreachable or the request took longer than api.request_timeout_ms; see Retry-After"),
-        ];
-        for item in openapi.paths.paths.values_mut() {
-            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
-                for (status, description) in common {
-                    operation
-                        .responses
-                        .responses
-                        .entry(status.to_string())
-                        .or_insert_with(|| {
-                            ResponseBuilder::new()
-                                .description(description)
-                                .content(
-                                    crate::problem::PROBLEM_JSON,
-                                    ContentBuilder::new()
-                                        .schema(Some(Ref::from_schema_name("Problem")))
-                                        .build(),
-                                )
-                                .build()
-                                .into()
-                        });
-                }
-            }
-        }
-    }
-}
-
 /// The routes and the OpenAPI document generated from them.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -126,7 +87,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::events))
         .routes(routes!(orders::cancel))
         .split_for_parts();
-    utoipa::Modify::modify(&CommonAnswers, &mut spec);
+    utoipa::Modify::modify(&crate::spec::Completion, &mut spec);
     (router, spec)
 }
 
