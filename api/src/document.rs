@@ -4,7 +4,7 @@
 //! then the domain rules of `events::validate_order`, each refused with its own 4xx.
 
 use axum::http::{header, HeaderMap};
-use events::{Address, OrderLine, ValidationError};
+use events::{Address, Contact, OrderLine, ValidationError};
 use producers::OrderInput;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,10 @@ pub struct OrderDocument {
     #[schema(min_items = 1)]
     pub lines: Vec<LineDocument>,
     pub shipping_address: AddressDocument,
+    /// How to reach the customer about the order. Optional; personal data
+    /// (docs/schema-evolution.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<ContactDocument>,
     /// Ties the order's events together; defaults to the request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<Uuid>,
@@ -69,6 +73,20 @@ pub struct AddressDocument {
     /// ISO 3166-1 alpha-2, upper case (`DE`).
     #[schema(pattern = "^[A-Z]{2}$")]
     pub country: String,
+}
+
+/// How to reach the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactDocument {
+    /// 3 to 254 characters without spaces: exactly one `@`, 1 to 64 characters before it and
+    /// a dotted domain after it (`ada@example.com`).
+    #[schema(min_length = 3, max_length = 254)]
+    pub email: String,
+    /// 3 to 32 characters of digits, spaces and `+ - ( ) .`, at least 3 digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 3, max_length = 32)]
+    pub phone: Option<String>,
 }
 
 /// A cancellation request.
@@ -110,6 +128,10 @@ impl OrderDocument {
                 postal_code: self.shipping_address.postal_code,
                 country: self.shipping_address.country,
             },
+            contact: self.contact.map(|c| Contact {
+                email: c.email,
+                phone: c.phone,
+            }),
             correlation_id: self.correlation_id,
         };
         // The same rules `orderflow publish` applies, on the event they would publish.
@@ -146,6 +168,8 @@ pub fn domain(error: ValidationError) -> ApiError {
         }
         ValidationError::UnknownCurrency { .. } => "/currency".into(),
         ValidationError::InvalidCountry { .. } => "/shipping_address/country".into(),
+        ValidationError::InvalidEmail { .. } => "/contact/email".into(),
+        ValidationError::InvalidPhone { .. } => "/contact/phone".into(),
         _ => String::new(),
     };
     invalid(&pointer, error.to_string())
@@ -320,6 +344,21 @@ mod tests {
         let input = doc.into_input("o-1".into(), 3).expect("valid");
         assert_eq!(input.customer_id, "c-9");
         assert_eq!(input.lines[0].quantity, 2);
+        assert_eq!(input.contact, None);
+
+        let with_contact = GOOD.replace(
+            "\"currency\"",
+            r#""contact":{"email":"ada@example.com","phone":"+49 30 123"},"currency""#,
+        );
+        let doc: OrderDocument = parse(&json(), with_contact.as_bytes()).expect("good");
+        let input = doc.into_input("o-1".into(), 3).expect("valid");
+        assert_eq!(
+            input.contact,
+            Some(Contact {
+                email: "ada@example.com".into(),
+                phone: Some("+49 30 123".into()),
+            })
+        );
     }
 
     #[test]
@@ -328,7 +367,22 @@ mod tests {
             r#"[{0},{0},{0},{0}]"#,
             r#"{"sku":"S","quantity":1,"unit_price_minor":1}"#
         );
+        let contact = |c: &str| {
+            GOOD.replace("\"currency\"", &format!("\"contact\":{c},\"currency\""))
+                .into_bytes()
+        };
         let table: Vec<(Vec<u8>, u16, &str)> = vec![
+            (contact(r#"{"email":"ada"}"#), 422, "/contact/email"),
+            (
+                contact(r#"{"email":"ada@example.com","phone":"x"}"#),
+                422,
+                "/contact/phone",
+            ),
+            (
+                contact(r#"{"email":"ada@example.com","fax":"1"}"#),
+                422,
+                "/contact/fax",
+            ),
             (b"{not json".to_vec(), 400, ""),
             (b"\xff\xfe".to_vec(), 400, ""),
             (format!("{GOOD} trailing").into_bytes(), 400, ""),
