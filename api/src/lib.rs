@@ -7,7 +7,9 @@
 //! ([`server`]). Who calls is a [`auth::Principal`] from a pluggable [`auth::Authenticator`]:
 //! JWT bearer tokens and API keys ([`security`], on the `access` crate), or the dev-only
 //! principal; [`start`] refuses to serve with neither. [`security::guard`] rate-limits every
-//! request and sheds new orders in maintenance or when the outbox backlog is too long.
+//! request and sheds new orders in maintenance or when the outbox backlog is too long. [`tls`]
+//! terminates TLS when `[api.tls]` is set and turns verified client certificates into service
+//! principals.
 //!
 //! This crate is the front door only: it never decides anything about an order (the steps
 //! do), never reads or writes step state, and never produces to Kafka except through the
@@ -24,6 +26,7 @@ pub mod server;
 pub mod settings;
 pub mod spec;
 pub mod store;
+pub mod tls;
 
 pub use server::{app, openapi, start, Api, AppState};
 pub use settings::ApiSettings;

@@ -3,7 +3,9 @@
 //! authentication once per request, the token bucket of its principal (of its client address
 //! when it has none), the `RateLimit-*` headers on every answer, `429` with `Retry-After`, the
 //! `WWW-Authenticate` challenge on `401`, and `503` with `Retry-After` for new orders while
-//! the flags say maintenance or the outbox backlog passes `api.outbox_backlog_max`.
+//! the flags say maintenance or the outbox backlog passes `api.outbox_backlog_max`. A request
+//! without credentials in its headers, on a TLS connection with a verified client certificate,
+//! is that certificate's principal (`crate::tls`).
 //!
 //! Nothing here logs a credential: a refused token or key is logged at debug with the reason
 //! only. The client learns nothing about why (`401`, no detail).
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, Principal};
 use crate::problem::{ApiError, Problem, PROBLEM_JSON};
 use crate::server::AppState;
+use crate::tls::ClientCertificate;
 
 /// The header an API key may come in (besides `Authorization: Bearer`).
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -222,13 +225,31 @@ fn problem(status: StatusCode, kind: &str, title: &str, detail: &str) -> Respons
 /// Authenticate, rate-limit, shed new orders when told to, and label the answer.
 pub async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let guard = state.guard.clone();
-    let authenticated = match state.authenticator.authenticate(request.headers()).await {
-        Ok(p) => Authenticated::Yes(p),
-        Err(ApiError::Unavailable(d)) => Authenticated::Unavailable(d),
-        Err(_) => Authenticated::Refused,
-    };
     let presented_credentials = request.headers().contains_key(header::AUTHORIZATION)
         || request.headers().contains_key(API_KEY_HEADER);
+    // Credentials in the headers decide when there are any (a gateway holding a client
+    // certificate forwards its callers' tokens); the connection's verified client certificate
+    // only when there are none (crate::tls).
+    let certificate = if presented_credentials {
+        None
+    } else {
+        request.extensions().get::<ClientCertificate>().cloned()
+    };
+    let authenticated = match certificate {
+        Some(ClientCertificate::Mapped(p)) => Authenticated::Yes(p),
+        Some(ClientCertificate::Unmapped { subject }) => {
+            tracing::debug!(
+                subject = %subject,
+                "client certificate refused: its subject is not in [[api.tls.clients]]"
+            );
+            Authenticated::Refused
+        }
+        None => match state.authenticator.authenticate(request.headers()).await {
+            Ok(p) => Authenticated::Yes(p),
+            Err(ApiError::Unavailable(d)) => Authenticated::Unavailable(d),
+            Err(_) => Authenticated::Refused,
+        },
+    };
     let (class, key) = match &authenticated {
         Authenticated::Yes(p) => (Class::Role(p.role), p.id.clone()),
         _ => {

@@ -222,6 +222,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Api> {
     settings.check()?;
+    // The certificate files are read before anything else starts: a bad file stops the start.
+    let tls = settings.tls.as_ref().map(|t| t.load()).transpose()?;
     let mut watched = Vec::new();
     let authenticator: SharedAuthenticator = match settings.dev_role()? {
         Some(role) => {
@@ -292,18 +294,26 @@ pub async fn start(
         shutdown: shutdown.clone(),
     };
     let app = app(state);
-    tracing::info!(%address, "HTTP API listening");
     let token = shutdown.clone();
-    let server = tokio::spawn(async move {
-        // The client address keys the rate limit of unauthenticated requests.
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-        .context("serving the HTTP API")
-    });
+    let server = match tls {
+        None => {
+            tracing::info!(%address, "HTTP API listening (plain HTTP)");
+            tokio::spawn(async move {
+                // The client address keys the rate limit of unauthenticated requests.
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .context("serving the HTTP API")
+            })
+        }
+        Some(tls) => {
+            tracing::info!(%address, client_certs = ?tls.mode(), "HTTP API listening (TLS)");
+            tokio::spawn(crate::tls::serve(listener, app, tls, token))
+        }
+    };
     let every = Duration::from_millis(settings.relay_interval_ms);
     let relay = tokio::spawn(relay(pool, producer, every, shutdown));
     Ok(Api {

@@ -44,6 +44,9 @@ pub struct ApiSettings {
     /// Unpublished outbox rows above which new orders are answered `503` with `Retry-After`
     /// instead of queueing without limit.
     pub outbox_backlog_max: u64,
+    /// TLS termination and client-certificate authentication (`[api.tls]`); plain HTTP
+    /// without it.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for ApiSettings {
@@ -60,6 +63,7 @@ impl Default for ApiSettings {
             auth: access::AuthSettings::default(),
             flags_file: None,
             outbox_backlog_max: 100_000,
+            tls: None,
         }
     }
 }
@@ -75,13 +79,14 @@ pub enum SettingsError {
     #[error(
         "the HTTP API has no way to authenticate callers: refusing to serve. Set \
          api.auth.jwks_file (with api.auth.issuer and api.auth.audience) for JWT bearer tokens, \
-         and/or api.auth.api_key_pepper_file (or OFK_PEPPER) for API keys. For \
+         and/or api.auth.api_key_pepper_file (or OFK_PEPPER) for API keys, and/or [api.tls] with \
+         client_certs and [[api.tls.clients]] for client certificates. For \
          local development only, api.insecure_dev_principal = \"service\" (or customer, \
          operator, analyst) serves every request as that role, unauthenticated"
     )]
     NoAuthentication,
     #[error(
-        "api.insecure_dev_principal is set together with real authentication (api.auth): \
+        "api.insecure_dev_principal is set together with real authentication (api.auth or [[api.tls.clients]]): \
          remove api.insecure_dev_principal; it would bypass the configured authentication"
     )]
     DevWithAuthentication,
@@ -92,6 +97,8 @@ pub enum SettingsError {
     DevRole(String),
     #[error("api.{0} must be greater than 0")]
     Zero(&'static str),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ApiSettings {
@@ -107,13 +114,18 @@ impl ApiSettings {
     /// Strictly opt-in: it is an error together with `[api.auth]`, and with neither the API
     /// does not start.
     pub fn dev_role(&self) -> Result<Option<Role>, SettingsError> {
+        let authenticates = self.auth.configured()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.authenticates_clients());
         let Some(name) = self.insecure_dev_principal.as_deref() else {
-            if !self.auth.configured() {
+            if !authenticates {
                 return Err(SettingsError::NoAuthentication);
             }
             return Ok(None);
         };
-        if self.auth.configured() {
+        if authenticates {
             return Err(SettingsError::DevWithAuthentication);
         }
         Role::parse(name.trim())
@@ -136,6 +148,9 @@ impl ApiSettings {
             }
         }
         self.address()?;
+        if let Some(tls) = &self.tls {
+            tls.check()?;
+        }
         self.dev_role()?;
         Ok(())
     }

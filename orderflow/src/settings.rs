@@ -163,6 +163,75 @@ mod tests {
     }
 
     #[test]
+    fn the_api_tls_section_and_its_clients_read_from_file_and_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "tls.toml",
+                "[api.tls]\ncert_file = \"/etc/orderflow/api.pem\"\n\
+                 key_file = \"/etc/orderflow/api.key\"\n\
+                 client_ca_file = \"/etc/orderflow/clients-ca.pem\"\n\
+                 client_certs = \"required\"\n\
+                 [[api.tls.clients]]\nsubject = \"checkout\"\n\
+                 [[api.tls.clients]]\nsubject = \"bi-export\"\nrole = \"analyst\"\n",
+            )?;
+            jail.set_env("ORDERFLOW_API__TLS__CLIENT_CERTS", "optional");
+            let s = Settings::load(Some(Path::new("tls.toml"))).map_err(|e| e.to_string())?;
+            let tls = s.api.tls.as_ref().expect("[api.tls] read");
+            assert_eq!(tls.key_file, Path::new("/etc/orderflow/api.key"));
+            assert_eq!(
+                tls.client_certs,
+                api::tls::ClientCertMode::Optional,
+                "env over file"
+            );
+            assert_eq!(
+                (
+                    tls.clients[0].subject.as_str(),
+                    tls.clients[0].role.as_str()
+                ),
+                ("checkout", "service"),
+                "the role defaults to service"
+            );
+            assert_eq!(tls.clients[1].role, "analyst");
+            tls.check().map_err(|e| e.to_string())?;
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("cert_file"),
+                "a partial [api.tls] names what is missing: {err}"
+            );
+            std::env::remove_var("ORDERFLOW_API__TLS__CLIENT_CERTS");
+            assert_eq!(
+                Settings::load(None).map_err(|e| e.to_string())?.api.tls,
+                None
+            );
+            for (file, text, key) in [
+                (
+                    "tls-key.toml",
+                    "[api.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nca_file = \"x\"\n",
+                    "ca_file",
+                ),
+                (
+                    "tls-client.toml",
+                    "[api.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n\
+                     [[api.tls.clients]]\nsubject = \"a\"\ncn = \"b\"\n",
+                    "cn",
+                ),
+                (
+                    "tls-mode.toml",
+                    "[api.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_certs = \"yes\"\n",
+                    "client_certs",
+                ),
+            ] {
+                jail.create_file(file, text)?;
+                let err = Settings::load(Some(Path::new(file)))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key) && err.contains(file), "{file}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_value_of_the_wrong_type_names_the_setting() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("ORDERFLOW_PAYMENT__DECLINE_OVER_MINOR", "lots");

@@ -24,4 +24,5 @@ mod secure;
 mod status;
 mod support;
 mod traces;
+mod tls;
 mod upstream;
