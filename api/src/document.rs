@@ -4,7 +4,7 @@
 //! then the domain rules of `events::validate_order`, each refused with its own 4xx.
 
 use axum::http::{header, HeaderMap};
-use events::{Address, OrderLine, ValidationError};
+use events::{Address, Contact, OrderLine, ValidationError};
 use producers::OrderInput;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,10 @@ pub struct OrderDocument {
     #[schema(min_items = 1)]
     pub lines: Vec<LineDocument>,
     pub shipping_address: AddressDocument,
+    /// How to reach the customer about the order. Optional; personal data
+    /// (docs/schema-evolution.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<ContactDocument>,
     /// Ties the order's events together; defaults to the request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<Uuid>,
@@ -69,6 +73,20 @@ pub struct AddressDocument {
     /// ISO 3166-1 alpha-2, upper case (`DE`).
     #[schema(pattern = "^[A-Z]{2}$")]
     pub country: String,
+}
+
+/// How to reach the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactDocument {
+    /// 3 to 254 characters without spaces: exactly one `@`, 1 to 64 characters before it and
+    /// a dotted domain after it (`ada@example.com`).
+    #[schema(min_length = 3, max_length = 254)]
+    pub email: String,
+    /// 3 to 32 characters of digits, spaces and `+ - ( ) .`, at least 3 digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 3, max_length = 32)]
+    pub phone: Option<String>,
 }
 
 /// A cancellation request.
@@ -110,6 +128,10 @@ impl OrderDocument {
                 postal_code: self.shipping_address.postal_code,
                 country: self.shipping_address.country,
             },
+            contact: self.contact.map(|c| Contact {
+                email: c.email,
+                phone: c.phone,
+            }),
             correlation_id: self.correlation_id,
         };
         // The same rules `orderflow publish` applies, on the event they would publish.
@@ -146,6 +168,8 @@ pub fn domain(error: ValidationError) -> ApiError {
         }
         ValidationError::UnknownCurrency { .. } => "/currency".into(),
         ValidationError::InvalidCountry { .. } => "/shipping_address/country".into(),
+        ValidationError::InvalidEmail { .. } => "/contact/email".into(),
+        ValidationError::InvalidPhone { .. } => "/contact/phone".into(),
         _ => String::new(),
     };
     invalid(&pointer, error.to_string())
@@ -176,7 +200,37 @@ pub fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T,
     })?;
     de.end()
         .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?;
+    // JSON can carry U+0000 (as \u0000), Postgres text cannot: refused here, at its pointer,
+    // not as a 500 from the insert.
+    if text.contains("\\u0000") {
+        if let Ok(whole) = serde_json::from_str::<serde_json::Value>(text) {
+            if let Some(at) = nul_at(&whole, String::new()) {
+                return Err(invalid(&at, "U+0000 (NUL) is not allowed in a string"));
+            }
+        }
+    }
     Ok(value)
+}
+
+/// The pointer of the first string (or key) holding U+0000 in `value`, if any.
+fn nul_at(value: &serde_json::Value, here: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(here),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{here}/{i}"))),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            let at = format!("{here}/{}", k.replace('~', "~0").replace('/', "~1"));
+            if k.contains('\0') {
+                Some(at)
+            } else {
+                nul_at(v, at)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// `415` unless the content type is `application/json` (optionally `; charset=utf-8`).
@@ -227,6 +281,36 @@ fn strip_position(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_nul_in_any_string_is_refused_at_its_pointer() {
+        let base = r#"{"customer_id":"c","currency":"EUR","lines":[{"sku":"S","quantity":1,"unit_price_minor":1}],"shipping_address":{"name":"A","line1":"l","city":"c","postal_code":"1","country":"DE"}}"#;
+        for (from, to, pointer) in [
+            (
+                r#""customer_id":"c""#,
+                r#""customer_id":"c\u0000""#,
+                Some("/customer_id"),
+            ),
+            (r#""sku":"S""#, r#""sku":"\u0000S""#, Some("/lines/0/sku")),
+            (
+                r#""name":"A""#,
+                r#""name":"A\u0000B""#,
+                Some("/shipping_address/name"),
+            ),
+            // An escaped backslash followed by the text u0000 is no NUL.
+            (r#""customer_id":"c""#, r#""customer_id":"c\\u0000""#, None),
+        ] {
+            let body = base.replace(from, to);
+            assert_ne!(body, base, "{from}");
+            match (parse::<OrderDocument>(&json(), body.as_bytes()), pointer) {
+                (Err(ApiError::Invalid(errors)), Some(pointer)) => {
+                    assert_eq!(errors[0].pointer, pointer, "{body}")
+                }
+                (Ok(_), None) => {}
+                (other, _) => panic!("{body}: {other:?}"),
+            }
+        }
+    }
     use super::*;
     use axum::http::HeaderValue;
 
@@ -260,6 +344,21 @@ mod tests {
         let input = doc.into_input("o-1".into(), 3).expect("valid");
         assert_eq!(input.customer_id, "c-9");
         assert_eq!(input.lines[0].quantity, 2);
+        assert_eq!(input.contact, None);
+
+        let with_contact = GOOD.replace(
+            "\"currency\"",
+            r#""contact":{"email":"ada@example.com","phone":"+49 30 123"},"currency""#,
+        );
+        let doc: OrderDocument = parse(&json(), with_contact.as_bytes()).expect("good");
+        let input = doc.into_input("o-1".into(), 3).expect("valid");
+        assert_eq!(
+            input.contact,
+            Some(Contact {
+                email: "ada@example.com".into(),
+                phone: Some("+49 30 123".into()),
+            })
+        );
     }
 
     #[test]
@@ -268,7 +367,22 @@ mod tests {
             r#"[{0},{0},{0},{0}]"#,
             r#"{"sku":"S","quantity":1,"unit_price_minor":1}"#
         );
+        let contact = |c: &str| {
+            GOOD.replace("\"currency\"", &format!("\"contact\":{c},\"currency\""))
+                .into_bytes()
+        };
         let table: Vec<(Vec<u8>, u16, &str)> = vec![
+            (contact(r#"{"email":"ada"}"#), 422, "/contact/email"),
+            (
+                contact(r#"{"email":"ada@example.com","phone":"x"}"#),
+                422,
+                "/contact/phone",
+            ),
+            (
+                contact(r#"{"email":"ada@example.com","fax":"1"}"#),
+                422,
+                "/contact/fax",
+            ),
             (b"{not json".to_vec(), 400, ""),
             (b"\xff\xfe".to_vec(), 400, ""),
             (format!("{GOOD} trailing").into_bytes(), 400, ""),

@@ -664,10 +664,10 @@ pub async fn list(
     for (name, value) in [("customer_id", &q.customer_id), ("status", &q.status)] {
         if value
             .as_deref()
-            .is_some_and(|v| v.is_empty() || v.len() > 64)
+            .is_some_and(|v| v.is_empty() || v.len() > 64 || v.contains(char::is_control))
         {
             return Err(ApiError::Malformed(format!(
-                "{name} must be 1-64 characters"
+                "{name} must be 1-64 characters, none of them a control character"
             )));
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use events::{Address, Event, OrderLine};
+use events::{Address, Contact, Event, OrderLine};
 use indicatif::{ProgressBar, ProgressStyle};
 use producers::{OrderInput, Publisher};
 use rand::rngs::StdRng;
@@ -108,6 +108,11 @@ pub fn generate(run: &str, index: usize, rng: &mut StdRng) -> (OrderInput, Kind)
             postal_code: format!("{:05}", index % 99_999),
             country: country.into(),
         },
+        // Every demo order carries a contact, so the demo writes what v2 adds.
+        contact: Some(Contact {
+            email: format!("customer{index}@example.com"),
+            phone: None,
+        }),
         correlation_id: None,
     };
     (input, kind)

@@ -6,13 +6,15 @@
 //!  "shipping_address":{"name":"Ada","line1":"1 Main St","city":"Berlin","postal_code":"10115","country":"DE"}}
 //! ```
 //!
-//! `correlation_id` is optional. The event id is derived from the order id, so publishing the
+//! `correlation_id` is optional, and so is `contact` (`{"email":"ada@example.com",
+//! "phone":"+49 30 1234567"}`, the phone optional too; it makes the order a schema v2 record
+//! with a contact). The event id is derived from the order id, so publishing the
 //! same file twice appends records that every consumer recognises as the same event.
 
 use chrono::{DateTime, Utc};
 use events::{
-    Address, Event, EventBody, Metadata, OrderCancellationRequested, OrderCreated, OrderLine,
-    ValidationError,
+    Address, Contact, Event, EventBody, Metadata, OrderCancellationRequested, OrderCreated,
+    OrderLine, ValidationError,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -28,6 +30,9 @@ pub struct OrderInput {
     pub currency: String,
     pub lines: Vec<OrderLine>,
     pub shipping_address: Address,
+    /// How to reach the customer (e-mail, optional phone); validated like every other field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Contact>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<Uuid>,
 }
@@ -56,7 +61,8 @@ impl OrderInput {
             lines: self.lines,
             currency: self.currency,
             shipping_address: self.shipping_address,
-            contact: None,
+            contact: self.contact,
+            // Upstream and the CLI send personal fields in clear; sealing is the intake's job.
             sealed: None,
         };
         events::validate_order(&order, &self.order_id)?;
@@ -125,6 +131,42 @@ mod tests {
         assert_eq!(a.meta.order_id, "o-1");
     }
 
+    fn with_contact(contact: &str) -> String {
+        GOOD.replace(
+            "\"currency\"",
+            &format!("\"contact\":{contact},\"currency\""),
+        )
+    }
+
+    #[test]
+    fn a_contact_is_optional_and_carried_into_the_event() {
+        let table = [
+            (GOOD.to_owned(), None),
+            (
+                with_contact(r#"{"email":"ada@example.com"}"#),
+                Some(Contact {
+                    email: "ada@example.com".into(),
+                    phone: None,
+                }),
+            ),
+            (
+                with_contact(r#"{"email":"ada@example.com","phone":"+49 30 1234567"}"#),
+                Some(Contact {
+                    email: "ada@example.com".into(),
+                    phone: Some("+49 30 1234567".into()),
+                }),
+            ),
+        ];
+        for (line, want) in table {
+            let event = parse_line(&line, Utc::now()).expect(&line);
+            let EventBody::OrderCreated(order) = event.body else {
+                panic!("{line}: not an OrderCreated")
+            };
+            assert_eq!(order.contact, want, "{line}");
+            assert_eq!(order.sealed, None, "{line}");
+        }
+    }
+
     #[test]
     fn bad_lines_say_why() {
         let table = [
@@ -140,6 +182,19 @@ mod tests {
                 &GOOD.replace("\"customer_id\"", "\"customer\""),
                 "unknown field",
             ),
+            (
+                &with_contact(r#"{"email":"ada.example.com"}"#),
+                "contact.email must contain an @",
+            ),
+            (
+                &with_contact(r#"{"email":"ada@example.com","phone":"call me"}"#),
+                "contact.phone may hold only digits",
+            ),
+            (
+                &with_contact(r#"{"email":"ada@example.com","fax":"1"}"#),
+                "unknown field `fax`",
+            ),
+            (&with_contact(r#"{"phone":"123"}"#), "missing field `email`"),
         ];
         for (line, want) in table {
             let err = parse_line(line, Utc::now()).expect_err(line).to_string();

@@ -360,6 +360,7 @@ pub fn order(order_id: &str, lines: &[(&str, i32, i64)], country: &str) -> Order
             postal_code: "N1 7AA".into(),
             country: country.into(),
         },
+        contact: None,
         correlation_id: None,
     }
 }
