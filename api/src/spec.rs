@@ -103,10 +103,12 @@ impl utoipa::Modify for Completion {
                 "An API key (ofk_…) from `orderflow api-keys create`",
             ))),
         );
+        components.add_security_scheme(crate::tls::OPENAPI_SCHEME, crate::tls::openapi_scheme());
         debug_assert!(API_KEY_HEADER.eq_ignore_ascii_case("X-Api-Key"));
         openapi.security = Some(vec![
             SecurityRequirement::new(BEARER_SCHEME, Vec::<String>::new()),
             SecurityRequirement::new(API_KEY_SCHEME, Vec::<String>::new()),
+            SecurityRequirement::new(crate::tls::OPENAPI_SCHEME, Vec::<String>::new()),
         ]);
         unique_operation_ids(openapi);
         let order_operations = order_operations(openapi);
@@ -357,7 +359,8 @@ mod tests {
         assert_eq!(schemes["api_key"]["in"], "header", "{schemes}");
         assert_eq!(schemes["api_key"]["name"], "X-Api-Key", "{schemes}");
         let security = spec["security"].as_array().expect("global security");
-        assert_eq!(security.len(), 2, "{security:?}");
+        // A bearer token, an API key, or a client certificate (crate::tls).
+        assert_eq!(security.len(), 3, "{security:?}");
         for (method, path, operation) in operations(&spec) {
             // An operation's own `security` would replace the global one.
             assert!(operation.get("security").is_none(), "{method} {path}");

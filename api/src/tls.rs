@@ -373,6 +373,26 @@ pub fn subject_common_name(certificate: &CertificateDer<'_>) -> Option<String> {
     }
 }
 
+/// The name of the client-certificate scheme in the OpenAPI document.
+pub const OPENAPI_SCHEME: &str = "mutual_tls";
+
+/// The OpenAPI 3.1 `mutualTLS` security scheme: how a service authenticates by certificate
+/// (listed in the document beside the bearer token and the API key, as an alternative).
+pub fn openapi_scheme() -> utoipa::openapi::security::SecurityScheme {
+    utoipa::openapi::security::SecurityScheme::MutualTls {
+        description: Some(
+            "Only when the server runs with [api.tls] and client_certs = \"optional\" or \
+             \"required\": a client certificate issued by api.tls.client_ca_file whose subject \
+             Common Name is listed in [[api.tls.clients]] (the principal cert:<CN> with the \
+             listed role). A request carrying Authorization or X-Api-Key is authenticated by \
+             that instead; an unlisted certificate is 401."
+                .to_string(),
+        ),
+        deprecated: None,
+        extensions: None,
+    }
+}
+
 /// A loaded TLS configuration: the acceptor and the client map.
 #[derive(Clone)]
 pub struct ServerTls {
@@ -536,6 +556,20 @@ mod tests {
                 (got, want) => panic!("{settings:?}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_openapi_document_offers_client_certificates() {
+        let spec = serde_json::to_value(crate::openapi()).expect("the spec serializes");
+        assert_eq!(
+            spec["components"]["securitySchemes"][OPENAPI_SCHEME]["type"],
+            "mutualTLS"
+        );
+        let requirements = spec["security"].as_array().expect("global security");
+        assert!(
+            requirements.iter().any(|r| r.get(OPENAPI_SCHEME).is_some()),
+            "{requirements:?}"
+        );
     }
 
     #[test]
