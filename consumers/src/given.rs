@@ -160,3 +160,26 @@ pub fn describe<Q: Question>(outcome: Result<Vec<EventBody>, Decline<Q>>) -> Str
         Err(Decline::Fail(error)) => format!("fail:{}", error.kind()),
     }
 }
+
+/// The command id a table test's stock or customer event is appended under.
+fn command(label: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("command/{label}").as_bytes())
+}
+
+/// `StockAdjusted` of `sku` by `delta` (its id stable per `label`).
+pub fn adjusted(sku: &str, delta: i64, label: &str) -> Event {
+    let at = Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap();
+    crate::commands::stock_adjusted(command(label), sku, delta, "count", at)
+}
+
+/// `CustomerBlocked` of `customer` (its id stable per `label`).
+pub fn blocked(customer: &str, label: &str) -> Event {
+    let at = Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap();
+    crate::commands::customer_blocked(command(label), customer, "fraud", at)
+}
+
+/// `CustomerUnblocked` of `customer` (its id stable per `label`).
+pub fn unblocked(customer: &str, label: &str) -> Event {
+    let at = Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap();
+    crate::commands::customer_unblocked(command(label), customer, at)
+}

@@ -10,6 +10,7 @@
 //! policy. Steps never touch Kafka.
 
 pub mod audit;
+pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod give_up;

@@ -4,9 +4,11 @@
 //!
 //! The provider is a trait; [`SimulatedProvider`] declines by two documented rules:
 //! the order total is above `payment.decline_over_minor` (`amount_over_limit`), or the
-//! customer is listed in `payment.blocked_customers` (`customer_blocked`).
+//! customer is listed in `payment.blocked_customers` (`customer_blocked`). That list changes
+//! only by `CustomerBlocked` / `CustomerUnblocked` events on the log (appended through
+//! [`crate::commands`]), which this step applies, once each, in every mode.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -167,6 +169,45 @@ impl PaymentProvider for SimulatedProvider {
     ) -> Result<(), HandlerError> {
         Ok(())
     }
+}
+
+/// Write the batch's blocks and unblocks to `payment.blocked_customers`, one statement each.
+async fn store_blocks(
+    tx: &mut PgConnection,
+    blocks: &BTreeMap<String, Block>,
+) -> Result<(), sqlx::Error> {
+    let mut blocked: (Vec<&str>, Vec<&str>, Vec<chrono::DateTime<chrono::Utc>>) =
+        Default::default();
+    let mut unblocked: Vec<&str> = Vec::new();
+    for (customer, block) in blocks {
+        match block {
+            Block::Blocked { note, at } => {
+                blocked.0.push(customer);
+                blocked.1.push(note);
+                blocked.2.push(*at);
+            }
+            Block::Unblocked => unblocked.push(customer),
+        }
+    }
+    if !blocked.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO payment.blocked_customers (customer_id, note, created_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[])
+             ON CONFLICT (customer_id) DO UPDATE SET note = EXCLUDED.note",
+        )
+        .bind(&blocked.0)
+        .bind(&blocked.1)
+        .bind(&blocked.2)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !unblocked.is_empty() {
+        sqlx::query("DELETE FROM payment.blocked_customers WHERE customer_id = ANY($1)")
+            .bind(&unblocked)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Have the simulated provider decline `customer_id` from now on (`customer_blocked`).
@@ -334,6 +375,20 @@ pub struct State {
     pub abandoned: Abandoned,
     /// Entries decided in this batch.
     pub ledger: Vec<Entry>,
+    /// Blocks and unblocks applied in this batch, the last per customer (one customer's
+    /// events share a partition, so the batch holds them in log order).
+    pub blocks: BTreeMap<String, Block>,
+}
+
+/// A customer's block as the last `CustomerBlocked` / `CustomerUnblocked` of a batch left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Block {
+    /// Blocked since `at` (the event's time, so a restore writes the same row).
+    Blocked {
+        note: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    Unblocked,
 }
 
 type PaymentRecord = (
@@ -360,7 +415,11 @@ impl Decider for Payment {
     fn wants(&self, event_type: EventType) -> bool {
         matches!(
             event_type,
-            EventType::OrderCreated | EventType::InventoryReserved | EventType::ShipmentFailed
+            EventType::OrderCreated
+                | EventType::InventoryReserved
+                | EventType::ShipmentFailed
+                | EventType::CustomerBlocked
+                | EventType::CustomerUnblocked
         ) || give_up::is_marker(event_type)
     }
 
@@ -574,6 +633,23 @@ pub fn decide(
         }
         EventBody::InventoryReserved(_) => authorize(state, event, answers),
         EventBody::ShipmentFailed(_) => void(state, event, "shipment_failed", answers),
+        // Facts, applied in every mode (restoring too): no decision, no reply.
+        EventBody::CustomerBlocked(blocked) => {
+            state.blocks.insert(
+                blocked.customer_id.clone(),
+                Block::Blocked {
+                    note: blocked.note.clone(),
+                    at: event.meta.occurred_at,
+                },
+            );
+            Ok(Vec::new())
+        }
+        EventBody::CustomerUnblocked(unblocked) => {
+            state
+                .blocks
+                .insert(unblocked.customer_id.clone(), Block::Unblocked);
+            Ok(Vec::new())
+        }
         body => match give_up::reason(body) {
             Some(reason) => {
                 state.abandoned.note(event, reason);
@@ -744,6 +820,7 @@ fn void(
 /// Write what a batch decided: new terms, new and changed payments, ledger entries, give-ups;
 /// one statement per table.
 async fn store(tx: &mut PgConnection, state: &State) -> Result<(), sqlx::Error> {
+    store_blocks(tx, &state.blocks).await?;
     let new_terms: Vec<(&String, &Terms)> = state.terms.iter().filter(|(_, t)| t.new).collect();
     if !new_terms.is_empty() {
         let orders: Vec<&str> = new_terms.iter().map(|(o, _)| o.as_str()).collect();
@@ -836,6 +913,57 @@ mod tests {
     use super::*;
     use crate::given::{self, cancel_accepted, created, reserved, ship_failed, timed_out};
     use crate::ports::Failure;
+
+    fn payment() -> Payment {
+        Payment::new(Arc::new(NoProvider))
+    }
+
+    /// When blocks and unblocks arrive (any number, of several customers, in one batch), then
+    /// no reply and the last one per customer is what the batch stores.
+    #[test]
+    fn blocks_and_unblocks() {
+        use crate::given::{blocked, unblocked};
+        type Case = (&'static str, Vec<Event>, &'static [(&'static str, bool)]);
+        let cases: Vec<Case> = vec![
+            ("a block", vec![blocked("c1", "b1")], &[("c1", true)]),
+            ("an unblock", vec![unblocked("c1", "u1")], &[("c1", false)]),
+            (
+                "block then unblock: unblocked",
+                vec![blocked("c1", "b1"), unblocked("c1", "u1")],
+                &[("c1", false)],
+            ),
+            (
+                "unblock then block: blocked",
+                vec![unblocked("c1", "u1"), blocked("c1", "b1")],
+                &[("c1", true)],
+            ),
+            (
+                "two customers apart",
+                vec![
+                    blocked("c1", "b1"),
+                    blocked("c2", "b2"),
+                    unblocked("c1", "u1"),
+                ],
+                &[("c1", false), ("c2", true)],
+            ),
+        ];
+        for (name, events, want) in cases {
+            let mut state = State::default();
+            let got = given::run(&payment(), &mut state, &Answers::new(), &events);
+            assert!(got.iter().all(|o| o == "-"), "{name}: {got:?}");
+            assert_eq!(state.blocks.len(), want.len(), "{name}");
+            for (customer, is_blocked) in want {
+                let block = &state.blocks[*customer];
+                assert_eq!(
+                    matches!(block, Block::Blocked { .. }),
+                    *is_blocked,
+                    "{name}: {customer}"
+                );
+            }
+        }
+        let p = payment();
+        assert!(p.wants(EventType::CustomerBlocked) && p.wants(EventType::CustomerUnblocked));
+    }
 
     fn authorization_key(order: &str) -> Uuid {
         events::reply_event_id(reserved(order).meta.event_id, "payment-id")

@@ -172,14 +172,16 @@ impl Decider for OrderSaga {
     }
 
     fn wants(&self, event_type: EventType) -> bool {
-        // Everything but its own final answers: its markers (OrderCancellationAccepted,
-        // SagaStepTimedOut) it must see, to know where they landed in the order's history.
-        !matches!(
-            event_type,
-            EventType::OrderCompleted
-                | EventType::OrderCancelled
-                | EventType::OrderCancellationRejected
-        )
+        // Every event of an order but its own final answers: its markers
+        // (OrderCancellationAccepted, SagaStepTimedOut) it must see, to know where they landed
+        // in the order's history. Stock and customer events belong to no order.
+        event_type.concerns_order()
+            && !matches!(
+                event_type,
+                EventType::OrderCompleted
+                    | EventType::OrderCancelled
+                    | EventType::OrderCancellationRejected
+            )
     }
 
     async fn load(

@@ -324,7 +324,7 @@ macro_rules! source {
 
 /// Every schema file of `schemas/`. A new version is added here beside the old ones, never
 /// instead of them (docs/schema-evolution.md).
-const SOURCES: [(EventType, u32, &str, &str); 17] = [
+const SOURCES: [(EventType, u32, &str, &str); 20] = [
     source!(OrderCreated, 1),
     source!(OrderCreated, 2),
     source!(InventoryReserved),
@@ -342,6 +342,9 @@ const SOURCES: [(EventType, u32, &str, &str); 17] = [
     source!(OrderCancellationAccepted),
     source!(OrderCancellationRejected),
     source!(SagaStepTimedOut),
+    source!(StockAdjusted),
+    source!(CustomerBlocked),
+    source!(CustomerUnblocked),
 ];
 
 static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
@@ -498,6 +501,18 @@ fn to_value(event: &Event, version: i32) -> Value {
                 Value::TimestampMicros(b.deadline.timestamp_micros()),
             ));
             f.push(("attempts", Value::Int(b.attempts)));
+        }
+        EventBody::StockAdjusted(b) => {
+            f.push(("sku", string(&b.sku)));
+            f.push(("delta", Value::Long(b.delta)));
+            f.push(("reason", string(&b.reason)));
+        }
+        EventBody::CustomerBlocked(b) => {
+            f.push(("customer_id", string(&b.customer_id)));
+            f.push(("note", string(&b.note)));
+        }
+        EventBody::CustomerUnblocked(b) => {
+            f.push(("customer_id", string(&b.customer_id)));
         }
     }
     record(f)
@@ -733,6 +748,18 @@ fn read_body(event_type: EventType, version: u32, r: &mut Fields) -> Result<Even
             step: r.string("step")?,
             deadline: r.timestamp_micros("deadline")?,
             attempts: r.int("attempts")?,
+        }),
+        EventType::StockAdjusted => EventBody::StockAdjusted(StockAdjusted {
+            sku: r.string("sku")?,
+            delta: r.long("delta")?,
+            reason: r.string("reason")?,
+        }),
+        EventType::CustomerBlocked => EventBody::CustomerBlocked(CustomerBlocked {
+            customer_id: r.string("customer_id")?,
+            note: r.string("note")?,
+        }),
+        EventType::CustomerUnblocked => EventBody::CustomerUnblocked(CustomerUnblocked {
+            customer_id: r.string("customer_id")?,
         }),
     })
 }

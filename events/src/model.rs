@@ -69,10 +69,13 @@ pub enum EventType {
     OrderCancellationAccepted,
     OrderCancellationRejected,
     SagaStepTimedOut,
+    StockAdjusted,
+    CustomerBlocked,
+    CustomerUnblocked,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 19] = [
         EventType::OrderCreated,
         EventType::InventoryReserved,
         EventType::InventoryRejected,
@@ -89,7 +92,21 @@ impl EventType {
         EventType::OrderCancellationAccepted,
         EventType::OrderCancellationRejected,
         EventType::SagaStepTimedOut,
+        EventType::StockAdjusted,
+        EventType::CustomerBlocked,
+        EventType::CustomerUnblocked,
     ];
+
+    /// Whether events of this type belong to an order's history. `StockAdjusted`,
+    /// `CustomerBlocked` and `CustomerUnblocked` do not: they share the order log so that the
+    /// log and its archive hold the whole truth, under a key of their own ([`stock_key`],
+    /// [`customer_key`]); every consumer skips or applies them explicitly (ARCHITECTURE.md).
+    pub fn concerns_order(self) -> bool {
+        !matches!(
+            self,
+            EventType::StockAdjusted | EventType::CustomerBlocked | EventType::CustomerUnblocked
+        )
+    }
 
     /// The name used in schemas (`orderflow.events.<name>`), headers and read models.
     pub fn as_str(self) -> &'static str {
@@ -110,6 +127,9 @@ impl EventType {
             EventType::OrderCancellationAccepted => "OrderCancellationAccepted",
             EventType::OrderCancellationRejected => "OrderCancellationRejected",
             EventType::SagaStepTimedOut => "SagaStepTimedOut",
+            EventType::StockAdjusted => "StockAdjusted",
+            EventType::CustomerBlocked => "CustomerBlocked",
+            EventType::CustomerUnblocked => "CustomerUnblocked",
         }
     }
 
@@ -152,6 +172,9 @@ pub enum EventBody {
     OrderCancellationAccepted(OrderCancellationAccepted),
     OrderCancellationRejected(OrderCancellationRejected),
     SagaStepTimedOut(SagaStepTimedOut),
+    StockAdjusted(StockAdjusted),
+    CustomerBlocked(CustomerBlocked),
+    CustomerUnblocked(CustomerUnblocked),
 }
 
 impl EventBody {
@@ -173,6 +196,9 @@ impl EventBody {
             EventBody::OrderCancellationAccepted(_) => EventType::OrderCancellationAccepted,
             EventBody::OrderCancellationRejected(_) => EventType::OrderCancellationRejected,
             EventBody::SagaStepTimedOut(_) => EventType::SagaStepTimedOut,
+            EventBody::StockAdjusted(_) => EventType::StockAdjusted,
+            EventBody::CustomerBlocked(_) => EventType::CustomerBlocked,
+            EventBody::CustomerUnblocked(_) => EventType::CustomerUnblocked,
         }
     }
 }
@@ -375,4 +401,50 @@ pub struct SagaStepTimedOut {
     pub deadline: DateTime<Utc>,
     /// Deadlines the order has missed, this one included.
     pub attempts: i32,
+}
+
+/// The key, and the envelope's `order_id`, of a sku's `StockAdjusted` events: `stock:<sku>`.
+/// One sku's adjustments share a partition and stay in order.
+pub fn stock_key(sku: &str) -> String {
+    format!("{STOCK_KEY_PREFIX}{sku}")
+}
+
+/// The key, and the envelope's `order_id`, of a customer's `CustomerBlocked` and
+/// `CustomerUnblocked` events: `customer:<customer id>`. One customer's blocks and unblocks
+/// share a partition and stay in order, which is what makes the last one win on a replay.
+pub fn customer_key(customer_id: &str) -> String {
+    format!("{CUSTOMER_KEY_PREFIX}{customer_id}")
+}
+
+/// What [`stock_key`] puts before the sku.
+pub const STOCK_KEY_PREFIX: &str = "stock:";
+/// What [`customer_key`] puts before the customer id.
+pub const CUSTOMER_KEY_PREFIX: &str = "customer:";
+
+/// The units of one sku that can be reserved changed by `delta` (not an order's event; keyed
+/// by [`stock_key`]). The first level of a sku is an adjustment from nothing. Deltas commute:
+/// applying a sku's adjustments in any order gives the same level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockAdjusted {
+    pub sku: String,
+    /// Units added (> 0) or taken away (< 0); never 0.
+    pub delta: i64,
+    /// Why, as the operator or tool wrote it; never blank.
+    pub reason: String,
+}
+
+/// The payment provider declines the customer from now on (not an order's event; keyed by
+/// [`customer_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerBlocked {
+    pub customer_id: String,
+    /// Why, as the operator wrote it; may be empty.
+    pub note: String,
+}
+
+/// The payment provider authorizes the customer again (keyed by [`customer_key`]); payments
+/// declined while blocked stay declined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerUnblocked {
+    pub customer_id: String,
 }

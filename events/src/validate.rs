@@ -7,8 +7,8 @@
 //! other events (stock levels, payment limits) — those belong to the services that own them.
 
 use crate::model::{
-    Address, Contact, Event, EventBody, OrderCreated, OrderLine, SealedPersonal, Shortage,
-    SkuQuantity,
+    customer_key, stock_key, Address, Contact, Event, EventBody, OrderCreated, OrderLine,
+    SealedPersonal, Shortage, SkuQuantity, CUSTOMER_KEY_PREFIX, STOCK_KEY_PREFIX,
 };
 
 /// The most lines one order may have. Bounds the size of an `OrderCreated` record and of the
@@ -89,6 +89,18 @@ pub enum ValidationError {
     /// A `SagaStepTimedOut` whose attempt count is below 1.
     #[error("attempts must be >= 1, got {attempts}")]
     NonPositiveAttempts { attempts: i32 },
+    /// A `StockAdjusted` that changes nothing.
+    #[error("delta must not be 0 (an adjustment changes the stock)")]
+    ZeroDelta,
+    /// A stock or customer event whose `order_id` (its key) is not the one its body names.
+    #[error("order_id must be {expected:?} for this event, got {found:?}")]
+    WrongKey { expected: String, found: String },
+    /// An order id that starts like the key of a stock or customer event.
+    #[error("order_id {order_id:?} must not start with {prefix:?} (reserved for stock and customer events)")]
+    ReservedOrderId {
+        order_id: String,
+        prefix: &'static str,
+    },
 }
 
 /// The steps the saga waits for, as named in `SagaStepTimedOut.step`.
@@ -101,6 +113,22 @@ pub fn validate(event: &Event) -> Result<(), ValidationError> {
     let order_id = event.meta.order_id.as_str();
     match &event.body {
         EventBody::OrderCreated(o) => validate_order(o, order_id),
+        EventBody::StockAdjusted(e) => {
+            require("sku", &e.sku)?;
+            require("reason", &e.reason)?;
+            if e.delta == 0 {
+                return Err(ValidationError::ZeroDelta);
+            }
+            require_key(order_id, stock_key(&e.sku))
+        }
+        EventBody::CustomerBlocked(e) => {
+            require("customer_id", &e.customer_id)?;
+            require_key(order_id, customer_key(&e.customer_id))
+        }
+        EventBody::CustomerUnblocked(e) => {
+            require("customer_id", &e.customer_id)?;
+            require_key(order_id, customer_key(&e.customer_id))
+        }
         body => {
             require("order_id", order_id)?;
             validate_body(body)
@@ -115,6 +143,15 @@ pub fn validate(event: &Event) -> Result<(), ValidationError> {
 /// personal data within its bounds when there is some.
 pub fn validate_order(order: &OrderCreated, order_id: &str) -> Result<(), ValidationError> {
     require("order_id", order_id)?;
+    if let Some(prefix) = [STOCK_KEY_PREFIX, CUSTOMER_KEY_PREFIX]
+        .into_iter()
+        .find(|p| order_id.starts_with(p))
+    {
+        return Err(ValidationError::ReservedOrderId {
+            order_id: order_id.to_string(),
+            prefix,
+        });
+    }
     require("customer_id", &order.customer_id)?;
     require_currency(&order.currency)?;
     validate_address(&order.shipping_address)?;
@@ -200,6 +237,21 @@ fn validate_body(body: &EventBody) -> Result<(), ValidationError> {
         | EventBody::ShipmentFailed(_)
         | EventBody::ShipmentCancelled(_)
         | EventBody::OrderCancelled(_) => Ok(()),
+        // Checked by `validate`, which has the order id their key rule needs.
+        EventBody::StockAdjusted(_)
+        | EventBody::CustomerBlocked(_)
+        | EventBody::CustomerUnblocked(_) => Ok(()),
+    }
+}
+
+fn require_key(order_id: &str, expected: String) -> Result<(), ValidationError> {
+    if order_id == expected {
+        Ok(())
+    } else {
+        Err(ValidationError::WrongKey {
+            expected,
+            found: order_id.to_string(),
+        })
     }
 }
 

@@ -175,6 +175,9 @@ pub async fn apply(
     let mut decoded: Vec<(usize, &Event)> = Vec::with_capacity(pending.len());
     for &i in &pending {
         match &batch.decoded[i] {
+            // Stock and customer events belong to no order: the read models skip them (the
+            // steps apply them); the position still moves past them.
+            Ok((event, _)) if !event.event_type().concerns_order() => {}
             Ok((event, row)) => {
                 rows.push(row);
                 decoded.push((i, event));

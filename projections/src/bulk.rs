@@ -122,7 +122,8 @@ pub(crate) async fn read_and_fold(
                 bulk.undecodable += 1;
                 continue;
             };
-            if !seen.insert(event.meta.event_id) {
+            if !seen.insert(event.meta.event_id) || !event.event_type().concerns_order() {
+                // A repeat, or a stock or customer event: the steps' state, no order's history.
                 continue;
             }
             bulk.fold.apply(&event);

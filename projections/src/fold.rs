@@ -52,6 +52,10 @@ pub fn status_after(body: &EventBody) -> Option<&'static str> {
         EventBody::OrderCancellationRequested(_) | EventBody::OrderCancellationRejected(_) => {
             return None
         }
+        // Not an order's event; the projections skip them before folding (`apply`, `bulk`).
+        EventBody::StockAdjusted(_)
+        | EventBody::CustomerBlocked(_)
+        | EventBody::CustomerUnblocked(_) => return None,
     })
 }
 
@@ -293,6 +297,10 @@ impl Fold {
 
     /// Fold one event that no earlier fold of this target has seen.
     pub fn apply(&mut self, event: &Event) {
+        if !event.event_type().concerns_order() {
+            // Stock and customer events are the steps' state, not an order's history.
+            return;
+        }
         let order_id = &event.meta.order_id;
         let at = event.meta.occurred_at;
         if let EventBody::OrderCreated(created) = &event.body {
@@ -580,6 +588,12 @@ pub fn detail(body: &EventBody) -> serde_json::Value {
         EventBody::SagaStepTimedOut(t) => {
             json!({ "step": t.step, "deadline": t.deadline, "attempts": t.attempts })
         }
+        // Never in a timeline (the projections skip them); described for completeness.
+        EventBody::StockAdjusted(a) => {
+            json!({ "sku": a.sku, "delta": a.delta, "reason": a.reason })
+        }
+        EventBody::CustomerBlocked(b) => json!({ "customer_id": b.customer_id, "note": b.note }),
+        EventBody::CustomerUnblocked(u) => json!({ "customer_id": u.customer_id }),
     }
 }
 

@@ -166,6 +166,9 @@ fn fingerprints_match_another_implementation_and_stay_frozen() {
         ("OrderCancellationAccepted.v1.avsc", "1e17dd3adebb42ec"),
         ("OrderCancellationRejected.v1.avsc", "3ee2a775b828f41e"),
         ("SagaStepTimedOut.v1.avsc", "ed2ab31491042b06"),
+        ("StockAdjusted.v1.avsc", "edfde92b5e0a6771"),
+        ("CustomerBlocked.v1.avsc", "c9d23c0bcea2f3cf"),
+        ("CustomerUnblocked.v1.avsc", "5318adb0879b7384"),
     ];
     assert_eq!(expected.len(), schema_catalog().len());
     for (file, fp) in expected {

@@ -227,7 +227,48 @@ pub fn all() -> Vec<Event> {
                 attempts: 1,
             }),
         ),
+        standalone(
+            16,
+            EventBody::StockAdjusted(StockAdjusted {
+                sku: "XYZ-ü9".to_owned(),
+                delta: -3,
+                reason: "counted: two broken, one lost".to_owned(),
+            }),
+        ),
+        standalone(
+            17,
+            EventBody::CustomerBlocked(CustomerBlocked {
+                customer_id: "cust-7".to_owned(),
+                note: "chargeback 2024-05".to_owned(),
+            }),
+        ),
+        standalone(
+            18,
+            EventBody::CustomerUnblocked(CustomerUnblocked {
+                customer_id: "cust-7".to_owned(),
+            }),
+        ),
     ]
+}
+
+/// A stock or customer event: its own key as order id, its own id as correlation and cause.
+pub fn standalone(n: u128, body: EventBody) -> Event {
+    let order_id = match &body {
+        EventBody::StockAdjusted(b) => stock_key(&b.sku),
+        EventBody::CustomerBlocked(b) => customer_key(&b.customer_id),
+        EventBody::CustomerUnblocked(b) => customer_key(&b.customer_id),
+        other => panic!("{:?} is an order's event", other.event_type()),
+    };
+    Event {
+        meta: Metadata {
+            event_id: uuid(100 + n),
+            order_id,
+            occurred_at: at(1_717_171_717_123_456 + 1_000_001 * n as i64),
+            correlation_id: uuid(100 + n),
+            causation_id: uuid(100 + n),
+        },
+        body,
+    }
 }
 
 /// The sample of one event type.

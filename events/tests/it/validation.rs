@@ -532,3 +532,123 @@ fn currency_lookup_is_exact() {
     assert!(!is_known_currency("eur"));
     assert!(!is_known_currency("XXX"));
 }
+
+/// Stock and customer events: their rules, and the key each must carry as its order id.
+#[test]
+fn bad_stock_and_customer_events_table() {
+    use ValidationError as V;
+    let with = |t: EventType, change: fn(&mut Event)| {
+        let mut e = samples::of(t);
+        change(&mut e);
+        e
+    };
+    let cases: Vec<(&str, Event, ValidationError)> = vec![
+        (
+            "adjustment of nothing",
+            with(EventType::StockAdjusted, |e| {
+                if let EventBody::StockAdjusted(s) = &mut e.body {
+                    s.delta = 0;
+                }
+            }),
+            V::ZeroDelta,
+        ),
+        (
+            "adjustment without a reason",
+            with(EventType::StockAdjusted, |e| {
+                if let EventBody::StockAdjusted(s) = &mut e.body {
+                    s.reason = " ".into();
+                }
+            }),
+            V::MissingField { field: "reason" },
+        ),
+        (
+            "adjustment of a blank sku",
+            with(EventType::StockAdjusted, |e| {
+                if let EventBody::StockAdjusted(s) = &mut e.body {
+                    s.sku = String::new();
+                }
+                e.meta.order_id = "stock:".into();
+            }),
+            V::MissingField { field: "sku" },
+        ),
+        (
+            "adjustment keyed by an order",
+            with(EventType::StockAdjusted, |e| {
+                e.meta.order_id = "ord-1".into()
+            }),
+            V::WrongKey {
+                expected: "stock:XYZ-ü9".into(),
+                found: "ord-1".into(),
+            },
+        ),
+        (
+            "adjustment keyed by another sku",
+            with(EventType::StockAdjusted, |e| {
+                e.meta.order_id = "stock:ABC-1".into()
+            }),
+            V::WrongKey {
+                expected: "stock:XYZ-ü9".into(),
+                found: "stock:ABC-1".into(),
+            },
+        ),
+        (
+            "block of a blank customer",
+            with(EventType::CustomerBlocked, |e| {
+                if let EventBody::CustomerBlocked(b) = &mut e.body {
+                    b.customer_id = String::new();
+                }
+            }),
+            V::MissingField {
+                field: "customer_id",
+            },
+        ),
+        (
+            "block keyed by another customer",
+            with(EventType::CustomerBlocked, |e| {
+                e.meta.order_id = "customer:cust-8".into()
+            }),
+            V::WrongKey {
+                expected: "customer:cust-7".into(),
+                found: "customer:cust-8".into(),
+            },
+        ),
+        (
+            "unblock keyed by a stock key",
+            with(EventType::CustomerUnblocked, |e| {
+                e.meta.order_id = "stock:cust-7".into()
+            }),
+            V::WrongKey {
+                expected: "customer:cust-7".into(),
+                found: "stock:cust-7".into(),
+            },
+        ),
+    ];
+    for (name, event, expected) in cases {
+        assert_eq!(validate(&event), Err(expected.clone()), "{name}");
+        assert!(
+            matches!(encode(&event), Err(EncodeError::Invalid(ref e)) if *e == expected),
+            "{name}"
+        );
+    }
+    // An order may not take a key that stock and customer events use.
+    for (id, prefix) in [("stock:A", "stock:"), ("customer:c1", "customer:")] {
+        assert_eq!(
+            validate_order(&samples::order(None), id),
+            Err(V::ReservedOrderId {
+                order_id: id.into(),
+                prefix,
+            }),
+            "{id}"
+        );
+    }
+    // A negative delta is an adjustment like any other, and every sample is valid.
+    for t in [
+        EventType::StockAdjusted,
+        EventType::CustomerBlocked,
+        EventType::CustomerUnblocked,
+    ] {
+        assert_eq!(validate(&samples::of(t)), Ok(()), "{t}");
+        assert!(!t.concerns_order(), "{t}");
+    }
+    assert!(EventType::OrderCreated.concerns_order());
+}

@@ -1,0 +1,346 @@
+//! Operators' changes to stock and customer blocks, as events on the order log.
+//!
+//! Stock levels (`inventory.stock`) and blocked customers (`payment.blocked_customers`) change
+//! only by `StockAdjusted`, `CustomerBlocked` and `CustomerUnblocked` events, which the
+//! inventory and payment steps apply through the engine like every other event (inbox, once
+//! each, in restores too). This module is the one way to append them, for `orderflow stock` /
+//! `orderflow customers` and the operator API alike: it writes the events into
+//! `pipeline.outbox` in the caller's transaction and nothing else — no step table. Whoever
+//! owns the outbox step publishes them (the CLI right after its commit with
+//! `platform::outbox::relay`, the API with its relay).
+//!
+//! Event ids come from a command id ([`event_id`]): a command retried with the same id
+//! inserts nothing new (the outbox's `(step, event_id)` key), and a record produced twice is
+//! applied once (the steps' inboxes).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use events::{
+    customer_key, stock_key, CustomerBlocked, CustomerUnblocked, Event, EventBody, EventType,
+    Metadata, StockAdjusted,
+};
+use platform::outbox::{OutboxRecord, OutboxRow};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The outbox step of the CLI's commands (the API uses its own, which its relay publishes).
+pub const OUTBOX_STEP: &str = "operator";
+
+/// Why a command appended nothing. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The command breaks an event's rule (a blank sku, a zero delta, ...): the message says
+    /// which, for the operator to fix the command (a 400 over HTTP).
+    #[error("{0}")]
+    Invalid(String),
+    /// Postgres failed; retry the command with the same command id.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The id of the event of type `event_type` a command appends under `key` (`stock:A`,
+/// `customer:c1`): a UUID v5 of the command id, the type and the key, so a retried command
+/// names the same events and one command id never names two.
+pub fn event_id(command_id: Uuid, event_type: EventType, key: &str) -> Uuid {
+    Uuid::new_v5(&command_id, format!("{event_type}/{key}").as_bytes())
+}
+
+/// A stock or customer event: keyed by `key`, its own id as correlation and causation (a
+/// command caused it, not another event).
+fn standalone(command_id: Uuid, key: String, at: DateTime<Utc>, body: EventBody) -> Event {
+    let id = event_id(command_id, body.event_type(), &key);
+    Event {
+        meta: Metadata {
+            event_id: id,
+            order_id: key,
+            occurred_at: at,
+            correlation_id: id,
+            causation_id: id,
+        },
+        body,
+    }
+}
+
+/// `StockAdjusted` of `sku` by `delta`, for `command_id`.
+pub fn stock_adjusted(
+    command_id: Uuid,
+    sku: &str,
+    delta: i64,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Event {
+    let body = EventBody::StockAdjusted(StockAdjusted {
+        sku: sku.to_string(),
+        delta,
+        reason: reason.to_string(),
+    });
+    standalone(command_id, stock_key(sku), at, body)
+}
+
+/// `CustomerBlocked` of `customer_id`, for `command_id`.
+pub fn customer_blocked(
+    command_id: Uuid,
+    customer_id: &str,
+    note: &str,
+    at: DateTime<Utc>,
+) -> Event {
+    let body = EventBody::CustomerBlocked(CustomerBlocked {
+        customer_id: customer_id.to_string(),
+        note: note.to_string(),
+    });
+    standalone(command_id, customer_key(customer_id), at, body)
+}
+
+/// `CustomerUnblocked` of `customer_id`, for `command_id`.
+pub fn customer_unblocked(command_id: Uuid, customer_id: &str, at: DateTime<Utc>) -> Event {
+    let body = EventBody::CustomerUnblocked(CustomerUnblocked {
+        customer_id: customer_id.to_string(),
+    });
+    standalone(command_id, customer_key(customer_id), at, body)
+}
+
+/// Put `events` into the outbox under `step` for `topic`, in the caller's transaction; returns
+/// the rows that are new (none when the command ran before with the same id). Each event is
+/// encoded (so validated) first: an invalid one fails the whole command.
+pub async fn append(
+    tx: &mut PgConnection,
+    step: &str,
+    topic: &str,
+    events: &[Event],
+) -> Result<Vec<OutboxRow>, CommandError> {
+    let mut records = Vec::with_capacity(events.len());
+    for event in events {
+        let payload = events::encode(event).map_err(|e| match e {
+            events::EncodeError::Invalid(rule) => {
+                CommandError::Invalid(format!("{}: {rule}", event.meta.order_id))
+            }
+            other => CommandError::Invalid(other.to_string()),
+        })?;
+        records.push(OutboxRecord {
+            event_id: event.meta.event_id,
+            event_type: event.event_type().as_str().to_string(),
+            order_id: event.meta.order_id.clone(),
+            topic: topic.to_string(),
+            key: None,
+            payload: Some(payload),
+            headers: vec![
+                ("event_type".into(), event.event_type().as_str().into()),
+                ("event_id".into(), event.meta.event_id.to_string()),
+            ],
+        });
+    }
+    Ok(platform::outbox::insert(tx, step, records).await?)
+}
+
+/// Each sku's available units as the inventory step will have them once it has applied every
+/// adjustment appended so far: `inventory.stock` plus the `StockAdjusted` events in the outbox
+/// that its inbox does not hold yet. Skus never adjusted are 0.
+pub async fn expected_levels(
+    conn: &mut PgConnection,
+    skus: &[&str],
+) -> Result<BTreeMap<String, i64>, CommandError> {
+    let mut levels: BTreeMap<String, i64> = skus.iter().map(|s| (s.to_string(), 0)).collect();
+    let applied: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, available FROM inventory.stock WHERE sku = ANY($1)")
+            .bind(skus)
+            .fetch_all(&mut *conn)
+            .await?;
+    for (sku, available) in applied {
+        levels.insert(sku, available);
+    }
+    let keys: Vec<String> = skus.iter().map(|s| stock_key(s)).collect();
+    // Appended but not yet applied: a second `stock set` right after a first one must not add
+    // the first one's delta again.
+    let pending: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT o.payload FROM pipeline.outbox o
+         WHERE o.event_type = $1 AND o.order_id = ANY($2)
+           AND NOT EXISTS (SELECT 1 FROM pipeline.inbox i
+                           WHERE i.step = $3 AND i.event_id = o.event_id)",
+    )
+    .bind(EventType::StockAdjusted.as_str())
+    .bind(&keys)
+    .bind(crate::inventory::NAME)
+    .persistent(false)
+    .fetch_all(&mut *conn)
+    .await?;
+    for payload in pending.into_iter().flatten() {
+        if let Ok(Event {
+            body: EventBody::StockAdjusted(adjusted),
+            ..
+        }) = events::decode(&payload)
+        {
+            *levels.entry(adjusted.sku).or_default() += adjusted.delta;
+        }
+    }
+    Ok(levels)
+}
+
+/// The adjustments that take each sku from its `current` level to the `wanted` one, in sku
+/// order; a sku already at its level needs none. Pure.
+pub fn deltas_to(current: &BTreeMap<String, i64>, wanted: &[(String, i64)]) -> Vec<(String, i64)> {
+    // By sku: a sku named twice takes its last level.
+    let wanted: BTreeMap<&str, i64> = wanted.iter().map(|(s, q)| (s.as_str(), *q)).collect();
+    let mut deltas = Vec::new();
+    for (sku, level) in wanted {
+        let delta = level.saturating_sub(current.get(sku).copied().unwrap_or(0));
+        if delta != 0 {
+            deltas.push((sku.to_string(), delta));
+        }
+    }
+    deltas
+}
+
+/// `orderflow stock set`: append the adjustments that bring each sku's available units to
+/// the level given, computed against [`expected_levels`]. Returns the events appended (none
+/// when every sku is at its level already, or the command ran before).
+///
+/// The level is what the inventory step has applied, so an order reserved between this read
+/// and the adjustment's application takes its units from the new level too: `set` is exact
+/// only while no order of the sku is in flight. `adjust` has no such race.
+pub async fn set_stock(
+    tx: &mut PgConnection,
+    step: &str,
+    topic: &str,
+    command_id: Uuid,
+    levels: &[(String, i64)],
+    reason: &str,
+) -> Result<Vec<Event>, CommandError> {
+    if let Some((sku, qty)) = levels.iter().find(|(_, q)| *q < 0) {
+        return Err(CommandError::Invalid(format!(
+            "{sku}={qty}: a level is a whole number >= 0 (to take units away, use adjust)"
+        )));
+    }
+    let skus: Vec<&str> = levels.iter().map(|(s, _)| s.as_str()).collect();
+    let current = expected_levels(tx, &skus).await?;
+    adjust_stock(
+        tx,
+        step,
+        topic,
+        command_id,
+        &deltas_to(&current, levels),
+        reason,
+    )
+    .await
+}
+
+/// `orderflow stock adjust`: append one `StockAdjusted` per `(sku, delta)`. Returns the events
+/// (also when the command ran before and they were already appended).
+pub async fn adjust_stock(
+    tx: &mut PgConnection,
+    step: &str,
+    topic: &str,
+    command_id: Uuid,
+    deltas: &[(String, i64)],
+    reason: &str,
+) -> Result<Vec<Event>, CommandError> {
+    let at = Utc::now();
+    let events: Vec<Event> = deltas
+        .iter()
+        .map(|(sku, delta)| stock_adjusted(command_id, sku, *delta, reason, at))
+        .collect();
+    append(tx, step, topic, &events).await?;
+    Ok(events)
+}
+
+/// `orderflow customers block`: append `CustomerBlocked`.
+pub async fn block_customer(
+    tx: &mut PgConnection,
+    step: &str,
+    topic: &str,
+    command_id: Uuid,
+    customer_id: &str,
+    note: &str,
+) -> Result<Event, CommandError> {
+    let event = customer_blocked(command_id, customer_id, note, Utc::now());
+    append(tx, step, topic, std::slice::from_ref(&event)).await?;
+    Ok(event)
+}
+
+/// `orderflow customers unblock`: append `CustomerUnblocked`.
+pub async fn unblock_customer(
+    tx: &mut PgConnection,
+    step: &str,
+    topic: &str,
+    command_id: Uuid,
+    customer_id: &str,
+) -> Result<Event, CommandError> {
+    let event = customer_unblocked(command_id, customer_id, Utc::now());
+    append(tx, step, topic, std::slice::from_ref(&event)).await?;
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_take_each_sku_to_its_level() {
+        type Case = (
+            &'static str,
+            &'static [(&'static str, i64)],
+            &'static [(&'static str, i64)],
+            &'static [(&'static str, i64)],
+        );
+        let cases: [Case; 5] = [
+            ("a new sku starts from 0", &[], &[("A", 5)], &[("A", 5)]),
+            (
+                "up and down",
+                &[("A", 5), ("B", 7)],
+                &[("A", 8), ("B", 2)],
+                &[("A", 3), ("B", -5)],
+            ),
+            ("already there: nothing", &[("A", 5)], &[("A", 5)], &[]),
+            ("to zero", &[("A", 5)], &[("A", 0)], &[("A", -5)]),
+            (
+                "from below zero (units taken while reserved)",
+                &[("A", -2)],
+                &[("A", 3)],
+                &[("A", 5)],
+            ),
+        ];
+        for (name, current, wanted, want) in cases {
+            let current: BTreeMap<String, i64> =
+                current.iter().map(|(s, q)| (s.to_string(), *q)).collect();
+            let wanted: Vec<(String, i64)> =
+                wanted.iter().map(|(s, q)| (s.to_string(), *q)).collect();
+            let want: Vec<(String, i64)> = want.iter().map(|(s, q)| (s.to_string(), *q)).collect();
+            assert_eq!(deltas_to(&current, &wanted), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_retried_command_names_the_same_events() {
+        let command = Uuid::from_u128(7);
+        let at = Utc::now();
+        let first = stock_adjusted(command, "A", 3, "delivery", at);
+        let again = stock_adjusted(command, "A", 3, "delivery", at);
+        assert_eq!(first.meta.event_id, again.meta.event_id);
+        assert_ne!(
+            first.meta.event_id,
+            stock_adjusted(command, "B", 3, "delivery", at)
+                .meta
+                .event_id,
+            "one command, two skus: two events"
+        );
+        assert_ne!(
+            first.meta.event_id,
+            stock_adjusted(Uuid::from_u128(8), "A", 3, "delivery", at)
+                .meta
+                .event_id
+        );
+        // Block and unblock under one command id are still two events.
+        assert_ne!(
+            customer_blocked(command, "c1", "", at).meta.event_id,
+            customer_unblocked(command, "c1", at).meta.event_id
+        );
+        for event in [
+            first,
+            customer_blocked(command, "c1", "fraud", at),
+            customer_unblocked(command, "c1", at),
+        ] {
+            assert_eq!(events::validate(&event), Ok(()), "{event:?}");
+            assert_eq!(event.meta.correlation_id, event.meta.event_id);
+        }
+    }
+}
