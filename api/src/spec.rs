@@ -13,7 +13,9 @@
 //!   outside it);
 //! - links from an accepted order (and a listed one) to the operations on it.
 //!
-//! A header the server always sends is declared `required`. utoipa 6's `Header` has no field
+//! The headers are declared once under `components/headers` and referred to from each answer
+//! (a `-Optional` twin where the server may leave one out). A header the server always sends
+//! is declared `required`. utoipa 6's `Header` has no field
 //! for that, so it is added through the header's extensions map, which is written out as it
 //! is (its deserializer, not used here, would drop it).
 
@@ -111,6 +113,10 @@ impl utoipa::Modify for Completion {
             SecurityRequirement::new(crate::tls::OPENAPI_SCHEME, Vec::<String>::new()),
         ]);
         unique_operation_ids(openapi);
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, header) in common_headers() {
+            components.headers.insert(name.to_string(), header);
+        }
         let order_operations = order_operations(openapi);
         for (path, item) in openapi.paths.paths.iter_mut() {
             for operation in operations(item) {
@@ -204,6 +210,50 @@ fn problem_answer(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
+/// The rate-limit headers of every answer that passed the guard.
+const RATE_LIMIT_HEADERS: [&str; 3] = ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"];
+
+/// The headers answers refer to, by their name under `components/headers`.
+fn common_headers() -> Vec<(String, RefOr<Header>)> {
+    let mut all = vec![(
+        "X-Request-Id".to_string(),
+        header(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(ID_PATTERN)),
+            "The request's id: the client's X-Request-Id when plain, else a new UUID",
+            true,
+        ),
+    )];
+    for (name, description) in RATE_LIMIT_HEADERS.into_iter().zip([
+        "Requests the caller's bucket holds when full",
+        "Requests left in the caller's bucket",
+        "Seconds until the caller's bucket is full again",
+    ]) {
+        all.push((name.to_string(), integer_header(description, true)));
+        all.push((
+            format!("{name}-Optional"),
+            integer_header(
+                &format!("{description} (absent when answered outside the guard)"),
+                false,
+            ),
+        ));
+    }
+    all.push((
+        "WWW-Authenticate".to_string(),
+        header(
+            ObjectBuilder::new().schema_type(Type::String),
+            "The Bearer challenge (error=\"invalid_token\" when credentials came)",
+            true,
+        ),
+    ));
+    all.push((
+        "Retry-After".to_string(),
+        integer_header("Seconds to wait before retrying", true),
+    ));
+    all
+}
+
 fn integer_header(description: &str, required: bool) -> RefOr<Header> {
     header(
         ObjectBuilder::new()
@@ -259,51 +309,22 @@ fn complete(path: &str, operation: &mut Operation, order_operations: &[(String, 
     for (status, answer) in answers.iter_mut() {
         let RefOr::T(answer) = answer else { continue };
         let headers = &mut answer.headers;
-        headers.insert(
-            "X-Request-Id".into(),
-            header(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(ID_PATTERN)),
-                "The request's id: the client's X-Request-Id when plain, else a new UUID",
-                true,
-            ),
-        );
         let guarded = !OUTSIDE_THE_GUARD.contains(&status.as_str());
-        for (name, description) in [
-            (
-                "RateLimit-Limit",
-                "Requests the caller's bucket holds when full",
-            ),
-            (
-                "RateLimit-Remaining",
-                "Requests left in the caller's bucket",
-            ),
-            (
-                "RateLimit-Reset",
-                "Seconds until the caller's bucket is full again",
-            ),
-        ] {
-            headers.insert(name.into(), integer_header(description, guarded));
+        let mut names = vec![("X-Request-Id", "X-Request-Id".to_string())];
+        for name in RATE_LIMIT_HEADERS {
+            let optional = if guarded { "" } else { "-Optional" };
+            names.push((name, format!("{name}{optional}")));
         }
         match status.as_str() {
-            "401" => {
-                headers.insert(
-                    "WWW-Authenticate".into(),
-                    header(
-                        ObjectBuilder::new().schema_type(Type::String),
-                        "The Bearer challenge (error=\"invalid_token\" when credentials came)",
-                        true,
-                    ),
-                );
-            }
-            "429" | "503" => {
-                headers.insert(
-                    "Retry-After".into(),
-                    integer_header("Seconds to wait before retrying", true),
-                );
-            }
+            "401" => names.push(("WWW-Authenticate", "WWW-Authenticate".into())),
+            "429" | "503" => names.push(("Retry-After", "Retry-After".into())),
             _ => {}
+        }
+        for (name, component) in names {
+            headers.insert(
+                name.into(),
+                RefOr::Ref(Ref::new(format!("#/components/headers/{component}"))),
+            );
         }
         // What the handler's annotation declared about its own headers: always sent.
         for name in ["Location", "ETag"] {
@@ -370,7 +391,16 @@ mod tests {
     #[test]
     fn every_answer_declares_the_headers_the_server_always_sends() {
         let spec = spec();
-        let required = |answer: &Value, name: &str| answer["headers"][name]["required"] == true;
+        let header = |answer: &Value, name: &str| -> Value {
+            let h = &answer["headers"][name];
+            match h["$ref"].as_str() {
+                Some(r) => spec["components"]["headers"]
+                    [r.trim_start_matches("#/components/headers/")]
+                .clone(),
+                None => h.clone(),
+            }
+        };
+        let required = |answer: &Value, name: &str| header(answer, name)["required"] == true;
         for (method, path, operation) in operations(&spec) {
             let answers = operation["responses"].as_object().expect("responses");
             for status in ["400", "401", "403", "429", "431", "500", "503"] {
@@ -390,7 +420,7 @@ mod tests {
                 // Answered outside the rate-limit guard: the headers may be missing.
                 let guarded = !["431", "500", "503"].contains(&status.as_str());
                 for name in ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
-                    assert!(answer["headers"].get(name).is_some(), "{at}: {name}");
+                    assert!(header(answer, name)["schema"].is_object(), "{at}: {name}");
                     assert_eq!(required(answer, name), guarded, "{at}: {name}");
                 }
             }
