@@ -11,13 +11,19 @@
 //! terminates TLS when `[api.tls]` is set and turns verified client certificates into service
 //! principals.
 //!
+//! The operator endpoints ([`operator`]: stock, customer blocks, dead letters, parked orders)
+//! do what the CLI's commands do by calling the same functions; a redrive reaches the steps,
+//! which only the binary builds, through the [`operations::Operations`] port.
+//!
 //! This crate is the front door only: it never decides anything about an order (the steps
-//! do), never reads or writes step state, and never produces to Kafka except through the
-//! outbox.
+//! do), reads or writes step state only through the steps' own operator functions, and never
+//! produces to Kafka except through the outbox.
 
 pub mod auth;
 pub mod document;
 pub mod ids;
+pub mod operations;
+pub mod operator;
 pub mod orders;
 pub mod problem;
 pub mod request_id;
@@ -28,5 +34,5 @@ pub mod spec;
 pub mod store;
 pub mod tls;
 
-pub use server::{app, openapi, start, Api, AppState};
+pub use server::{app, openapi, start, start_with, Api, AppState};
 pub use settings::ApiSettings;

@@ -162,7 +162,7 @@ fn order_id_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiE
     }
 }
 
-async fn read_body(
+pub(crate) async fn read_body(
     request: Request,
     max: usize,
 ) -> Result<(HeaderMap, axum::body::Bytes), ApiError> {
@@ -220,7 +220,7 @@ fn location(order_id: &str) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("/v1/orders"))
 }
 
-fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = (status, bytes).into_response();
     response.headers_mut().insert(

@@ -60,6 +60,10 @@ pub enum ApiError {
     /// 409: the idempotency key (order id) was used before with a different document.
     #[error("idempotency conflict: {0}")]
     Conflict(String),
+    /// 409: the request conflicts with the resource's current state (a dead letter redriven
+    /// already); `detail` says what the state is.
+    #[error("conflict: {0}")]
+    StateConflict(String),
     /// 413: the body is larger than `api.body_max_bytes`.
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
@@ -111,6 +115,11 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "Idempotency key reused with a different request",
             ),
+            ApiError::StateConflict(_) => (
+                "conflict",
+                StatusCode::CONFLICT,
+                "Conflicts with the current state",
+            ),
             ApiError::TooLarge(_) => (
                 "body-too-large",
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -148,13 +157,14 @@ impl ApiError {
     pub fn problem(&self, request_id: Option<String>) -> Problem {
         let (kind, status, title) = self.parts();
         let detail = match self {
-            ApiError::Malformed(d) | ApiError::NotFound(d) | ApiError::Conflict(d) => {
-                Some(d.clone())
-            }
+            ApiError::Malformed(d)
+            | ApiError::NotFound(d)
+            | ApiError::Conflict(d)
+            | ApiError::StateConflict(d) => Some(d.clone()),
             ApiError::MediaType(d) => Some(d.clone()),
             ApiError::TooLarge(max) => Some(format!("the body must be at most {max} bytes")),
             ApiError::Forbidden => Some("this endpoint is not open to the caller's role".into()),
-            ApiError::Invalid(_) => Some("the order document was refused; see errors".into()),
+            ApiError::Invalid(_) => Some("the document was refused; see errors".into()),
             ApiError::HeadersTooLarge => Some("send fewer or shorter headers".into()),
             ApiError::Unavailable(d) => Some(d.clone()),
             ApiError::MethodNotAllowed => {
@@ -226,6 +236,7 @@ mod tests {
             ApiError::NotFound("x".into()),
             ApiError::MethodNotAllowed,
             ApiError::Conflict("x".into()),
+            ApiError::StateConflict("x".into()),
             ApiError::TooLarge(1),
             ApiError::MediaType("x".into()),
             ApiError::Invalid(vec![]),
@@ -240,7 +251,7 @@ mod tests {
             assert!(p.kind.starts_with("urn:orderflow:problem:"));
             assert_eq!(p.status, error.parts().1.as_u16());
         }
-        let internal = serde_json::to_value(errors[11].problem(Some("r-1".into()))).unwrap();
+        let internal = serde_json::to_value(errors[12].problem(Some("r-1".into()))).unwrap();
         let text = internal.to_string();
         assert!(
             !text.contains("hunter2") && !text.contains("db.internal"),

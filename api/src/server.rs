@@ -28,7 +28,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::{DevPrincipal, SharedAuthenticator};
 use crate::problem::ApiError;
 use crate::settings::ApiSettings;
-use crate::{orders, request_id, store};
+use crate::operations::SharedOperations;
+use crate::{operator, orders, request_id, store};
 
 /// Total size of a request's header names and values accepted (more: `431`).
 pub const HEADERS_MAX_BYTES: usize = 16 * 1024;
@@ -46,6 +47,8 @@ pub struct AppState {
     /// Publishes a request's outbox rows right after its commit (the relay catches up on
     /// whatever this misses).
     pub producer: Option<Arc<Producer>>,
+    /// What the operator endpoints need from the binary (redrive).
+    pub operations: crate::operations::SharedOperations,
     pub shutdown: CancellationToken,
 }
 
@@ -75,7 +78,10 @@ impl AppState {
                        Every error is application/problem+json (RFC 9457) with a stable `type`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    tags((name = "orders", description = "Orders: submit, read, list, timeline, cancel")),
+    tags(
+        (name = "orders", description = "Orders: submit, read, list, timeline, cancel"),
+        (name = "operations", description = "Operators: stock, customer blocks, dead letters and redrive, parked orders"),
+    ),
 )]
 struct ApiDoc;
 
@@ -86,6 +92,17 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::get_one))
         .routes(routes!(orders::events))
         .routes(routes!(orders::cancel))
+        .routes(routes!(operator::stock::list, operator::stock::set))
+        .routes(routes!(operator::stock::get_one))
+        .routes(routes!(
+            operator::customers::get_block,
+            operator::customers::put_block,
+            operator::customers::delete_block
+        ))
+        .routes(routes!(operator::deadletters::list))
+        .routes(routes!(operator::deadletters::get_one))
+        .routes(routes!(operator::deadletters::redrive))
+        .routes(routes!(operator::parked::list))
         .split_for_parts();
     utoipa::Modify::modify(&crate::spec::Completion, &mut spec);
     (router, spec)
@@ -212,13 +229,27 @@ impl Api {
     }
 }
 
-/// Start the API: check `settings` (no authentication configured is an error), bind, serve
-/// until `shutdown` is cancelled (then stop accepting and drain in-flight requests), and relay
-/// the API's outbox rows to `kafka` every `api.relay_interval_ms`. Returns once listening.
+/// [`start_with`] without the steps: the operator endpoints answer everything but a redrive,
+/// which is `503` ([`crate::operations::NoSteps`]).
 pub async fn start(
     settings: &ApiSettings,
     kafka: &KafkaSettings,
     pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Api> {
+    let operations: SharedOperations = Arc::new(crate::operations::NoSteps);
+    start_with(settings, kafka, pool, operations, shutdown).await
+}
+
+/// Start the API: check `settings` (no authentication configured is an error), bind, serve
+/// until `shutdown` is cancelled (then stop accepting and drain in-flight requests), and relay
+/// the API's outbox rows to `kafka` every `api.relay_interval_ms`. `operations` is how the
+/// operator endpoints reach the steps. Returns once listening.
+pub async fn start_with(
+    settings: &ApiSettings,
+    kafka: &KafkaSettings,
+    pool: PgPool,
+    operations: SharedOperations,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Api> {
     settings.check()?;
@@ -291,6 +322,7 @@ pub async fn start(
         authenticator,
         guard,
         producer: Some(producer.clone()),
+        operations,
         shutdown: shutdown.clone(),
     };
     let app = app(state);
@@ -385,6 +417,13 @@ mod tests {
             "/v1/orders/{order_id}",
             "/v1/orders/{order_id}/events",
             "/v1/orders/{order_id}/cancellation",
+            "/v1/stock",
+            "/v1/stock/{sku}",
+            "/v1/customers/{customer_id}/block",
+            "/v1/dead-letters",
+            "/v1/dead-letters/{id}",
+            "/v1/dead-letters/redrive",
+            "/v1/parked",
         ] {
             assert!(paths.contains_key(route), "{route} missing");
         }

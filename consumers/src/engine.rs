@@ -410,6 +410,11 @@ pub async fn attempt_batch(
     };
     let mut to_outbox: Vec<OutboxRecord> = Vec::new();
     let mut dead_rows: Vec<OutboxRow> = Vec::new();
+    // A redriven letter is closed before anything is tried, so that failing again (even
+    // undecoding again, just below) reopens it with the attempt appended.
+    if let Mode::Redrive { letter, .. } = mode {
+        platform::deadletter::mark_redriven(tx, letter).await?;
+    }
     for (message, reason) in &sorted.undecodable {
         let history = vec![FailedAttempt {
             at: Utc::now(),
@@ -434,10 +439,7 @@ pub async fn attempt_batch(
             .await?
         }
         Mode::Release => HashSet::new(),
-        Mode::Redrive { letter, .. } => {
-            platform::deadletter::mark_redriven(tx, letter).await?;
-            HashSet::new()
-        }
+        Mode::Redrive { .. } => HashSet::new(),
     };
     // Dead-lettered and held records stay out of the inbox, so that they can still be applied.
     let mut to_handle: Vec<(&OwnedMessage, &Event)> = Vec::with_capacity(wanted.len());

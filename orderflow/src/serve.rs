@@ -1,13 +1,84 @@
 //! `orderflow serve`: the HTTP API (`api`) as its own process, with the admin listener like
 //! every long-running process, and [`start`], which `orderflow run --api` uses to run it beside
 //! the components. Graceful: on SIGINT/SIGTERM the listener stops accepting and in-flight
-//! requests are answered before the process exits.
+//! requests are answered before the process exits. [`StepOperations`] is how the API's
+//! operator endpoints reach the steps (redrive), built here as `orderflow dlq` builds them.
 
+use std::sync::Arc;
+
+use api::operations::{OperationFuture, Operations};
+use consumers::redrive::RedriveReport;
+use platform::kafka::Producer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::components;
+use crate::components::{self, Component};
 use crate::settings::Settings;
+
+/// The API's [`Operations`]: redrives run the step [`components::step`] builds from
+/// `settings`, as `orderflow dlq redrive` does, one at a time in this process.
+pub struct StepOperations {
+    settings: Settings,
+    pool: PgPool,
+    producer: Producer,
+    /// One redrive at a time: two at once would apply the same letter twice over.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl StepOperations {
+    pub fn new(settings: &Settings, pool: &PgPool) -> anyhow::Result<Arc<StepOperations>> {
+        Ok(Arc::new(StepOperations {
+            settings: settings.clone(),
+            pool: pool.clone(),
+            producer: platform::kafka::producer(&settings.kafka, "orderflow-api-redrive")?,
+            running: tokio::sync::Mutex::new(()),
+        }))
+    }
+}
+
+/// Components that may dead-letter records: every one the pipeline runs.
+fn dead_lettering() -> impl Iterator<Item = Component> {
+    Component::ALL.into_iter()
+}
+
+impl Operations for StepOperations {
+    fn consumers(&self) -> Vec<&'static str> {
+        dead_lettering().map(Component::name).collect()
+    }
+
+    fn steps(&self) -> Vec<&'static str> {
+        dead_lettering()
+            .filter(|c| components::step(*c, &self.settings, &self.pool).is_some())
+            .map(Component::name)
+            .collect()
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        step: &'a str,
+        ids: &'a [Uuid],
+        dry_run: bool,
+    ) -> OperationFuture<'a, Vec<RedriveReport>> {
+        Box::pin(async move {
+            let component = dead_lettering()
+                .find(|c| c.name() == step)
+                .ok_or_else(|| anyhow::anyhow!("{step} is not a component"))?;
+            let built = components::step(component, &self.settings, &self.pool)
+                .ok_or_else(|| anyhow::anyhow!("{step} is not a step; nothing to redrive"))?;
+            let _one_at_a_time = self.running.lock().await;
+            consumers::redrive::redrive(
+                built.as_ref(),
+                &self.settings.kafka,
+                &self.pool,
+                &self.producer,
+                ids,
+                dry_run,
+            )
+            .await
+        })
+    }
+}
 
 /// Start the API of `settings` on `pool`; a server that fails cancels `shutdown`, stopping the
 /// rest of the process with it.
@@ -16,10 +87,11 @@ pub async fn start(
     pool: &PgPool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let api = api::start(
+    let api = api::start_with(
         &settings.api,
         &settings.kafka,
         pool.clone(),
+        StepOperations::new(settings, pool)?,
         shutdown.clone(),
     )
     .await?;

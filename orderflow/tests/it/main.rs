@@ -17,6 +17,7 @@ mod faults;
 mod giveup;
 mod http;
 mod metrics;
+mod operator;
 mod outcomes;
 mod parking;
 mod restore;

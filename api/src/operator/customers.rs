@@ -1,0 +1,188 @@
+//! `GET|PUT|DELETE /v1/customers/{customer_id}/block`: whether and why a customer is blocked
+//! (every payment of theirs declined, `customer_blocked`), block them as `orderflow customers
+//! block ID --note N` does (`consumers::payment::block_customer`), and unblock them
+//! (`consumers::payment::unblock_customer`: later payments are authorized again, payments
+//! declined meanwhile stay declined).
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use consumers::payment;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{is_name, log_change, roles};
+use crate::auth::Principal;
+use crate::document;
+use crate::orders::{json_response, read_body};
+use crate::problem::{ApiError, FieldError, Problem};
+use crate::server::AppState;
+
+/// Characters a block's note may have.
+pub const NOTE_MAX_CHARS: usize = 500;
+
+/// Whether a customer is blocked, and why.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BlockView {
+    pub customer_id: String,
+    /// While `true`, every payment of the customer is declined (`customer_blocked`).
+    pub blocked: bool,
+    /// The operator's note, when blocked.
+    pub note: Option<String>,
+    /// Since when, when blocked.
+    pub blocked_at: Option<DateTime<Utc>>,
+}
+
+impl BlockView {
+    fn of(customer_id: String, block: Option<payment::CustomerBlock>) -> BlockView {
+        match block {
+            Some(b) => BlockView {
+                customer_id: b.customer_id,
+                blocked: true,
+                note: Some(b.note),
+                blocked_at: Some(b.blocked_at),
+            },
+            None => BlockView {
+                customer_id,
+                blocked: false,
+                note: None,
+                blocked_at: None,
+            },
+        }
+    }
+}
+
+/// A block to put on a customer.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDocument {
+    /// Why (at most 500 characters); replaces the note of an existing block.
+    #[serde(default)]
+    pub note: String,
+}
+
+fn customer_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path
+        .map_err(|_| ApiError::Malformed("the customer id in the path is not readable".into()))?;
+    if is_name(&id) {
+        Ok(id)
+    } else {
+        Err(ApiError::Malformed(
+            "a customer id is 1-128 characters, not blank, no control characters".into(),
+        ))
+    }
+}
+
+/// Read a customer's block.
+///
+/// `blocked` is false when the customer is not blocked. Roles: operator.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{customer_id}/block",
+    tag = "operations",
+    params(("customer_id" = String, Path, description = "The customer's id")),
+    responses(
+        (status = 200, description = "Whether and why the customer is blocked", body = BlockView),
+        (status = 400, description = "Malformed customer id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_block(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(roles::OPERATE)?;
+    let customer_id = customer_of(path)?;
+    let block = payment::customer_block(&state.pool, &customer_id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &BlockView::of(customer_id, block),
+    ))
+}
+
+/// Block a customer.
+///
+/// From now on every payment of the customer is declined (`customer_blocked`), as after
+/// `orderflow customers block ID --note N`. Blocking again replaces the note. Roles: operator.
+#[utoipa::path(
+    put,
+    path = "/v1/customers/{customer_id}/block",
+    tag = "operations",
+    params(("customer_id" = String, Path, description = "The customer's id")),
+    request_body(content = BlockDocument, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Blocked", body = BlockView),
+        (status = 400, description = "Malformed customer id, JSON or UTF-8", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than api.body_max_bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown fields or a note too long; see errors", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn put_block(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    principal.require(roles::OPERATE)?;
+    let customer_id = customer_of(path)?;
+    let (headers, body) = read_body(request, state.settings.body_max_bytes).await?;
+    let doc: BlockDocument = document::parse(&headers, &body)?;
+    if doc.note.chars().count() > NOTE_MAX_CHARS
+        || doc.note.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ApiError::Invalid(vec![FieldError {
+            pointer: "/note".into(),
+            reason: format!(
+                "at most {NOTE_MAX_CHARS} characters, no control characters but newlines"
+            ),
+        }]));
+    }
+    payment::block_customer(&state.pool, &customer_id, &doc.note).await?;
+    log_change(&principal, "customer.block", &customer_id, &doc.note);
+    let block = payment::customer_block(&state.pool, &customer_id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &BlockView::of(customer_id, block),
+    ))
+}
+
+/// Unblock a customer.
+///
+/// Later payments of the customer are authorized again; payments declined while blocked stay
+/// declined. Unblocking a customer who is not blocked changes nothing. Roles: operator.
+#[utoipa::path(
+    delete,
+    path = "/v1/customers/{customer_id}/block",
+    tag = "operations",
+    params(("customer_id" = String, Path, description = "The customer's id")),
+    responses(
+        (status = 200, description = "Not blocked (any more)", body = BlockView),
+        (status = 400, description = "Malformed customer id", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_block(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(roles::OPERATE)?;
+    let customer_id = customer_of(path)?;
+    let was = payment::unblock_customer(&state.pool, &customer_id).await?;
+    log_change(
+        &principal,
+        "customer.unblock",
+        &customer_id,
+        if was {
+            "was blocked"
+        } else {
+            "was not blocked"
+        },
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &BlockView::of(customer_id, None),
+    ))
+}
