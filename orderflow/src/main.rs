@@ -118,9 +118,9 @@ enum Command {
         /// The archive directory [default: archive.dir].
         #[arg(long)]
         archive: Option<PathBuf>,
-        /// Stock before the archive's first order, one SKU=QTY per line (stock levels are set
-        /// in Postgres, not on the log); without it, stock rows already set are used.
-        #[arg(long)]
+        /// Gone: the archive carries stock and customer blocks as events. Refused with a
+        /// message saying so.
+        #[arg(long, hide = true)]
         stock: Option<PathBuf>,
     },
     /// Copy the log into the archive directory (archive.dir, or --dir) up to its current end,
@@ -287,11 +287,34 @@ enum StateAction {
 
 #[derive(Subcommand)]
 enum StockAction {
-    /// Set the available quantity of skus: SKU=QTY ...
+    /// Bring the available quantity of skus to a level: SKU=QTY ... Appends the difference to
+    /// what the inventory step has applied (plus adjustments appended but not applied yet) as
+    /// StockAdjusted; units reserved by orders in flight meanwhile come off the new level.
     Set {
         #[arg(required = true, value_parser = parse_stock)]
         items: Vec<(String, i64)>,
+        #[command(flatten)]
+        command: CommandArgs,
     },
+    /// Add or take away units: SKU=+N or SKU=-N ... (one StockAdjusted each; no race).
+    Adjust {
+        #[arg(required = true, value_parser = orderflow::operator::parse_adjustment, allow_hyphen_values = true)]
+        items: Vec<(String, i64)>,
+        #[command(flatten)]
+        command: CommandArgs,
+    },
+}
+
+/// What every stock and customer command takes.
+#[derive(clap::Args)]
+struct CommandArgs {
+    /// Why (written into each StockAdjusted).
+    #[arg(long, default_value = "set by an operator")]
+    reason: String,
+    /// Names the command's events: running it again with the same id appends nothing new
+    /// (and publishes what an interrupted run left). A new id each run when omitted.
+    #[arg(long)]
+    command_id: Option<uuid::Uuid>,
 }
 
 #[derive(Subcommand)]
@@ -328,6 +351,16 @@ enum CustomerAction {
         customer_id: String,
         #[arg(long, default_value = "")]
         note: String,
+        /// As for stock: the same id appends nothing twice.
+        #[arg(long)]
+        command_id: Option<uuid::Uuid>,
+    },
+    /// Let the customer's payments be authorized again (declined ones stay declined).
+    Unblock {
+        customer_id: String,
+        /// As for stock: the same id appends nothing twice.
+        #[arg(long)]
+        command_id: Option<uuid::Uuid>,
     },
 }
 
@@ -493,21 +526,57 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             supervised?;
             drop(admin);
         }
-        Command::Stock {
-            action: StockAction::Set { items },
-        } => {
+        Command::Stock { action } => {
+            use orderflow::operator::Change;
+            let (change, command) = match action {
+                StockAction::Set { items, command } => (Change::SetStock(items), command),
+                StockAction::Adjust { items, command } => (Change::AdjustStock(items), command),
+            };
             let pool = components::prepare_database(&settings, false).await?;
-            let mut tx = pool.begin().await?;
-            consumers::inventory::set_stock(&mut tx, &items).await?;
-            tx.commit().await?;
-            eprintln!("stock set for {} skus", items.len());
+            let command_id = command.command_id.unwrap_or_else(uuid::Uuid::new_v4);
+            let events =
+                orderflow::operator::apply(&settings, &pool, command_id, &change, &command.reason)
+                    .await?;
+            for event in &events {
+                if let events::EventBody::StockAdjusted(a) = &event.body {
+                    println!("{} {:+} {}", a.sku, a.delta, event.meta.event_id);
+                }
+            }
+            eprintln!(
+                "{} StockAdjusted appended (command {command_id}); the inventory step applies them",
+                events.len()
+            );
         }
-        Command::Customers {
-            action: CustomerAction::Block { customer_id, note },
-        } => {
+        Command::Customers { action } => {
+            use orderflow::operator::Change;
+            let (change, command_id, done) = match action {
+                CustomerAction::Block {
+                    customer_id,
+                    note,
+                    command_id,
+                } => (
+                    Change::Block {
+                        customer_id: customer_id.clone(),
+                        note,
+                    },
+                    command_id,
+                    format!("customer {customer_id} blocked"),
+                ),
+                CustomerAction::Unblock {
+                    customer_id,
+                    command_id,
+                } => (
+                    Change::Unblock {
+                        customer_id: customer_id.clone(),
+                    },
+                    command_id,
+                    format!("customer {customer_id} unblocked"),
+                ),
+            };
             let pool = components::prepare_database(&settings, false).await?;
-            consumers::payment::block_customer(&pool, &customer_id, &note).await?;
-            eprintln!("customer {customer_id} is blocked");
+            let command_id = command_id.unwrap_or_else(uuid::Uuid::new_v4);
+            orderflow::operator::apply(&settings, &pool, command_id, &change, "").await?;
+            eprintln!("{done} (command {command_id}); the payment step applies it");
         }
         Command::Replay {
             until,
@@ -535,12 +604,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "no archive given: pass --archive DIR or set archive.dir (ORDERFLOW_ARCHIVE__DIR)"
                 ),
             };
-            let stock = match stock {
-                Some(path) => orderflow::restore::read_stock(&path)?,
-                None => Vec::new(),
-            };
+            if let Some(path) = stock {
+                anyhow::bail!(
+                    "--stock {} is no longer taken: the archive now carries stock (StockAdjusted) \
+                     and customer blocks as events, and the restore applies them; drop the option",
+                    path.display()
+                );
+            }
             let pool = components::prepare_database(&settings, false).await?;
-            let report = orderflow::restore::restore(&settings, &pool, &dir, &stock).await?;
+            let report = orderflow::restore::restore(&settings, &pool, &dir).await?;
             print!("{report}");
         }
         Command::Archive { dir, check } => {

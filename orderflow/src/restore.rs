@@ -17,11 +17,13 @@ use crate::settings::Settings;
 
 /// Tables that hold the steps' state: a restore refuses to write into a database where any of
 /// them has a row.
-const STEP_TABLES: [&str; 9] = [
+const STEP_TABLES: [&str; 11] = [
     "pipeline.inbox",
     "pipeline.outbox",
     "pipeline.parked",
+    "inventory.stock",
     "inventory.reservations",
+    "payment.blocked_customers",
     "payment.orders",
     "payment.payments",
     "shipping.orders",
@@ -85,24 +87,14 @@ impl fmt::Display for Report {
     }
 }
 
-/// Restore everything from the archive in `dir`. `stock` is the inventory before the archive's
-/// first order (stock levels are set in Postgres, not on the log); without it, the stock rows
-/// already in the database are used.
-pub async fn restore(
-    settings: &Settings,
-    pool: &PgPool,
-    dir: &Path,
-    stock: &[(String, i64)],
-) -> anyhow::Result<Report> {
+/// Restore everything from the archive in `dir`, and nothing else: stock and customer blocks
+/// are events on the log (`StockAdjusted`, `CustomerBlocked`, `CustomerUnblocked`), which the
+/// steps' replay applies like the live steps did.
+pub async fn restore(settings: &Settings, pool: &PgPool, dir: &Path) -> anyhow::Result<Report> {
     let started = Instant::now();
     let topic = settings.kafka.topic.as_str();
     let manifest = archive::load_checked(dir, topic, "restored")?;
     ensure_no_state(pool).await?;
-    if !stock.is_empty() {
-        let mut tx = pool.begin().await?;
-        consumers::inventory::set_stock(&mut tx, stock).await?;
-        tx.commit().await?;
-    }
 
     tracing::info!(
         records = manifest.records(),
@@ -215,33 +207,6 @@ async fn ensure_no_state(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read a stock file: one `SKU=QTY` per line; blank lines and lines starting with `#` are
-/// skipped. Errors name the line.
-pub fn read_stock(path: &Path) -> anyhow::Result<Vec<(String, i64)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the stock file {}", path.display()))?;
-    let mut stock = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let parsed = line.split_once('=').and_then(|(sku, qty)| {
-            let qty: i64 = qty.trim().parse().ok()?;
-            (!sku.trim().is_empty() && qty >= 0).then(|| (sku.trim().to_string(), qty))
-        });
-        let Some(item) = parsed else {
-            anyhow::bail!(
-                "{} line {}: {line:?} is not SKU=QTY with a whole quantity >= 0",
-                path.display(),
-                number + 1
-            );
-        };
-        stock.push(item);
-    }
-    Ok(stock)
-}
-
 /// Commit `group`'s offsets, retrying for up to a minute while the broker is still loading or
 /// moving the group's coordinator: on a new cluster the first commit creates the offsets topic,
 /// and its coordinator answers "load in progress" until it has loaded.
@@ -275,42 +240,5 @@ async fn commit_when_coordinator_ready(
         }
         tracing::info!(group, %error, "group coordinator not ready; retrying the commit");
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A file's text, and the stock read from it or a piece of the error.
-    type Case = (&'static str, Result<Vec<(&'static str, i64)>, &'static str>);
-
-    #[test]
-    fn stock_files_are_read_line_by_line() {
-        let cases: [Case; 5] = [
-            ("A=1\nB = 20\n", Ok(vec![("A", 1), ("B", 20)])),
-            ("# levels before the archive\n\nA=0\n", Ok(vec![("A", 0)])),
-            ("A=1\nB\n", Err("line 2: \"B\" is not SKU=QTY")),
-            ("A=-3\n", Err("line 1: \"A=-3\"")),
-            ("=4\n", Err("line 1: \"=4\"")),
-        ];
-        let dir = std::env::temp_dir().join(format!("orderflow-stock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (i, (text, want)) in cases.into_iter().enumerate() {
-            let path = dir.join(format!("stock{i}.txt"));
-            std::fs::write(&path, text).unwrap();
-            match (read_stock(&path), want) {
-                (Ok(got), Ok(want)) => {
-                    let want: Vec<(String, i64)> =
-                        want.into_iter().map(|(s, q)| (s.to_string(), q)).collect();
-                    assert_eq!(got, want, "{text:?}");
-                }
-                (Err(error), Err(want)) => {
-                    assert!(error.to_string().contains(want), "{text:?}: {error}")
-                }
-                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
-            }
-        }
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -176,17 +176,42 @@ pub async fn check(settings: &Settings, options: &Options) -> anyhow::Result<Rep
     })
 }
 
-/// Read an initial stock file (the format `orderflow restore --stock` takes); a sku given twice
-/// is an error, not a sum.
+/// Read an initial stock file: one `SKU=QTY` per line, blank lines and lines starting with `#`
+/// skipped; errors name the line. A sku given twice is an error, not a sum.
 pub fn read_initial_stock(path: &Path) -> anyhow::Result<BTreeMap<String, i64>> {
     let mut stock = BTreeMap::new();
-    for (sku, qty) in crate::restore::read_stock(path)? {
+    for (sku, qty) in read_stock_lines(path)? {
         if stock.insert(sku.clone(), qty).is_some() {
             anyhow::bail!(
                 "{}: sku {sku} is given twice; give each sku's initial quantity once",
                 path.display()
             );
         }
+    }
+    Ok(stock)
+}
+
+fn read_stock_lines(path: &Path) -> anyhow::Result<Vec<(String, i64)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the stock file {}", path.display()))?;
+    let mut stock = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line.split_once('=').and_then(|(sku, qty)| {
+            let qty: i64 = qty.trim().parse().ok()?;
+            (!sku.trim().is_empty() && qty >= 0).then(|| (sku.trim().to_string(), qty))
+        });
+        let Some(item) = parsed else {
+            anyhow::bail!(
+                "{} line {}: {line:?} is not SKU=QTY with a whole quantity >= 0",
+                path.display(),
+                number + 1
+            );
+        };
+        stock.push(item);
     }
     Ok(stock)
 }

@@ -12,6 +12,31 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::archive::{archive_once, live_digests, use_new_archive};
 use crate::deadletters::{start_payment, FlakyProvider};
 use crate::support::{order, TestEnv};
+use orderflow::operator::Change;
+
+/// Change stock or blocks the way `orderflow stock` / `orderflow customers` do: events
+/// appended through the outbox and published. Returns the command id.
+pub async fn operate(env: &TestEnv, change: Change) -> uuid::Uuid {
+    let command = uuid::Uuid::new_v4();
+    orderflow::operator::apply(&env.settings, &env.pool, command, &change, "test")
+        .await
+        .expect("command appended and published");
+    command
+}
+
+/// Forget the stock `TestEnv::new` wrote straight into the table: here stock comes only from
+/// events on the log, as the archive must carry it.
+async fn without_direct_stock(env: &TestEnv) {
+    sqlx::query("DELETE FROM inventory.stock")
+        .execute(&env.pool)
+        .await
+        .expect("stock emptied");
+}
+
+/// `(sku, delta)` pairs as a `stock adjust`.
+fn adjust(items: &[(&str, i64)]) -> Change {
+    Change::AdjustStock(items.iter().map(|(s, d)| (s.to_string(), *d)).collect())
+}
 
 /// Every compared row of `env`'s state, with its topic's name made neutral so that two
 /// environments compare.
@@ -109,6 +134,7 @@ fn id_in_partition(prefix: &str, partition: i32) -> String {
 async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     // Before the disaster: every kind of outcome, a saga timeout, a poison record.
     let mut before = TestEnv::new().await;
+    without_direct_stock(&before).await;
     let dir = use_new_archive(&mut before);
     before.settings.saga.deadline_check_interval_ms = 0;
     before.start(&[
@@ -117,6 +143,38 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
         Component::Saga,
         Component::Projections,
     ]);
+    // Stock only by events: a set (from nothing), an adjustment up and one down, and one of
+    // them delivered twice (the same record produced again), which the step applies once.
+    operate(
+        &before,
+        Change::SetStock(vec![("SKU-A".into(), 8), ("SKU-B".into(), 5)]),
+    )
+    .await;
+    operate(&before, adjust(&[("SKU-A", 3)])).await;
+    let twice = operate(&before, adjust(&[("SKU-A", -1)])).await;
+    let (key, payload): (String, Vec<u8>) =
+        sqlx::query_as("SELECT order_id, payload FROM pipeline.outbox WHERE event_id = $1")
+            .bind(consumers::commands::event_id(
+                twice,
+                events::EventType::StockAdjusted,
+                "stock:SKU-A",
+            ))
+            .fetch_one(&before.pool)
+            .await
+            .expect("the adjustment's outbox row");
+    before.produce_raw(&key, &payload).await;
+    before
+        .wait_count(
+            "SELECT count(*) FROM pipeline.inbox WHERE step = 'inventory' AND event_type = 'StockAdjusted'",
+            4,
+        )
+        .await;
+    assert_eq!(
+        before.stock("SKU-A").await,
+        (10, 0),
+        "8 + 3 - 1, the -1 once"
+    );
+    assert_eq!(before.stock("SKU-B").await, (5, 0));
     publish_until_awaiting_payment(&before, "o-late", 2).await;
     let expired = consumers::saga::expire_due(
         &before.pool,
@@ -128,10 +186,65 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     .expect("expire");
     assert_eq!(expired.orders, ["o-late"]);
     before.start(&[Component::Payment]);
+    // A blocked customer is declined; unblocked, authorized; another stays blocked.
+    operate(
+        &before,
+        Change::Block {
+            customer_id: "c-blocked".into(),
+            note: "chargeback".into(),
+        },
+    )
+    .await;
+    operate(
+        &before,
+        Change::Block {
+            customer_id: "c-still-blocked".into(),
+            note: "fraud".into(),
+        },
+    )
+    .await;
+    before
+        .wait_count("SELECT count(*) FROM payment.blocked_customers", 2)
+        .await;
+    let mut blocked_order = order("o-blocked", &[("SKU-A", 1, 100)], "DE");
+    blocked_order.customer_id = "c-blocked".into();
+    before.publish(&[blocked_order.clone()]).await;
+    assert_eq!(
+        before.wait_terminal("o-blocked").await,
+        (
+            "cancelled".to_string(),
+            Some("payment_declined".to_string())
+        )
+    );
+    assert_eq!(
+        before
+            .count("SELECT count(*) FROM payment.payments WHERE order_id = 'o-blocked' AND decline_reason = 'customer_blocked'")
+            .await,
+        1
+    );
+    operate(
+        &before,
+        Change::Unblock {
+            customer_id: "c-blocked".into(),
+        },
+    )
+    .await;
+    before
+        .wait_count("SELECT count(*) FROM payment.blocked_customers", 1)
+        .await;
+    blocked_order.order_id = "o-unblocked".into();
+    before.publish(&[blocked_order]).await;
+    assert_eq!(before.wait_terminal("o-unblocked").await.0, "completed");
     // One unit of SKU-C, held first by an order of the last partition (declined, released),
     // then for good by an order of the first: a restore reading partition by partition meets
     // them the other way round.
-    before.set_stock(&[("SKU-C", 1)]).await;
+    operate(&before, adjust(&[("SKU-C", 1)])).await;
+    before
+        .wait_count(
+            "SELECT count(*) FROM inventory.stock WHERE sku = 'SKU-C' AND available = 1",
+            1,
+        )
+        .await;
     let last = id_in_partition("o-first-", crate::support::PARTITIONS - 1);
     let first = id_in_partition("o-second-", 0);
     before
@@ -195,6 +308,7 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     // After: an empty topic and an empty database. (The new topic has another name here, so
     // the manifest is pointed at it; the archived records keep their bytes.)
     let mut after = TestEnv::new().await;
+    without_direct_stock(&after).await;
     // The same consumer groups as before (dead letters are named after them), with their
     // dead-letter topics for the new log.
     after.settings.kafka.group_prefix = before.settings.kafka.group_prefix.clone();
@@ -202,12 +316,7 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
         .await
         .expect("topics");
     point_manifest_at(&dir, &after.settings.kafka.topic);
-    let stock = [
-        ("SKU-A".to_string(), 10),
-        ("SKU-B".to_string(), 5),
-        ("SKU-C".to_string(), 1),
-    ];
-    let report = orderflow::restore::restore(&after.settings, &after.pool, &dir, &stock)
+    let report = orderflow::restore::restore(&after.settings, &after.pool, &dir)
         .await
         .expect("restore");
     assert_eq!(report.republished.records, report.archived);
@@ -252,7 +361,7 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     }
 
     // A second restore is refused before it touches anything.
-    let again = orderflow::restore::restore(&after.settings, &after.pool, &dir, &stock).await;
+    let again = orderflow::restore::restore(&after.settings, &after.pool, &dir).await;
     assert!(format!("{:#}", again.unwrap_err()).contains("is not empty"));
 
     // The live steps resume after the archive: the provider is never asked, nothing new
@@ -296,6 +405,7 @@ async fn an_archive_alone_restores_everything_without_repeating_an_effect() {
     assert_eq!(positions, want_positions, "no record was added to the log");
     for table in [
         "inventory.stock",
+        "payment.blocked_customers",
         "payment.ledger",
         "shipping.shipments",
         "saga.orders",
@@ -319,8 +429,16 @@ async fn answers_the_archive_lost_are_asked_again_by_the_live_steps_only() {
     // The disaster struck mid-flight: the archive has o-reserved's reservation but not its
     // payment, and o-new's OrderCreated but no reservation.
     let mut before = TestEnv::new().await;
+    without_direct_stock(&before).await;
     let dir = use_new_archive(&mut before);
     before.start(&[Component::Inventory, Component::Saga]);
+    operate(&before, adjust(&[("SKU-A", 10)])).await;
+    before
+        .wait_count(
+            "SELECT count(*) FROM inventory.stock WHERE available = 10",
+            1,
+        )
+        .await;
     publish_until_awaiting_payment(&before, "o-reserved", 2).await;
     before.stop().await;
     before
@@ -329,9 +447,9 @@ async fn answers_the_archive_lost_are_asked_again_by_the_live_steps_only() {
     archive_once(&before.settings).await.expect("archive");
 
     let mut after = TestEnv::new().await;
+    without_direct_stock(&after).await;
     point_manifest_at(&dir, &after.settings.kafka.topic);
-    let stock = [("SKU-A".to_string(), 10)];
-    let report = orderflow::restore::restore(&after.settings, &after.pool, &dir, &stock)
+    let report = orderflow::restore::restore(&after.settings, &after.pool, &dir)
         .await
         .expect("restore");
     let totals: std::collections::HashMap<_, _> = report.steps.into_iter().collect();
