@@ -2,6 +2,16 @@
 //! consumer's batch transaction, published after it commits, then marked as published. Rows a
 //! crash left unpublished are published again by [`relay`], by whichever member runs it.
 //!
+//! Several processes may publish one step's rows (the API's servers, a step's members): a
+//! row is claimed before it is sent so that it goes to the log once. [`relay`] holds the
+//! step's relay lock (one relay of a step at a time, rows in id order) and locks its rows
+//! `FOR UPDATE SKIP LOCKED` in the transaction that marks them published; [`publish_claimed`]
+//! (the rows a request just wrote) leases its rows for a bounded time (`claimed_until`)
+//! without holding a connection while the broker answers. A row locked or leased by one
+//! publisher is skipped by the others. Only a process that dies (or a lease that runs out)
+//! between sending and marking leaves a row that is sent again — consumers deduplicate by
+//! event id, so a repeat is harmless, only wasted.
+//!
 //! The outbox deals in bytes; it never encodes or decodes an event.
 //!
 //! Each row keeps the trace context of the span that decided it (`trace_context`, NULL when
@@ -146,6 +156,77 @@ pub async fn publish(pool: &PgPool, producer: &Producer, rows: &[OutboxRow]) -> 
     if rows.is_empty() {
         return Ok(());
     }
+    send(producer, rows).await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("marking outbox rows published")?;
+    mark_published(&mut conn, &ids)
+        .await
+        .context("marking outbox rows published")?;
+    Ok(())
+}
+
+/// [`publish`] for rows other processes may be publishing too (the API's servers): the rows
+/// still unpublished and neither locked by a [`relay`] nor leased by another publisher are
+/// leased for `lease` (longer than the producer's delivery timeout), sent and marked
+/// published; the others are left to whoever holds them. Returns how many this call sent. A
+/// failed send gives its lease back, for the relay.
+pub async fn publish_claimed(
+    pool: &PgPool,
+    producer: &Producer,
+    rows: &[OutboxRow],
+    lease: Duration,
+) -> anyhow::Result<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let claimed: Vec<i64> = sqlx::query_scalar(
+        "UPDATE pipeline.outbox SET claimed_until = now() + make_interval(secs => $2)
+         WHERE id IN (SELECT id FROM pipeline.outbox
+                      WHERE id = ANY($1) AND published_at IS NULL
+                        AND (claimed_until IS NULL OR claimed_until < now())
+                      FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .persistent(false)
+    .bind(&ids)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+    .context("claiming outbox rows")?;
+    let mine: Vec<OutboxRow> = rows
+        .iter()
+        .filter(|r| claimed.contains(&r.id))
+        .cloned()
+        .collect();
+    if mine.is_empty() {
+        return Ok(0);
+    }
+    let mine_ids: Vec<i64> = mine.iter().map(|r| r.id).collect();
+    if let Err(error) = send(producer, &mine).await {
+        // Best effort: a lease not given back runs out by itself.
+        let _ = sqlx::query("UPDATE pipeline.outbox SET claimed_until = NULL WHERE id = ANY($1)")
+            .persistent(false)
+            .bind(&mine_ids)
+            .execute(pool)
+            .await;
+        return Err(error);
+    }
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("marking outbox rows published")?;
+    mark_published(&mut conn, &mine_ids)
+        .await
+        .context("marking outbox rows published")?;
+    Ok(mine.len())
+}
+
+/// Send `rows` in order and wait for every acknowledgement (the first failure is the error).
+async fn send(producer: &Producer, rows: &[OutboxRow]) -> anyhow::Result<()> {
     let sends = rows.iter().map(|row| {
         let r = &row.record;
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
@@ -177,14 +258,6 @@ pub async fn publish(pool: &PgPool, producer: &Producer, rows: &[OutboxRow]) -> 
             );
         }
     }
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let mut conn = pool
-        .acquire()
-        .await
-        .context("marking outbox rows published")?;
-    mark_published(&mut conn, &ids)
-        .await
-        .context("marking outbox rows published")?;
     Ok(())
 }
 
@@ -244,7 +317,13 @@ type StoredRow = (
 );
 
 /// Publish `step`'s rows that stayed unpublished for longer than `older_than` (a member
-/// crashed between its commit and its publish). Returns how many were published.
+/// crashed between its commit and its publish). Returns how many this call published.
+///
+/// One relay of a step at a time: each round takes the step's advisory lock for its
+/// transaction (a second relay waits for the first, then finds what is left), locks its rows
+/// `FOR UPDATE SKIP LOCKED` (skipping rows leased by a [`publish_claimed`]), sends them and
+/// marks them published before it commits. The round holds a connection while the broker
+/// answers (one per relay).
 pub async fn relay(
     pool: &PgPool,
     producer: &Producer,
@@ -253,16 +332,29 @@ pub async fn relay(
 ) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
+        let mut tx = pool
+            .begin()
+            .await
+            .context("reading unpublished outbox rows")?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('orderflow.outbox.relay.' || $1, 0))",
+        )
+        .bind(step)
+        .execute(&mut *tx)
+        .await
+        .context("taking the outbox relay lock")?;
         let rows: Vec<StoredRow> = sqlx::query_as(
             "SELECT id, event_id, event_type, order_id, topic, record_key, payload, headers, trace_context
              FROM pipeline.outbox
              WHERE step = $1 AND published_at IS NULL
                AND created_at < now() - make_interval(secs => $2)
-             ORDER BY id LIMIT 1000",
+               AND (claimed_until IS NULL OR claimed_until < now())
+             ORDER BY id LIMIT 1000
+             FOR UPDATE SKIP LOCKED",
         )
         .bind(step)
         .bind(older_than.as_secs_f64())
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .context("reading unpublished outbox rows")?;
         if rows.is_empty() {
@@ -288,7 +380,12 @@ pub async fn relay(
                 },
             )
             .collect();
-        publish(pool, producer, &rows).await?;
+        send(producer, &rows).await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        mark_published(&mut tx, &ids)
+            .await
+            .context("marking outbox rows published")?;
+        tx.commit().await.context("marking outbox rows published")?;
         total += rows.len();
         tracing::info!(step, count = rows.len(), "relayed unpublished outbox rows");
     }

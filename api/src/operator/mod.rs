@@ -62,7 +62,8 @@ fn decode_cursor(kind: &str, text: &str, len: usize) -> Result<Vec<String>, ApiE
         || ApiError::Malformed("cursor is not one this API gave; start again without it".into());
     let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
     let mut parts: Vec<String> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if parts.len() != len + 1 || parts[0] != kind {
+    // A forged cursor's text never reaches SQL with characters Postgres refuses (NUL).
+    if parts.len() != len + 1 || parts[0] != kind || parts.iter().any(|p| p.contains('\0')) {
         return Err(bad());
     }
     parts.remove(0);
@@ -98,11 +99,13 @@ mod tests {
         let key = vec!["payment".to_string(), "o|1".to_string()];
         let text = encode_cursor("parked", &key);
         assert_eq!(decode_cursor("parked", &text, 2).unwrap(), key);
+        let nul = encode_cursor("parked", &["payment".to_string(), "o\0".to_string()]);
         for (kind, text, len) in [
             ("stock", text.as_str(), 2),
             ("parked", text.as_str(), 1),
             ("parked", "not base64!", 2),
             ("parked", "W10", 2),
+            ("parked", nul.as_str(), 2),
         ] {
             assert!(
                 matches!(decode_cursor(kind, text, len), Err(ApiError::Malformed(_))),
