@@ -69,7 +69,9 @@ enum Command {
     /// Serve the HTTP API (the [api] section: api.listen, default 127.0.0.1:8080) until
     /// SIGINT/SIGTERM, then answer the requests in flight and exit. Refuses to start without
     /// authentication: api.auth.jwks_file (JWT bearer tokens) and/or an API key pepper
-    /// (api.auth.api_key_pepper_file); api.insecure_dev_principal is for development only.
+    /// (api.auth.api_key_pepper_file) and/or client certificates ([api.tls] with client_certs
+    /// and [[api.tls.clients]]); api.insecure_dev_principal is for development only. HTTPS
+    /// when [api.tls] names a certificate and key.
     Serve,
     /// Manage inventory stock.
     Stock {

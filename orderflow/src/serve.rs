@@ -95,7 +95,12 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
-    eprintln!("HTTP API listening on http://{}", api.address);
+    let scheme = if settings.api.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("HTTP API listening on {scheme}://{}", api.address);
     let token = shutdown.clone();
     Ok(tokio::spawn(async move {
         let result = api.wait().await;
