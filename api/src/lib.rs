@@ -33,6 +33,7 @@ pub mod settings;
 pub mod spec;
 pub mod store;
 pub mod tls;
+pub mod waiting;
 
 pub use server::{app, openapi, start, start_with, Api, AppState};
 pub use settings::ApiSettings;

@@ -40,8 +40,6 @@ pub mod roles {
 pub const CACHE_CONTROL: &str = "private, no-cache";
 /// The header carrying the read model's freshness (RFC 3339).
 pub const WATERMARK_HEADER: &str = "orderflow-watermark";
-/// How often a `Prefer: wait` looks at the order again.
-const WAIT_POLL: Duration = Duration::from_millis(100);
 const PAGE_SIZE_DEFAULT: u32 = 50;
 
 /// The answer to an accepted order (also given again to a repeat of it).
@@ -525,8 +523,9 @@ fn prefer_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// From the read models; an order accepted but not yet projected is `accepted`. Send the
 /// `ETag` back in `If-None-Match` to get `304` while it has not changed, and add
 /// `Prefer: wait=N` (N ≤ api.wait_max_secs) to be answered as soon as it changes (or after N
-/// seconds with `304`). `Orderflow-Watermark` says up to when the read models have applied
-/// the order's partition of the log.
+/// seconds with `304`). While api.wait_waiters_max requests wait already, the answer is
+/// immediate and carries no `Preference-Applied`. `Orderflow-Watermark` says up to when the
+/// read models have applied the order's partition of the log.
 #[utoipa::path(
     get,
     path = "/v1/orders/{order_id}",
@@ -568,15 +567,36 @@ pub async fn get_one(
     let wait =
         prefer_wait(&headers)?.map(|secs| Duration::from_secs(secs).min(state.settings.wait_max()));
     let not_found = || ApiError::NotFound(format!("no order {order_id}"));
+    // Waiting needs the client's version and a free waiter slot; without either the answer
+    // is immediate (and, past the bound, without Preference-Applied).
+    let waiter = match (wait, if_none_match.as_deref()) {
+        (Some(_), Some(_)) => state.waits.wait_on(&order_id),
+        _ => None,
+    };
+    let wait = wait.filter(|_| waiter.is_some() || if_none_match.is_none());
     let mut found = current(&state, &principal, &order_id, false)
         .await?
         .ok_or_else(not_found)?;
-    // Wait only when the client holds the current version; otherwise answer at once.
-    if let (Some(wait), Some(inm)) = (wait, if_none_match.as_deref()) {
+    // Woken by the projector's announcement of the order ([`crate::waiting`]), or by the
+    // fallback poll; each wake-up reads the order again, until it differs from the client's.
+    if let (Some(wait), Some(inm), Some(waiter)) = (wait, if_none_match.as_deref(), &waiter) {
         let deadline = tokio::time::Instant::now() + wait;
-        while ids::none_match(inm, &found.etag) && tokio::time::Instant::now() < deadline {
+        let poll = Duration::from_millis(state.settings.wait_poll_ms);
+        loop {
+            // Registered before the read: an announcement during the read is not missed.
+            let changed = waiter.notify.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !ids::none_match(inm, &found.etag) {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
             tokio::select! {
-                () = tokio::time::sleep(WAIT_POLL) => {}
+                () = &mut changed => {}
+                () = tokio::time::sleep(poll.min(deadline - now)) => {}
                 () = state.shutdown.cancelled() => break,
             }
             found = current(&state, &principal, &order_id, false)
@@ -584,6 +604,7 @@ pub async fn get_one(
                 .ok_or_else(not_found)?;
         }
     }
+    drop(waiter);
     let watermark = {
         let mut conn = state.pool.acquire().await?;
         query::order_watermark(&mut conn, &state.topic, &order_id).await?

@@ -26,9 +26,9 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{DevPrincipal, SharedAuthenticator};
+use crate::operations::SharedOperations;
 use crate::problem::ApiError;
 use crate::settings::ApiSettings;
-use crate::operations::SharedOperations;
 use crate::{operator, orders, request_id, store};
 
 /// Total size of a request's header names and values accepted (more: `431`).
@@ -47,6 +47,11 @@ pub struct AppState {
     /// Publishes a request's outbox rows right after its commit (the relay catches up on
     /// whatever this misses).
     pub producer: Option<Arc<Producer>>,
+    /// The requests waiting for an order to change (`Prefer: wait`).
+    pub waits: Arc<crate::waiting::OrderWaits>,
+    /// How long [`AppState::publish_soon`] holds its rows against other publishers: the
+    /// producer's delivery timeout and a margin.
+    pub outbox_lease: Duration,
     /// What the operator endpoints need from the binary (redrive).
     pub operations: crate::operations::SharedOperations,
     pub shutdown: CancellationToken,
@@ -59,8 +64,11 @@ impl AppState {
             return;
         };
         let pool = self.pool.clone();
+        let lease = self.outbox_lease;
         tokio::spawn(async move {
-            if let Err(e) = platform::outbox::publish(&pool, &producer, &rows).await {
+            // Leased: another server's relay never sends these rows while this one does.
+            if let Err(e) = platform::outbox::publish_claimed(&pool, &producer, &rows, lease).await
+            {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "publishing accepted commands failed; the relay retries"
@@ -315,7 +323,12 @@ pub async fn start_with(
         .local_addr()
         .context("reading the API's bound address")?;
     let producer = Arc::new(platform::kafka::producer(kafka, "orderflow-api")?);
+    let waits = crate::waiting::OrderWaits::new(settings.wait_waiters_max);
+    waits.spawn_listener(pool.clone(), shutdown.clone());
     let state = AppState {
+        waits,
+        outbox_lease: Duration::from_millis(u64::from(kafka.delivery_timeout_ms))
+            + Duration::from_secs(10),
         pool: pool.clone(),
         settings: Arc::new(settings.clone()),
         topic: Arc::from(kafka.topic.as_str()),

@@ -30,6 +30,12 @@ pub struct ApiSettings {
     pub request_timeout_ms: u64,
     /// Longest `Prefer: wait=N` honoured, in seconds.
     pub wait_max_secs: u64,
+    /// How often a `Prefer: wait` looks at its order even without a change announced by the
+    /// projector (a fallback for announcements lost while the server re-connects), in ms.
+    pub wait_poll_ms: u64,
+    /// Most requests waiting (`Prefer: wait`) at once; past it a request is answered at once,
+    /// without `Preference-Applied`.
+    pub wait_waiters_max: usize,
     /// Largest page of `GET /v1/orders` (`limit` above it: `400`).
     pub page_size_max: u32,
     /// How often the API's outbox rows that are not yet on the log are published again
@@ -58,6 +64,8 @@ impl Default for ApiSettings {
             order_lines_max: 100,
             request_timeout_ms: 15_000,
             wait_max_secs: 10,
+            wait_poll_ms: 1_000,
+            wait_waiters_max: 1_000,
             page_size_max: 200,
             relay_interval_ms: 1_000,
             auth: access::AuthSettings::default(),
@@ -140,6 +148,8 @@ impl ApiSettings {
             ("order_lines_max", self.order_lines_max as u64),
             ("request_timeout_ms", self.request_timeout_ms),
             ("page_size_max", u64::from(self.page_size_max)),
+            ("wait_poll_ms", self.wait_poll_ms),
+            ("wait_waiters_max", self.wait_waiters_max as u64),
             ("relay_interval_ms", self.relay_interval_ms),
             ("auth.reload_check_ms", self.auth.reload_check_ms),
         ] {

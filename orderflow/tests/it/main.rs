@@ -4,6 +4,7 @@
 
 mod analytics;
 mod api_guards;
+mod api_scale;
 mod archive;
 mod auth;
 mod bench;
