@@ -26,7 +26,9 @@ pub fn payloads(order_ids: &[&str]) -> Vec<String> {
     let mut size = 2;
     for id in order_ids {
         // The id quoted and escaped, and its comma.
-        let cost = serde_json::to_string(id).map(|s| s.len()).unwrap_or(usize::MAX) + 1;
+        let cost = serde_json::to_string(id)
+            .map(|s| s.len() + 1)
+            .unwrap_or(usize::MAX);
         if cost.saturating_add(2) > PAYLOAD_MAX_BYTES {
             return vec![ALL.to_string()];
         }
