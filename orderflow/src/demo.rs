@@ -118,9 +118,10 @@ pub fn generate(run: &str, index: usize, rng: &mut StdRng) -> (OrderInput, Kind)
     (input, kind)
 }
 
-/// Give every stocked sku enough stock for `orders` orders, and make sure the empty one is
-/// empty.
-pub async fn seed_stock(pool: &PgPool, orders: usize) -> anyhow::Result<()> {
+/// Give every stocked sku enough stock for `orders` orders, as `orderflow stock set` does
+/// (`StockAdjusted` events on the log), and wait until the inventory step has applied them:
+/// orders published before would race the stock in other partitions. The empty sku gets none.
+pub async fn seed_stock(settings: &Settings, pool: &PgPool, orders: usize) -> anyhow::Result<()> {
     // At most 3 lines of at most 3 units each, spread over STOCKED_SKUS skus: 9 units per order
     // per sku is a safe upper bound.
     let per_sku = i64::try_from(orders.max(1) * 9).unwrap_or(i64::MAX);
@@ -128,10 +129,36 @@ pub async fn seed_stock(pool: &PgPool, orders: usize) -> anyhow::Result<()> {
         .map(|i| (stocked_sku(i), per_sku))
         .collect();
     stock.push((EMPTY_SKU.to_string(), 0));
-    let mut tx = pool.begin().await?;
-    consumers::inventory::set_stock(&mut tx, &stock).await?;
-    tx.commit().await?;
-    Ok(())
+    let change = crate::operator::Change::SetStock(stock);
+    let appended = crate::operator::apply(
+        settings,
+        pool,
+        uuid::Uuid::new_v4(),
+        &change,
+        "demo stock",
+    )
+    .await?;
+    let ids: Vec<uuid::Uuid> = appended.iter().map(|e| e.meta.event_id).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pipeline.inbox WHERE step = $1 AND event_id = ANY($2)",
+        )
+        .bind(consumers::inventory::NAME)
+        .bind(&ids)
+        .fetch_one(pool)
+        .await?;
+        if applied == ids.len() as i64 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the inventory step applied {applied} of the {} stock adjustments within 120 s; is \
+             it running (orderflow run)?",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Publish, wait, summarise. The components must be running (in this process or elsewhere).
@@ -141,7 +168,7 @@ pub async fn run(
     options: &DemoOptions,
 ) -> anyhow::Result<Summary> {
     let run_id = format!("demo-{}", Utc::now().format("%Y%m%d%H%M%S%3f"));
-    seed_stock(pool, options.orders)
+    seed_stock(settings, pool, options.orders)
         .await
         .context("seeding demo stock")?;
     let mut rng = StdRng::seed_from_u64(options.seed);

@@ -73,12 +73,15 @@ enum Command {
     /// and [[api.tls.clients]]); api.insecure_dev_principal is for development only. HTTPS
     /// when [api.tls] names a certificate and key.
     Serve,
-    /// Manage inventory stock.
+    /// Change inventory stock: appends StockAdjusted events to the order log, which the
+    /// inventory step applies.
     Stock {
         #[command(subcommand)]
         action: StockAction,
     },
-    /// Manage customers the simulated payment provider declines.
+    /// Block or unblock customers (the simulated payment provider declines blocked ones):
+    /// appends CustomerBlocked / CustomerUnblocked to the order log, which the payment step
+    /// applies.
     Customers {
         #[command(subcommand)]
         action: CustomerAction,
@@ -300,7 +303,7 @@ enum StockAction {
     },
     /// Add or take away units: SKU=+N or SKU=-N ... (one StockAdjusted each; no race).
     Adjust {
-        #[arg(required = true, value_parser = orderflow::operator::parse_adjustment, allow_hyphen_values = true)]
+        #[arg(required = true, value_parser = orderflow::operator::parse_adjustment)]
         items: Vec<(String, i64)>,
         #[command(flatten)]
         command: CommandArgs,
