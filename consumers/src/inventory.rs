@@ -584,7 +584,9 @@ pub async fn settle_replayed_stock(tx: &mut PgConnection) -> Result<(), HandlerE
     Ok(())
 }
 
-/// Set the available quantity of skus (the documented way to seed stock).
+/// Write the available quantity of skus straight into `inventory.stock`, bypassing the log.
+/// Only for tests seeding state a restore need not see: operators change stock with
+/// [`crate::commands`] (`StockAdjusted` events), and a restore knows nothing of this.
 pub async fn set_stock(tx: &mut PgConnection, stock: &[(String, i64)]) -> Result<(), sqlx::Error> {
     let skus: Vec<&str> = stock.iter().map(|(s, _)| s.as_str()).collect();
     let qty: Vec<i64> = stock.iter().map(|(_, q)| *q).collect();

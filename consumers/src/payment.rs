@@ -210,7 +210,9 @@ async fn store_blocks(
     Ok(())
 }
 
-/// Have the simulated provider decline `customer_id` from now on (`customer_blocked`).
+/// Have the simulated provider decline `customer_id` from now on (`customer_blocked`), written
+/// straight into `payment.blocked_customers`, bypassing the log: only for tests seeding state
+/// a restore need not see. Operators block with [`crate::commands`] (`CustomerBlocked`).
 pub async fn block_customer(
     pool: &PgPool,
     customer_id: &str,
@@ -228,7 +230,8 @@ pub async fn block_customer(
 }
 
 /// Let the simulated provider authorize `customer_id` again; `false` when it was not blocked.
-/// Payments declined while blocked stay declined.
+/// Payments declined while blocked stay declined. Bypasses the log like [`block_customer`]:
+/// tests only; operators unblock with [`crate::commands`] (`CustomerUnblocked`).
 pub async fn unblock_customer(pool: &PgPool, customer_id: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM payment.blocked_customers WHERE customer_id = $1")
         .bind(customer_id)

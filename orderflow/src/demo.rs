@@ -130,14 +130,8 @@ pub async fn seed_stock(settings: &Settings, pool: &PgPool, orders: usize) -> an
         .collect();
     stock.push((EMPTY_SKU.to_string(), 0));
     let change = crate::operator::Change::SetStock(stock);
-    let appended = crate::operator::apply(
-        settings,
-        pool,
-        uuid::Uuid::new_v4(),
-        &change,
-        "demo stock",
-    )
-    .await?;
+    let appended =
+        crate::operator::apply(settings, pool, uuid::Uuid::new_v4(), &change, "demo stock").await?;
     let ids: Vec<uuid::Uuid> = appended.iter().map(|e| e.meta.event_id).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
