@@ -1,19 +1,20 @@
 //! `GET|PUT|DELETE /v1/customers/{customer_id}/block`: whether and why a customer is blocked
 //! (every payment of theirs declined, `customer_blocked`), block them as `orderflow customers
-//! block ID --note N` does (`consumers::payment::block_customer`), and unblock them
-//! (`consumers::payment::unblock_customer`: later payments are authorized again, payments
-//! declined meanwhile stay declined).
+//! block ID --note N` does and unblock them as `orderflow customers unblock ID` does
+//! (`consumers::commands::block_customer` / `unblock_customer`: `CustomerBlocked` /
+//! `CustomerUnblocked` to the log, which the payment step applies; later payments are
+//! authorized again, payments declined meanwhile stay declined).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use consumers::payment;
+use consumers::{commands, payment};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{is_name, log_change, roles};
+use super::{command_error, command_id, is_name, log_change, roles, CommandAccepted};
 use crate::auth::Principal;
 use crate::document;
 use crate::orders::{json_response, read_body};
@@ -104,17 +105,22 @@ pub async fn get_block(
 
 /// Block a customer.
 ///
-/// From now on every payment of the customer is declined (`customer_blocked`), as after
-/// `orderflow customers block ID --note N`. Blocking again replaces the note. Roles: operator.
+/// Appends `CustomerBlocked`, as `orderflow customers block ID --note N` does; once the payment
+/// step applied it, every payment of the customer is declined (`customer_blocked`). Blocking
+/// again replaces the note. With an `Idempotency-Key`, a retry appends nothing new.
+/// Roles: operator.
 #[utoipa::path(
     put,
     path = "/v1/customers/{customer_id}/block",
     tag = "operations",
-    params(("customer_id" = String, Path, description = "The customer's id")),
+    params(
+        ("customer_id" = String, Path, description = "The customer's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry the same command"),
+    ),
     request_body(content = BlockDocument, content_type = "application/json"),
     responses(
-        (status = 200, description = "Blocked", body = BlockView),
-        (status = 400, description = "Malformed customer id, JSON or UTF-8", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Appended to the log; the payment step applies it", body = CommandAccepted),
+        (status = 400, description = "Malformed customer id, JSON, UTF-8 or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than api.body_max_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown fields or a note too long; see errors", body = Problem, content_type = "application/problem+json"),
@@ -140,49 +146,68 @@ pub async fn put_block(
             ),
         }]));
     }
-    payment::block_customer(&state.pool, &customer_id, &doc.note).await?;
+    let command = command_id(&principal, &headers)?;
+    let mut tx = state.pool.begin().await?;
+    let event = commands::block_customer(
+        &mut tx,
+        crate::store::OUTBOX_STEP,
+        &state.topic,
+        command,
+        &customer_id,
+        &doc.note,
+    )
+    .await
+    .map_err(|e| command_error(e, "/note"))?;
+    tx.commit().await?;
     log_change(&principal, "customer.block", &customer_id, &doc.note);
-    let block = payment::customer_block(&state.pool, &customer_id).await?;
     Ok(json_response(
-        StatusCode::OK,
-        &BlockView::of(customer_id, block),
+        StatusCode::ACCEPTED,
+        &CommandAccepted::of(command, std::slice::from_ref(&event)),
     ))
 }
 
 /// Unblock a customer.
 ///
-/// Later payments of the customer are authorized again; payments declined while blocked stay
-/// declined. Unblocking a customer who is not blocked changes nothing. Roles: operator.
+/// Appends `CustomerUnblocked`, as `orderflow customers unblock ID` does; once the payment step
+/// applied it, later payments of the customer are authorized again (payments declined while
+/// blocked stay declined). Unblocking a customer who is not blocked changes nothing.
+/// Roles: operator.
 #[utoipa::path(
     delete,
     path = "/v1/customers/{customer_id}/block",
     tag = "operations",
-    params(("customer_id" = String, Path, description = "The customer's id")),
+    params(
+        ("customer_id" = String, Path, description = "The customer's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry the same command"),
+    ),
     responses(
-        (status = 200, description = "Not blocked (any more)", body = BlockView),
-        (status = 400, description = "Malformed customer id", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Appended to the log; the payment step applies it", body = CommandAccepted),
+        (status = 400, description = "Malformed customer id or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_block(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     principal.require(roles::OPERATE)?;
     let customer_id = customer_of(path)?;
-    let was = payment::unblock_customer(&state.pool, &customer_id).await?;
-    log_change(
-        &principal,
-        "customer.unblock",
+    let command = command_id(&principal, &headers)?;
+    let mut tx = state.pool.begin().await?;
+    let event = commands::unblock_customer(
+        &mut tx,
+        crate::store::OUTBOX_STEP,
+        &state.topic,
+        command,
         &customer_id,
-        if was {
-            "was blocked"
-        } else {
-            "was not blocked"
-        },
-    );
+    )
+    .await
+    .map_err(|e| command_error(e, ""))?;
+    tx.commit().await?;
+    log_change(&principal, "customer.unblock", &customer_id, "");
     Ok(json_response(
-        StatusCode::OK,
-        &BlockView::of(customer_id, None),
+        StatusCode::ACCEPTED,
+        &CommandAccepted::of(command, std::slice::from_ref(&event)),
     ))
 }

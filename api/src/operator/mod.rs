@@ -1,6 +1,7 @@
 //! The operator endpoints: what `orderflow stock`, `customers`, `dlq` and `status` do, over
-//! HTTP. Each action calls the very function its CLI command calls (`consumers::inventory::
-//! set_stock`, `consumers::payment::block_customer`, `consumers::redrive::redrive` through
+//! HTTP. Each action calls the very function its CLI command calls (`consumers::commands::
+//! set_stock`, `block_customer`, `unblock_customer`, which append events to the log through
+//! the outbox — here the API's, published by its relay; `consumers::redrive::redrive` through
 //! [`crate::operations::Operations`]), so a change of how an action is carried out reaches
 //! both at once. Every change is logged to the access log (`orderflow::access`) with the
 //! principal that made it.
@@ -14,9 +15,15 @@ pub mod deadletters;
 pub mod parked;
 pub mod stock;
 
+use axum::http::HeaderMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use consumers::commands::CommandError;
+use events::Event;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::problem::ApiError;
@@ -74,6 +81,69 @@ fn decode_cursor(kind: &str, text: &str, len: usize) -> Result<Vec<String>, ApiE
 /// no control characters.
 fn is_name(text: &str) -> bool {
     !text.trim().is_empty() && text.chars().count() <= 128 && !text.chars().any(char::is_control)
+}
+
+/// Namespace of command ids derived from an `Idempotency-Key`.
+const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_772d_6f70_6572_6174);
+
+/// The command id of a change: derived from the `Idempotency-Key` header and the caller (a
+/// retry appends nothing new), or a new one.
+fn command_id(principal: &Principal, headers: &HeaderMap) -> Result<Uuid, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(Uuid::new_v4()),
+        Some(value) => match value.to_str() {
+            Ok(key) if crate::ids::is_idempotency_key(key) => {
+                let name = format!("{}\0{key}", principal.id);
+                Ok(Uuid::new_v5(&COMMAND_NAMESPACE, name.as_bytes()))
+            }
+            _ => Err(ApiError::Malformed(
+                "Idempotency-Key must be 1-255 visible ASCII characters".into(),
+            )),
+        },
+    }
+}
+
+/// A refused command at `pointer`, or the database's failure.
+fn command_error(error: CommandError, pointer: &str) -> ApiError {
+    match error {
+        CommandError::Invalid(reason) => ApiError::Invalid(vec![crate::problem::FieldError {
+            pointer: pointer.into(),
+            reason,
+        }]),
+        CommandError::Database(e) => e.into(),
+    }
+}
+
+/// One event a change appended to the log.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AppendedEvent {
+    pub event_id: Uuid,
+    /// `StockAdjusted`, `CustomerBlocked` or `CustomerUnblocked`.
+    pub event_type: String,
+}
+
+/// The answer to a change: its events are on their way to the log; the step applies them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CommandAccepted {
+    /// The command's id; the same `Idempotency-Key` again names the same command.
+    pub command_id: Uuid,
+    /// The events appended (none when nothing had to change).
+    pub events: Vec<AppendedEvent>,
+}
+
+impl CommandAccepted {
+    fn of(command_id: Uuid, events: &[Event]) -> CommandAccepted {
+        CommandAccepted {
+            command_id,
+            events: events
+                .iter()
+                .map(|e| AppendedEvent {
+                    event_id: e.meta.event_id,
+                    event_type: e.event_type().as_str().to_string(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The access-log line of a change: who did what, to what.

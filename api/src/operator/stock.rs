@@ -1,6 +1,7 @@
 //! `GET /v1/stock`, `GET /v1/stock/{sku}` and `POST /v1/stock`: read stock levels, and set the
 //! available quantity of skus as `orderflow stock set SKU=QTY ...` does
-//! (`consumers::inventory::set_stock`).
+//! (`consumers::commands::set_stock`: `StockAdjusted` events to the log, which the inventory
+//! step applies).
 
 use std::collections::HashMap;
 
@@ -9,11 +10,15 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use consumers::commands;
 use consumers::inventory::{self, StockLevel};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{decode_cursor, encode_cursor, is_name, log_change, page_size, query, roles};
+use super::{
+    command_error, command_id, decode_cursor, encode_cursor, is_name, log_change, page_size, query,
+    roles, CommandAccepted,
+};
 use crate::auth::Principal;
 use crate::document;
 use crate::orders::{json_response, read_body};
@@ -69,12 +74,6 @@ pub struct StockSetting {
 pub struct StockDocument {
     /// 1 to 1000 skus, each at most once. Skus not listed keep their stock.
     pub levels: Vec<StockSetting>,
-}
-
-/// The stock of the skus just set.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct StockSet {
-    pub levels: Vec<StockView>,
 }
 
 /// Query parameters of `GET /v1/stock`.
@@ -203,17 +202,20 @@ pub async fn get_one(
 
 /// Set stock levels.
 ///
-/// Sets the available quantity of each sku given, as `orderflow stock set SKU=QTY ...` does,
-/// all in one transaction; skus not given keep theirs. Answers the skus' stock as it is now.
+/// Brings the available quantity of each sku given to its level, as `orderflow stock set
+/// SKU=QTY ...` does: one `StockAdjusted` per sku that has to change, appended to the log in
+/// one transaction; the inventory step applies them (read `GET /v1/stock/{sku}` to see it).
+/// Skus not given keep theirs. With an `Idempotency-Key`, a retry appends nothing new.
 /// Roles: operator.
 #[utoipa::path(
     post,
     path = "/v1/stock",
     tag = "operations",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry the same command")),
     request_body(content = StockDocument, content_type = "application/json"),
     responses(
-        (status = 200, description = "Set; the skus' stock now", body = StockSet),
-        (status = 400, description = "Malformed JSON or bad UTF-8", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Appended to the log; the inventory step applies it", body = CommandAccepted),
+        (status = 400, description = "Malformed JSON, bad UTF-8 or a bad Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than api.body_max_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown fields, no or too many skus, a sku twice, a negative quantity; see errors", body = Problem, content_type = "application/problem+json"),
@@ -231,13 +233,24 @@ pub async fn set(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    let command = command_id(&principal, &headers)?;
     let items: Vec<(String, i64)> = doc
         .levels
         .into_iter()
         .map(|l| (l.sku, l.available))
         .collect();
+    let reason = format!("api:{}", principal.id);
     let mut tx = state.pool.begin().await?;
-    inventory::set_stock(&mut tx, &items).await?;
+    let events = commands::set_stock(
+        &mut tx,
+        crate::store::OUTBOX_STEP,
+        &state.topic,
+        command,
+        &items,
+        &reason,
+    )
+    .await
+    .map_err(|e| command_error(e, "/levels"))?;
     tx.commit().await?;
     let detail = items
         .iter()
@@ -248,17 +261,13 @@ pub async fn set(
     log_change(
         &principal,
         "stock.set",
-        &format!("{} skus", items.len()),
+        &format!("{} skus, command {command}", items.len()),
         &detail,
     );
-    let skus: Vec<String> = items.into_iter().map(|(sku, _)| sku).collect();
-    let mut conn = state.pool.acquire().await?;
-    let levels = inventory::stock_levels(&mut conn, Some(&skus), None, skus.len() as i64)
-        .await?
-        .into_iter()
-        .map(StockView::from)
-        .collect();
-    Ok(json_response(StatusCode::OK, &StockSet { levels }))
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &CommandAccepted::of(command, &events),
+    ))
 }
 
 #[cfg(test)]

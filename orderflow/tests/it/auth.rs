@@ -557,7 +557,8 @@ fn admitted_answer(method: &str, path: &str) -> u16 {
         (_, p) if p.contains("{order_id}") && method == "get" => 404,
         ("post", "/v1/orders/{order_id}/cancellation") => 404,
         (_, "/v1/stock/{sku}" | "/v1/dead-letters/{id}") => 404,
-        ("post", "/v1/orders") => 202,
+        ("post", "/v1/orders" | "/v1/stock") => 202,
+        ("put" | "delete", _) => 202,
         _ => 200,
     }
 }

@@ -99,6 +99,7 @@ async fn serve(env: &TestEnv, shutdown: &CancellationToken) -> SocketAddr {
     let mut settings = env.settings.clone();
     settings.api.listen = "127.0.0.1:0".into();
     settings.api.insecure_dev_principal = Some("operator".into());
+    settings.api.relay_interval_ms = 100;
     let api = api::start_with(
         &settings.api,
         &settings.kafka,
@@ -148,19 +149,23 @@ async fn stock_and_customer_blocks_are_set_and_read_as_the_cli_does() {
     let shutdown = CancellationToken::new();
     let addr = serve(&env, &shutdown).await;
 
-    // Stock set over HTTP is the stock the inventory step reads.
+    // Stock set over HTTP: StockAdjusted on the log, applied by the inventory step.
     let set = send(
         addr,
         "POST",
         "/v1/stock",
-        &json!({"levels": [{"sku": "SKU-OPS-A", "available": 7}, {"sku": "SKU-OPS-B", "available": 3}, {"sku": "SKU-OPS-C", "available": 0}]}),
+        &json!({"levels": [{"sku": "SKU-OPS-A", "available": 7}, {"sku": "SKU-OPS-B", "available": 3}, {"sku": "SKU-OPS-C", "available": 2}]}),
     )
     .await;
-    assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
-    let levels = set.json()["levels"].as_array().expect("levels").clone();
-    assert_eq!(levels.len(), 3);
-    assert_eq!(levels[0]["sku"], "SKU-OPS-A");
-    assert_eq!(levels[0]["available"], 7);
+    assert_eq!(set.status, 202, "{}", String::from_utf8_lossy(&set.body));
+    let events = set.json()["events"].as_array().expect("events").clone();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events.iter().all(|e| e["event_type"] == "StockAdjusted"));
+    env.wait_count(
+        "SELECT count(*) FROM inventory.stock WHERE (sku, available) IN (('SKU-OPS-A', 7), ('SKU-OPS-B', 3), ('SKU-OPS-C', 2))",
+        3,
+    )
+    .await;
     assert_eq!(env.stock("SKU-OPS-A").await, (7, 0));
     let one = get(addr, "/v1/stock/SKU-OPS-B").await;
     assert_eq!(one.status, 200);
@@ -203,10 +208,16 @@ async fn stock_and_customer_blocks_are_set_and_read_as_the_cli_does() {
     .await;
     assert_eq!(
         blocked.status,
-        200,
+        202,
         "{}",
         String::from_utf8_lossy(&blocked.body)
     );
+    assert_eq!(blocked.json()["events"][0]["event_type"], "CustomerBlocked");
+    env.wait_count(
+        "SELECT count(*) FROM payment.blocked_customers WHERE customer_id = 'c-ops'",
+        1,
+    )
+    .await;
     let read = get(addr, "/v1/customers/c-ops/block").await.json();
     assert_eq!(
         (read["blocked"].clone(), read["note"].clone()),
@@ -232,8 +243,16 @@ async fn stock_and_customer_blocks_are_set_and_read_as_the_cli_does() {
 
     // Unblocked: the customer pays again.
     let unblocked = call(addr, "DELETE", "/v1/customers/c-ops/block", "", "").await;
-    assert_eq!(unblocked.status, 200);
-    assert_eq!(unblocked.json()["blocked"], false);
+    assert_eq!(unblocked.status, 202);
+    assert_eq!(
+        unblocked.json()["events"][0]["event_type"],
+        "CustomerUnblocked"
+    );
+    env.wait_count(
+        "SELECT count(*) FROM payment.blocked_customers WHERE customer_id = 'c-ops'",
+        0,
+    )
+    .await;
     assert_eq!(
         get(addr, "/v1/customers/c-ops/block").await.json()["blocked"],
         false
