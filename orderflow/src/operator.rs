@@ -102,9 +102,12 @@ pub fn parse_adjustment(text: &str) -> Result<(String, i64), String> {
 mod tests {
     use super::*;
 
+    /// An argument, and the adjustment read from it or a piece of the error.
+    type Case = (&'static str, Result<(&'static str, i64), &'static str>);
+
     #[test]
     fn adjustments_are_signed() {
-        let cases: [(&str, Result<(&str, i64), &str>); 7] = [
+        let cases: [Case; 7] = [
             ("A=+5", Ok(("A", 5))),
             ("A-1=-3", Ok(("A-1", -3))),
             ("A=5", Err("needs a sign")),
