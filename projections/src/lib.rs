@@ -10,8 +10,8 @@
 
 pub mod apply;
 pub mod audit;
-pub mod changes;
 mod bulk;
+pub mod changes;
 pub mod copy;
 pub mod fold;
 pub mod generations;

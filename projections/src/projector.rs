@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::apply::{self, Decoded};
-use crate::changes;
 pub use crate::apply::{dead_letter_undecodable, ProjectionOutcome};
+use crate::changes;
 use crate::generations;
 use crate::offsets::DbOffsets;
 use crate::NAME;

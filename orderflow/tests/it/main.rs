@@ -25,6 +25,6 @@ mod restore;
 mod secure;
 mod status;
 mod support;
-mod traces;
 mod tls;
+mod traces;
 mod upstream;
