@@ -666,7 +666,7 @@ impl Run {
             .await?;
         // Enough of every sku for every order (demo::seed_stock's bound), set through the
         // binary under test so its own schema is used.
-        let per_sku = (total_orders.max(1) * 9).to_string();
+        let per_sku = i64::try_from(total_orders.max(1) * 9).unwrap_or(i64::MAX);
         let mut stock: Vec<String> = (0..crate::demo::STOCKED_SKUS)
             .map(|i| format!("{}={per_sku}", crate::demo::stocked_sku(i)))
             .collect();
@@ -786,6 +786,9 @@ impl Run {
             RSS_SAMPLE_EVERY,
             tasks.clone(),
         ));
+        // Stock is StockAdjusted events on the log: orders published before the child's
+        // inventory step applied them would race them in partitions it reads later.
+        wait_stock_applied(&pool, per_sku, &self.stop).await?;
         let mut live = Live {
             child,
             tracker,
@@ -1085,6 +1088,45 @@ fn new_phase(tracker: &Shared) -> usize {
 }
 
 /// Rows in the steps' inbox and outbox; `None` when the tables cannot be read.
+/// Wait, at most two minutes, until the inventory step of the pipeline child has applied the
+/// seeded level of every stocked sku.
+async fn wait_stock_applied(
+    pool: &PgPool,
+    per_sku: i64,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    const LIMIT: Duration = Duration::from_secs(120);
+    let skus: Vec<String> = (0..crate::demo::STOCKED_SKUS)
+        .map(crate::demo::stocked_sku)
+        .collect();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let applied: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM inventory.stock WHERE sku = ANY($1) AND available = $2",
+        )
+        .bind(&skus)
+        .bind(per_sku)
+        .fetch_one(pool)
+        .await
+        .context("reading the seeded stock levels")?;
+        if usize::try_from(applied).unwrap_or(0) == skus.len() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !stop.is_cancelled(),
+            "interrupted (SIGINT/SIGTERM) while waiting for the seeded stock"
+        );
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the inventory step of `orderflow run` applied {applied} of {} seeded stock levels \
+             within {} s; see the child's log",
+            skus.len(),
+            LIMIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn db_rows(pool: &PgPool) -> Option<i64> {
     sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM pipeline.inbox) + (SELECT count(*) FROM pipeline.outbox)",
