@@ -28,6 +28,9 @@ use crate::Step;
 
 /// How often a member looks for parked orders whose next attempt is due.
 const PARKED_POLL: Duration = Duration::from_millis(200);
+/// How often a step commits its consumer's positions again between batches (see
+/// `platform::kafka::commit_positions`).
+const POSITIONS_COMMIT_EVERY: Duration = Duration::from_secs(5);
 
 /// A deliberate failure for crash tests: the runner stops as if the process died there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +103,7 @@ impl StepRunner {
         let relay_after = Duration::from_millis(self.batching.outbox_relay_after_ms);
         let mut last_relay = Instant::now();
         let mut last_release = Instant::now();
+        let mut last_positions_commit = Instant::now();
         let max_wait = Duration::from_millis(self.batching.batch_max_wait_ms);
         let policy = self.batching.retry_policy(name);
         loop {
@@ -189,6 +193,13 @@ impl StepRunner {
                     }
                 }
                 last_relay = Instant::now();
+            }
+            // Every record polled so far is handled: commit the positions again now and then,
+            // so that a batch commit lost to a moving coordinator does not leave an idle
+            // partition lagging for ever (the three-broker crash test saw one).
+            if last_positions_commit.elapsed() >= POSITIONS_COMMIT_EVERY {
+                platform::kafka::commit_positions(&self.consumer);
+                last_positions_commit = Instant::now();
             }
             if shutdown.is_cancelled() {
                 break;

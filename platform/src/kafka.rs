@@ -609,11 +609,33 @@ pub fn commit_offsets<C>(
             return;
         }
     }
+    // Stored as well, so that `commit_positions` can send them again should this commit be
+    // lost; librdkafka keeps stored offsets only for partitions still assigned (a revoked one's
+    // is dropped, so a later commit never moves another member's partition back).
+    if let Err(error) = consumer.store_offsets(&tpl) {
+        tracing::debug!(%error, "storing offsets failed (a partition was revoked meanwhile)");
+    }
     // Asynchronous: the next batch does not wait for the group coordinator. A commit that is
     // lost (a crash, a failed request) only re-delivers records the inbox already holds; the
     // effects are exactly-once without it.
     if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::warn!(%error, "offset commit failed; records since the last commit will be re-delivered");
+    }
+}
+
+/// Commit again, asynchronously, the offsets [`commit_offsets`] stored for the partitions still
+/// assigned (librdkafka sends only those above the last commit it saw succeed). An asynchronous
+/// commit that fails (its coordinator moved during a broker restart) is not retried by
+/// librdkafka, and a partition that then goes idle would keep its old committed offset, lagging
+/// for ever: a step calls this now and then, between batches, to close that gap.
+pub fn commit_positions<C>(consumer: &rdkafka::consumer::StreamConsumer<C>)
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::consumer::{CommitMode, Consumer};
+    // Nothing assigned or nothing read yet is an error here too; the next call tries again.
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
+        tracing::debug!(%error, "committing the consumer's positions failed; trying again later");
     }
 }
 
