@@ -324,7 +324,7 @@ macro_rules! source {
 
 /// Every schema file of `schemas/`. A new version is added here beside the old ones, never
 /// instead of them (docs/schema-evolution.md).
-const SOURCES: [(EventType, u32, &str, &str); 20] = [
+const SOURCES: [(EventType, u32, &str, &str); 21] = [
     source!(OrderCreated, 1),
     source!(OrderCreated, 2),
     source!(InventoryReserved),
@@ -345,6 +345,7 @@ const SOURCES: [(EventType, u32, &str, &str); 20] = [
     source!(StockAdjusted),
     source!(CustomerBlocked),
     source!(CustomerUnblocked),
+    source!(CustomerForgotten),
 ];
 
 static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
@@ -513,6 +514,11 @@ fn to_value(event: &Event, version: i32) -> Value {
         }
         EventBody::CustomerUnblocked(b) => {
             f.push(("customer_id", string(&b.customer_id)));
+        }
+        EventBody::CustomerForgotten(b) => {
+            f.push(("customer_id", string(&b.customer_id)));
+            let keys = b.key_ids.iter().map(|k| string(&k.to_string())).collect();
+            f.push(("key_ids", Value::Array(keys)));
         }
     }
     record(f)
@@ -761,6 +767,10 @@ fn read_body(event_type: EventType, version: u32, r: &mut Fields) -> Result<Even
         EventType::CustomerUnblocked => EventBody::CustomerUnblocked(CustomerUnblocked {
             customer_id: r.string("customer_id")?,
         }),
+        EventType::CustomerForgotten => EventBody::CustomerForgotten(CustomerForgotten {
+            customer_id: r.string("customer_id")?,
+            key_ids: r.uuid_strings("key_ids")?,
+        }),
     })
 }
 
@@ -903,6 +913,23 @@ impl Fields {
             },
             other => Err(self.mismatch(name, "union", &other)),
         }
+    }
+
+    /// An array of UUIDs in their text form.
+    fn uuid_strings(&mut self, name: &'static str) -> Result<Vec<Uuid>, String> {
+        let values = match self.take(name)? {
+            Value::Array(values) => values,
+            other => return Err(self.mismatch(name, "array", &other)),
+        };
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| match value {
+                Value::String(s) => Uuid::parse_str(&s)
+                    .map_err(|e| format!("{}.{name}[{i}]: {s:?} is not a UUID: {e}", self.record)),
+                other => Err(self.mismatch(name, "array of strings", &other)),
+            })
+            .collect()
     }
 
     fn int(&mut self, name: &'static str) -> Result<i32, String> {

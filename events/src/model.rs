@@ -72,10 +72,11 @@ pub enum EventType {
     StockAdjusted,
     CustomerBlocked,
     CustomerUnblocked,
+    CustomerForgotten,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 19] = [
+    pub const ALL: [EventType; 20] = [
         EventType::OrderCreated,
         EventType::InventoryReserved,
         EventType::InventoryRejected,
@@ -95,16 +96,20 @@ impl EventType {
         EventType::StockAdjusted,
         EventType::CustomerBlocked,
         EventType::CustomerUnblocked,
+        EventType::CustomerForgotten,
     ];
 
     /// Whether events of this type belong to an order's history. `StockAdjusted`,
-    /// `CustomerBlocked` and `CustomerUnblocked` do not: they share the order log so that the
+    /// `CustomerBlocked`, `CustomerUnblocked` and `CustomerForgotten` do not: they share the order log so that the
     /// log and its archive hold the whole truth, under a key of their own ([`stock_key`],
     /// [`customer_key`]); every consumer skips or applies them explicitly (ARCHITECTURE.md).
     pub fn concerns_order(self) -> bool {
         !matches!(
             self,
-            EventType::StockAdjusted | EventType::CustomerBlocked | EventType::CustomerUnblocked
+            EventType::StockAdjusted
+                | EventType::CustomerBlocked
+                | EventType::CustomerUnblocked
+                | EventType::CustomerForgotten
         )
     }
 
@@ -130,6 +135,7 @@ impl EventType {
             EventType::StockAdjusted => "StockAdjusted",
             EventType::CustomerBlocked => "CustomerBlocked",
             EventType::CustomerUnblocked => "CustomerUnblocked",
+            EventType::CustomerForgotten => "CustomerForgotten",
         }
     }
 
@@ -175,6 +181,7 @@ pub enum EventBody {
     StockAdjusted(StockAdjusted),
     CustomerBlocked(CustomerBlocked),
     CustomerUnblocked(CustomerUnblocked),
+    CustomerForgotten(CustomerForgotten),
 }
 
 impl EventBody {
@@ -199,6 +206,7 @@ impl EventBody {
             EventBody::StockAdjusted(_) => EventType::StockAdjusted,
             EventBody::CustomerBlocked(_) => EventType::CustomerBlocked,
             EventBody::CustomerUnblocked(_) => EventType::CustomerUnblocked,
+            EventBody::CustomerForgotten(_) => EventType::CustomerForgotten,
         }
     }
 }
@@ -447,4 +455,14 @@ pub struct CustomerBlocked {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerUnblocked {
     pub customer_id: String,
+}
+
+/// The customer was forgotten (keyed by [`customer_key`]): the data keys `key_ids` were
+/// destroyed, so every personal field sealed under them reads as erased, and consumers scrub
+/// what they kept of the customer's personal data. The customer id itself stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerForgotten {
+    pub customer_id: String,
+    /// The destroyed keys (possibly none: a customer who never had a sealed order).
+    pub key_ids: Vec<uuid::Uuid>,
 }

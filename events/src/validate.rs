@@ -129,6 +129,10 @@ pub fn validate(event: &Event) -> Result<(), ValidationError> {
             require("customer_id", &e.customer_id)?;
             require_key(order_id, customer_key(&e.customer_id))
         }
+        EventBody::CustomerForgotten(e) => {
+            require("customer_id", &e.customer_id)?;
+            require_key(order_id, customer_key(&e.customer_id))
+        }
         body => {
             require("order_id", order_id)?;
             validate_body(body)
@@ -240,7 +244,8 @@ fn validate_body(body: &EventBody) -> Result<(), ValidationError> {
         // Checked by `validate`, which has the order id their key rule needs.
         EventBody::StockAdjusted(_)
         | EventBody::CustomerBlocked(_)
-        | EventBody::CustomerUnblocked(_) => Ok(()),
+        | EventBody::CustomerUnblocked(_)
+        | EventBody::CustomerForgotten(_) => Ok(()),
     }
 }
 

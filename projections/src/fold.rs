@@ -55,7 +55,8 @@ pub fn status_after(body: &EventBody) -> Option<&'static str> {
         // Not an order's event; the projections skip them before folding (`apply`, `bulk`).
         EventBody::StockAdjusted(_)
         | EventBody::CustomerBlocked(_)
-        | EventBody::CustomerUnblocked(_) => return None,
+        | EventBody::CustomerUnblocked(_)
+        | EventBody::CustomerForgotten(_) => return None,
     })
 }
 
@@ -594,6 +595,9 @@ pub fn detail(body: &EventBody) -> serde_json::Value {
         }
         EventBody::CustomerBlocked(b) => json!({ "customer_id": b.customer_id, "note": b.note }),
         EventBody::CustomerUnblocked(u) => json!({ "customer_id": u.customer_id }),
+        EventBody::CustomerForgotten(f) => {
+            json!({ "customer_id": f.customer_id, "keys": f.key_ids.len() })
+        }
     }
 }
 

@@ -169,6 +169,7 @@ fn fingerprints_match_another_implementation_and_stay_frozen() {
         ("StockAdjusted.v1.avsc", "edfde92b5e0a6771"),
         ("CustomerBlocked.v1.avsc", "c9d23c0bcea2f3cf"),
         ("CustomerUnblocked.v1.avsc", "5318adb0879b7384"),
+        ("CustomerForgotten.v1.avsc", "ce116c62196de365"),
     ];
     assert_eq!(expected.len(), schema_catalog().len());
     for (file, fp) in expected {

@@ -248,6 +248,13 @@ pub fn all() -> Vec<Event> {
                 customer_id: "cust-7".to_owned(),
             }),
         ),
+        standalone(
+            19,
+            EventBody::CustomerForgotten(CustomerForgotten {
+                customer_id: "cust-7".to_owned(),
+                key_ids: vec![uuid(900), uuid(901)],
+            }),
+        ),
     ]
 }
 
@@ -257,6 +264,7 @@ pub fn standalone(n: u128, body: EventBody) -> Event {
         EventBody::StockAdjusted(b) => stock_key(&b.sku),
         EventBody::CustomerBlocked(b) => customer_key(&b.customer_id),
         EventBody::CustomerUnblocked(b) => customer_key(&b.customer_id),
+        EventBody::CustomerForgotten(b) => customer_key(&b.customer_id),
         other => panic!("{:?} is an order's event", other.event_type()),
     };
     Event {

@@ -613,6 +613,16 @@ fn bad_stock_and_customer_events_table() {
             },
         ),
         (
+            "erasure keyed by another customer",
+            with(EventType::CustomerForgotten, |e| {
+                e.meta.order_id = "customer:cust-8".into()
+            }),
+            V::WrongKey {
+                expected: "customer:cust-7".into(),
+                found: "customer:cust-8".into(),
+            },
+        ),
+        (
             "unblock keyed by a stock key",
             with(EventType::CustomerUnblocked, |e| {
                 e.meta.order_id = "stock:cust-7".into()
@@ -646,6 +656,7 @@ fn bad_stock_and_customer_events_table() {
         EventType::StockAdjusted,
         EventType::CustomerBlocked,
         EventType::CustomerUnblocked,
+        EventType::CustomerForgotten,
     ] {
         assert_eq!(validate(&samples::of(t)), Ok(()), "{t}");
         assert!(!t.concerns_order(), "{t}");
