@@ -3,7 +3,7 @@
 //! `platform::config`, `[admin]` (the metrics and health listener) in `platform::admin`,
 //! `[tracing]` (trace export) in `platform::trace`,
 //! `[payment]`, `[shipping]` and `[saga]` in their `consumers` steps, `[archive]` in `archive`,
-//! `[api]` (the HTTP API) in `api` —
+//! `[api]` (the HTTP API) in `api`, `[privacy]` (the master key, sealing) in `privacy` —
 //! and this crate, the one that knows every component, puts them together and hands each
 //! component only its own sections.
 //!
@@ -23,6 +23,7 @@ use platform::config::{
     kafka, layered, ConfigError, ConsumerSettings, DatabaseSettings, KafkaSettings,
 };
 use platform::trace::TracingSettings;
+use privacy::PrivacySettings;
 use serde::{Deserialize, Serialize};
 
 /// Every section of the configuration file; the defaults are each section's own.
@@ -39,6 +40,7 @@ pub struct Settings {
     pub archive: ArchiveSettings,
     pub admin: AdminSettings,
     pub tracing: TracingSettings,
+    pub privacy: PrivacySettings,
 }
 
 impl Settings {
@@ -46,7 +48,10 @@ impl Settings {
     /// password's taken verbatim); then the Kafka security settings are checked
     /// (`KafkaSettings::settle`). Every error names the setting and where it came from.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut settings: Settings = layered(file, &[kafka::PASSWORD_KEY])?;
+        let mut settings: Settings = layered(
+            file,
+            &[kafka::PASSWORD_KEY, privacy::settings::MASTER_KEY_KEY],
+        )?;
         settings.kafka.settle()?;
         Ok(settings)
     }

@@ -25,6 +25,7 @@ pub fn orderflow(env: &TestEnv) -> Command {
             &env.settings.kafka.group_prefix,
         )
         .env("ORDERFLOW_DATABASE__URL", &env.settings.database.url)
+        .env("ORDERFLOW_PRIVACY__MASTER_KEY", TEST_MASTER_KEY)
         // Tests run side by side: each process's admin listener takes a free port.
         .env("ORDERFLOW_ADMIN__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn");
@@ -32,6 +33,8 @@ pub fn orderflow(env: &TestEnv) -> Command {
 }
 
 pub const PARTITIONS: i32 = 3;
+/// The master key of every test (32 bytes as base64; tests only).
+pub const TEST_MASTER_KEY: &str = "b3JkZXJmbG93IHRlc3QgbWFzdGVyIGtleSwgMzIgYnk=";
 const WAIT: Duration = Duration::from_secs(90);
 
 pub struct TestEnv {
@@ -66,6 +69,7 @@ impl TestEnv {
         settings.kafka.group_prefix = format!("test-{id}");
         settings.consumer.batch_max_wait_ms = 20;
         settings.consumer.retry_delay_ms_max = 500;
+        settings.privacy.master_key = Some(platform::config::Secret::new(TEST_MASTER_KEY));
         let pool = components::prepare_database(&settings, true)
             .await
             .unwrap_or_else(|e| {
