@@ -133,6 +133,7 @@ pub async fn restore(settings: &Settings, pool: &PgPool, dir: &Path) -> anyhow::
         &settings.shipping,
         &settings.saga,
         recorded,
+        settings.privacy.key_ring().ok(),
     );
     let mut reader = ArchiveReader::new(dir, &manifest);
     let total = reader.total();

@@ -66,11 +66,15 @@ pub struct StepReplay {
 impl StepReplay {
     /// The steps on the log of `kafka`, as `shipping` (the carrier's name) and `deadlines` (the
     /// `[saga]` section) configure them, with their outside world replaced by `recorded`.
+    /// `keys` lets the shipping step check and keep sealed addresses as the live step did;
+    /// without it (or without the keys imported) sealed addresses are kept unchecked, and the
+    /// recorded carrier answers from the archive all the same.
     pub fn new(
         kafka: &KafkaSettings,
         shipping: &ShippingSettings,
         deadlines: &SagaSettings,
         recorded: Recorded,
+        keys: Option<privacy::KeyRing>,
     ) -> StepReplay {
         let recorded = Arc::new(recorded);
         let steps: Vec<Arc<dyn Step>> = vec![
@@ -80,10 +84,13 @@ impl StepReplay {
             crate::step(Payment::new(Arc::new(RecordedProvider {
                 recorded: recorded.clone(),
             }))),
-            crate::step(Shipping::new(Arc::new(RecordedCarrier {
-                name: shipping.carrier.clone(),
-                recorded: recorded.clone(),
-            }))),
+            crate::step(
+                Shipping::new(Arc::new(RecordedCarrier {
+                    name: shipping.carrier.clone(),
+                    recorded: recorded.clone(),
+                }))
+                .with_keys(keys),
+            ),
             crate::step(OrderSaga::new(deadlines.clone())),
         ];
         StepReplay {

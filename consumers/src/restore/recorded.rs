@@ -33,6 +33,9 @@ pub struct Recorded {
     pub(super) timeouts: HashMap<Uuid, Event>,
     /// Records that do not decode (the live steps dead-lettered them; so will the restore).
     pub undecodable: u64,
+    /// Every archived `CustomerForgotten`: the customer and the keys destroyed, for a restore
+    /// to destroy them again after importing a key backup.
+    pub forgotten: Vec<(String, Vec<Uuid>)>,
 }
 
 impl Recorded {
@@ -106,6 +109,10 @@ impl Recorded {
             }
             EventBody::SagaStepTimedOut(_) => {
                 self.timeouts.insert(cause, event);
+            }
+            EventBody::CustomerForgotten(forgotten) => {
+                self.forgotten
+                    .push((forgotten.customer_id.clone(), forgotten.key_ids.clone()));
             }
             _ => {}
         }
@@ -401,6 +408,7 @@ mod tests {
             shipment_id,
             order_id: "o-1".into(),
             country: "DE".into(),
+            address: None,
         };
         assert_eq!(
             carrier
