@@ -17,10 +17,12 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use events::{
-    customer_key, stock_key, CustomerBlocked, CustomerUnblocked, Event, EventBody, EventType,
-    Metadata, StockAdjusted,
+    customer_key, stock_key, CustomerBlocked, CustomerForgotten, CustomerUnblocked, Event,
+    EventBody, EventType, Metadata, OrderCreated, StockAdjusted,
 };
 use platform::outbox::{OutboxRecord, OutboxRow};
+use privacy::personal::ERASED;
+use privacy::KeyRing;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -270,6 +272,257 @@ pub async fn unblock_customer(
     Ok(event)
 }
 
+/// `CustomerForgotten` of `customer_id`, for `command_id`.
+pub fn customer_forgotten(
+    command_id: Uuid,
+    customer_id: &str,
+    key_ids: Vec<Uuid>,
+    at: DateTime<Utc>,
+) -> Event {
+    let body = EventBody::CustomerForgotten(CustomerForgotten {
+        customer_id: customer_id.to_string(),
+        key_ids,
+    });
+    standalone(command_id, customer_key(customer_id), at, body)
+}
+
+/// What `orderflow customers forget` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The `CustomerForgotten` appended (or appended by an earlier run of the same command).
+    pub event: Event,
+    /// False when the command ran before: nothing was changed or appended this time.
+    pub new: bool,
+    /// Rows scrubbed, by where they were.
+    pub scrubbed: Vec<(&'static str, u64)>,
+}
+
+/// `orderflow customers forget` and `POST /v1/customers/{id}/forget`, in the caller's one
+/// transaction: lock and destroy the customer's data keys (every sealed copy of their personal
+/// fields — log, archive, backups — then reads as erased), scrub the personal fields Postgres
+/// keeps in clear or sealed ([`scrub_customer`]), and append `CustomerForgotten` (naming the
+/// destroyed keys, so a restore destroys them again) to the outbox. A customer never seen is
+/// no error: the event is appended with no keys. A repeat with the same command id changes
+/// nothing and appends nothing.
+pub async fn forget_customer(
+    tx: &mut PgConnection,
+    step: &str,
+    topic: &str,
+    command_id: Uuid,
+    customer_id: &str,
+) -> Result<Forgotten, CommandError> {
+    if customer_id.trim().is_empty() {
+        return Err(CommandError::Invalid(
+            "the customer id must not be blank".into(),
+        ));
+    }
+    let key = customer_key(customer_id);
+    let id = event_id(command_id, EventType::CustomerForgotten, &key);
+    KeyRing::lock_customers(tx, &[customer_id]).await?;
+    let earlier: Option<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT payload FROM pipeline.outbox WHERE step = $1 AND event_id = $2")
+            .bind(step)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some(payload) = earlier {
+        let event = payload
+            .as_deref()
+            .and_then(|p| events::decode(p).ok())
+            .filter(|e| matches!(&e.body, EventBody::CustomerForgotten(f) if f.customer_id == customer_id))
+            .ok_or_else(|| {
+                CommandError::Invalid(format!(
+                    "command {command_id} was used before for another change; give a new --command-id"
+                ))
+            })?;
+        return Ok(Forgotten {
+            event,
+            new: false,
+            scrubbed: Vec::new(),
+        });
+    }
+    let key_ids = KeyRing::destroy_customer(tx, customer_id).await?;
+    let scrubbed = scrub_customer(tx, customer_id, command_id).await?;
+    let event = customer_forgotten(command_id, customer_id, key_ids, Utc::now());
+    append(tx, step, topic, std::slice::from_ref(&event)).await?;
+    Ok(Forgotten {
+        event,
+        new: true,
+        scrubbed,
+    })
+}
+
+/// `order` with its personal fields erased (a clear order of a forgotten customer).
+fn erase(order: &mut OrderCreated) {
+    let a = &mut order.shipping_address;
+    for field in [&mut a.name, &mut a.line1, &mut a.city, &mut a.postal_code] {
+        *field = ERASED.to_string();
+    }
+    a.line2 = None;
+    order.contact = None;
+}
+
+/// What to do with a stored record `payload` of a forgotten customer: `Some(new bytes)` to
+/// replace it, `None` to keep it. A clear `OrderCreated` of the customer is re-encoded erased;
+/// a sealed one (its key is destroyed), another customer's record or another event is kept;
+/// bytes that do not decode but hold the customer id are replaced by a note (they may hold
+/// anything the customer sent). Pure.
+pub fn scrubbed_payload(payload: &[u8], customer_id: &str, command_id: Uuid) -> Option<Vec<u8>> {
+    match events::decode(payload) {
+        Ok(mut event) => {
+            let EventBody::OrderCreated(order) = &mut event.body else {
+                return None;
+            };
+            if order.customer_id != customer_id || order.sealed.is_some() {
+                return None;
+            }
+            erase(order);
+            events::encode(&event).ok()
+        }
+        Err(_) => {
+            let needle = customer_id.as_bytes();
+            payload
+                .windows(needle.len().max(1))
+                .any(|w| w == needle)
+                .then(|| {
+                    format!("{ERASED}: customer forgotten (command {command_id})").into_bytes()
+                })
+        }
+    }
+}
+
+/// A JSON document of an order (`api.idempotency`'s request and response) with its personal
+/// fields erased; `None` when it holds none. Pure.
+pub fn scrubbed_document(value: &serde_json::Value) -> Option<serde_json::Value> {
+    fn walk(v: &mut serde_json::Value) -> bool {
+        let mut changed = false;
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(address)) = map.get_mut("shipping_address") {
+                    for field in ["name", "line1", "city", "postal_code"] {
+                        if let Some(f) = address.get_mut(field) {
+                            if f.as_str() != Some(ERASED) {
+                                *f = serde_json::Value::String(ERASED.into());
+                                changed = true;
+                            }
+                        }
+                    }
+                    if address.get("line2").is_some_and(|l| !l.is_null()) {
+                        address.insert("line2".into(), serde_json::Value::Null);
+                        changed = true;
+                    }
+                }
+                if map.get("contact").is_some_and(|c| !c.is_null()) {
+                    map.insert("contact".into(), serde_json::Value::Null);
+                    changed = true;
+                }
+                for (_, child) in map.iter_mut() {
+                    changed |= walk(child);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    changed |= walk(item);
+                }
+            }
+            _ => {}
+        }
+        changed
+    }
+    let mut copy = value.clone();
+    walk(&mut copy).then_some(copy)
+}
+
+/// Scrub `customer_id`'s personal fields wherever Postgres keeps them: the shipping step's
+/// kept addresses, dead letters and outbox rows whose bytes hold the customer's clear order
+/// (or undecodable bytes naming them; a dead letter keeps its row and gets a history entry
+/// saying so), and the API's idempotency records. Returns rows scrubbed per place.
+pub async fn scrub_customer(
+    tx: &mut PgConnection,
+    customer_id: &str,
+    command_id: Uuid,
+) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+    let mut scrubbed = Vec::new();
+    let shipping = crate::shipping::scrub(tx, &[customer_id.to_string()]).await?;
+    scrubbed.push(("shipping.orders", shipping));
+
+    let needle = customer_id.as_bytes();
+    let letters: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, payload FROM pipeline.dead_letters
+         WHERE payload IS NOT NULL AND position($1::bytea IN payload) > 0",
+    )
+    .bind(needle)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut count = 0;
+    for (id, payload) in letters {
+        let Some(new) = scrubbed_payload(&payload, customer_id, command_id) else {
+            continue;
+        };
+        let note = serde_json::json!([{
+            "at": Utc::now(),
+            "class": "permanent",
+            "kind": "erased",
+            "error": format!("payload scrubbed: customer forgotten (command {command_id})"),
+        }]);
+        sqlx::query(
+            "UPDATE pipeline.dead_letters SET payload = $2, history = history || $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&new)
+        .bind(&note)
+        .execute(&mut *tx)
+        .await?;
+        count += 1;
+    }
+    scrubbed.push(("pipeline.dead_letters", count));
+
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, payload FROM pipeline.outbox
+         WHERE payload IS NOT NULL AND position($1::bytea IN payload) > 0",
+    )
+    .bind(needle)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut count = 0;
+    for (id, payload) in rows {
+        let Some(new) = scrubbed_payload(&payload, customer_id, command_id) else {
+            continue;
+        };
+        sqlx::query("UPDATE pipeline.outbox SET payload = $2 WHERE id = $1")
+            .bind(id)
+            .bind(&new)
+            .execute(&mut *tx)
+            .await?;
+        count += 1;
+    }
+    scrubbed.push(("pipeline.outbox", count));
+
+    let records: Vec<(String, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+        "SELECT order_id, request, response FROM api.idempotency WHERE customer_id = $1",
+    )
+    .bind(customer_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut count = 0;
+    for (order_id, request, response) in records {
+        let (new_request, new_response) =
+            (scrubbed_document(&request), scrubbed_document(&response));
+        if new_request.is_none() && new_response.is_none() {
+            continue;
+        }
+        sqlx::query("UPDATE api.idempotency SET request = $2, response = $3 WHERE order_id = $1")
+            .bind(&order_id)
+            .bind(new_request.unwrap_or(request))
+            .bind(new_response.unwrap_or(response))
+            .execute(&mut *tx)
+            .await?;
+        count += 1;
+    }
+    scrubbed.push(("api.idempotency", count));
+    Ok(scrubbed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +595,81 @@ mod tests {
             assert_eq!(events::validate(&event), Ok(()), "{event:?}");
             assert_eq!(event.meta.correlation_id, event.meta.event_id);
         }
+    }
+
+    #[test]
+    fn scrubbing_erases_clear_orders_of_the_customer_only() {
+        let command = Uuid::from_u128(9);
+        let mut clear = crate::given::created("o1", &[("A", 1, 100)], "DE");
+        if let EventBody::OrderCreated(o) = &mut clear.body {
+            o.shipping_address.name = "Ada Lovelace".into();
+            o.contact = Some(events::Contact {
+                email: "ada@example.com".into(),
+                phone: None,
+            });
+        }
+        let bytes = events::encode(&clear).unwrap();
+        let mut sealed = clear.clone();
+        if let EventBody::OrderCreated(o) = &mut sealed.body {
+            privacy::seal(o, "o1", &privacy::DataKey::generate("c1")).unwrap();
+        }
+        let contains = |b: &[u8], s: &str| b.windows(s.len()).any(|w| w == s.as_bytes());
+        // A clear order of c1: re-encoded, decodes, no personal field left, facts kept.
+        let new = scrubbed_payload(&bytes, "c1", command).expect("scrubbed");
+        assert!(!contains(&new, "Ada") && !contains(&new, "ada@example.com"));
+        let EventBody::OrderCreated(o) = events::decode(&new).unwrap().body else {
+            panic!("not an order")
+        };
+        assert_eq!(
+            (o.shipping_address.name.as_str(), o.contact, o.lines.len()),
+            (ERASED, None, 1)
+        );
+        type Case<'a> = (&'a str, Vec<u8>, &'a str, bool);
+        let cases: Vec<Case> = vec![
+            ("another customer's order", bytes.clone(), "c2", false),
+            (
+                "a sealed order",
+                events::encode(&sealed).unwrap(),
+                "c1",
+                false,
+            ),
+            (
+                "undecodable bytes naming the customer",
+                b"junk c1 junk".to_vec(),
+                "c1",
+                true,
+            ),
+            (
+                "undecodable bytes not naming them",
+                b"junk".to_vec(),
+                "c1",
+                false,
+            ),
+            (
+                "another event",
+                events::encode(&crate::given::authorized("o1")).unwrap(),
+                "c1",
+                false,
+            ),
+        ];
+        for (name, payload, customer, replaced) in cases {
+            assert_eq!(
+                scrubbed_payload(&payload, customer, command).is_some(),
+                replaced,
+                "{name}"
+            );
+        }
+        let doc = serde_json::json!({"customer_id": "c1", "shipping_address": {"name": "Ada",
+            "line1": "12 St", "line2": "Flat", "city": "London", "postal_code": "SW1",
+            "country": "GB"}, "contact": {"email": "ada@example.com"}});
+        let erased = scrubbed_document(&doc).expect("changed");
+        assert!(!erased.to_string().contains("Ada") && !erased.to_string().contains("London"));
+        assert_eq!(erased["shipping_address"]["country"], "GB");
+        assert_eq!(
+            scrubbed_document(&erased),
+            None,
+            "a second scrub changes nothing"
+        );
+        assert_eq!(scrubbed_document(&serde_json::json!({"status": 202})), None);
     }
 }

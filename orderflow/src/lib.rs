@@ -8,6 +8,7 @@ pub mod check;
 pub mod components;
 pub mod demo;
 pub mod dlq;
+pub mod keys;
 pub mod operator;
 pub mod replay;
 pub mod restore;

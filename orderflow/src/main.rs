@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         action: CustomerAction,
     },
+    /// The customers' data keys ([privacy]): backups.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Inspect and redrive dead-lettered records.
     Dlq {
         #[command(subcommand)]
@@ -127,6 +132,11 @@ enum Command {
         /// message saying so.
         #[arg(long, hide = true)]
         stock: Option<PathBuf>,
+        /// A key backup (orderflow keys export) to import before the steps replay; keys an
+        /// archived CustomerForgotten names are destroyed after it. Without it, sealed
+        /// personal fields read as erased and open orders' shipments fail.
+        #[arg(long, value_name = "FILE")]
+        keys: Option<PathBuf>,
     },
     /// Copy the log into the archive directory (archive.dir, or --dir) up to its current end,
     /// then exit; with --check, verify the archive against its manifest instead.
@@ -273,6 +283,19 @@ enum ApiKeyAction {
 }
 
 #[derive(Subcommand)]
+enum KeysAction {
+    /// Write every data key (privacy.data_keys, live and destroyed) to FILE as JSON. The file
+    /// holds only wrapped keys and tombstones, never the master key: it is useless without
+    /// the master key, but keep it as safe as the database. The key table is the one piece of
+    /// state not on the log: export after every erasure (docs/disaster-recovery.md).
+    Export { file: PathBuf },
+    /// Add the data keys of a backup written by `keys export` (one transaction; every key
+    /// must unwrap with the configured master key). Keys the backup shows destroyed are
+    /// destroyed here too; an import never brings an erased key back.
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum GenerationAction {
     /// Every generation, newest first: schema, purpose, state, when, until.
     List,
@@ -364,6 +387,18 @@ enum CustomerAction {
     Unblock {
         customer_id: String,
         /// As for stock: the same id appends nothing twice.
+        #[arg(long)]
+        command_id: Option<uuid::Uuid>,
+    },
+    /// Erase a customer's personal data (docs/privacy.md), in one transaction: destroy their
+    /// data keys (every sealed copy on the log, in archives and backups then reads as
+    /// erased), scrub their personal fields from Postgres (shipping's kept addresses, dead
+    /// letters, unpublished clear orders, API idempotency records) and append
+    /// CustomerForgotten. Amounts, skus, statuses and times stay. A customer never seen is
+    /// forgotten all the same. Take a key backup afterwards (orderflow keys export).
+    Forget {
+        customer_id: String,
+        /// As for stock: a retry with the same id changes and appends nothing new.
         #[arg(long)]
         command_id: Option<uuid::Uuid>,
     },
@@ -567,6 +602,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     command_id,
                     format!("customer {customer_id} blocked"),
                 ),
+                CustomerAction::Forget {
+                    customer_id,
+                    command_id,
+                } => {
+                    let pool = components::prepare_database(&settings, false).await?;
+                    let command_id = command_id.unwrap_or_else(uuid::Uuid::new_v4);
+                    let forgotten =
+                        orderflow::operator::forget(&settings, &pool, command_id, &customer_id)
+                            .await?;
+                    let events::EventBody::CustomerForgotten(f) = &forgotten.event.body else {
+                        anyhow::bail!("command {command_id} appended another event");
+                    };
+                    for (place, rows) in &forgotten.scrubbed {
+                        println!("scrubbed {place} {rows}");
+                    }
+                    eprintln!(
+                        "customer {customer_id} forgotten (command {command_id}{}): {} data keys destroyed, CustomerForgotten {}; back the keys up now (orderflow keys export FILE)",
+                        if forgotten.new { "" } else { ", done before: nothing changed" },
+                        f.key_ids.len(),
+                        forgotten.event.meta.event_id
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 CustomerAction::Unblock {
                     customer_id,
                     command_id,
@@ -601,7 +659,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             return orderflow::replay::run(&settings, &pool, &options).await;
         }
-        Command::Restore { archive, stock } => {
+        Command::Restore {
+            archive,
+            stock,
+            keys,
+        } => {
             let dir = match archive {
                 Some(dir) => dir,
                 None if !settings.archive.dir.is_empty() => PathBuf::from(&settings.archive.dir),
@@ -617,7 +679,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let pool = components::prepare_database(&settings, false).await?;
-            let report = orderflow::restore::restore(&settings, &pool, &dir).await?;
+            let report =
+                orderflow::restore::restore_with_keys(&settings, &pool, &dir, keys.as_deref())
+                    .await?;
             print!("{report}");
         }
         Command::Archive { dir, check } => {
@@ -756,6 +820,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             };
             return Ok(orderflow::status::run(&settings, &options).await);
+        }
+        Command::Keys {
+            action: KeysAction::Export { file },
+        } => {
+            let pool = components::prepare_database(&settings, false).await?;
+            let n = orderflow::keys::export(&pool, &file).await?;
+            eprintln!("{n} data keys (wrapped) written to {}", file.display());
+        }
+        Command::Keys {
+            action: KeysAction::Import { file },
+        } => {
+            let pool = components::prepare_database(&settings, false).await?;
+            let i = orderflow::keys::import(&settings, &pool, &file).await?;
+            eprintln!(
+                "{} key records read from {}: {} added, {} destroyed",
+                i.records,
+                file.display(),
+                i.added,
+                i.destroyed
+            );
         }
         Command::Dlq { action } => {
             return orderflow::dlq::run(&settings, action_to_request(action)).await;

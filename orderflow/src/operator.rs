@@ -67,6 +67,29 @@ pub async fn apply(
     Ok(events)
 }
 
+/// `orderflow customers forget ID`: in one transaction, destroy the customer's data keys,
+/// scrub their personal fields from Postgres and append `CustomerForgotten`
+/// ([`commands::forget_customer`], the function the API's `POST /v1/customers/{id}/forget`
+/// calls), then publish. A repeat with the same `command_id` changes and appends nothing, and
+/// publishes what an interrupted run left.
+pub async fn forget(
+    settings: &Settings,
+    pool: &PgPool,
+    command_id: Uuid,
+    customer_id: &str,
+) -> anyhow::Result<commands::Forgotten> {
+    let topic = settings.kafka.topic.as_str();
+    let mut tx = pool.begin().await.context("beginning the erasure")?;
+    let forgotten = commands::forget_customer(&mut tx, OUTBOX_STEP, topic, command_id, customer_id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.commit().await.context("committing the erasure")?;
+    publish(settings, pool).await.with_context(|| {
+        format!("the customer is forgotten in Postgres; publish CustomerForgotten by running the command again with --command-id {command_id}")
+    })?;
+    Ok(forgotten)
+}
+
 /// Publish the CLI's outbox rows still unpublished (this command's, and any an earlier one
 /// left), waiting for the broker's acknowledgements.
 pub async fn publish(settings: &Settings, pool: &PgPool) -> anyhow::Result<usize> {

@@ -46,6 +46,12 @@ pub struct Report {
     pub models: RestoredModels,
     pub steps: Vec<(&'static str, StepTotals)>,
     pub steps_took: Duration,
+    /// The key backup imported (`--keys`), if any.
+    pub keys: Option<crate::keys::Imported>,
+    /// Keys destroyed after the replay because an archived `CustomerForgotten` names them.
+    pub keys_destroyed: u64,
+    /// Customers the archive shows forgotten.
+    pub forgotten: usize,
     pub took: Duration,
 }
 
@@ -83,18 +89,49 @@ impl fmt::Display for Report {
                 t.left_to_publish
             )?;
         }
+        match &self.keys {
+            Some(k) => writeln!(
+                f,
+                "  keys: {} records imported ({} added, {} destroyed by the backup); {} more destroyed for {} customers the archive shows forgotten",
+                k.records, k.added, k.destroyed, self.keys_destroyed, self.forgotten
+            )?,
+            None => writeln!(
+                f,
+                "  keys: no key backup given (--keys FILE): sealed personal fields read as erased, \
+                 and the shipments of open orders will fail (address_erased); restore again with \
+                 the latest `orderflow keys export` to keep them"
+            )?,
+        }
         writeln!(f, "  total {:.1} s", self.took.as_secs_f64())
     }
 }
 
 /// Restore everything from the archive in `dir`, and nothing else: stock and customer blocks
 /// are events on the log (`StockAdjusted`, `CustomerBlocked`, `CustomerUnblocked`), which the
-/// steps' replay applies like the live steps did.
+/// steps' replay applies like the live steps did. No key backup: sealed personal fields read
+/// as erased (see [`restore_with_keys`]).
 pub async fn restore(settings: &Settings, pool: &PgPool, dir: &Path) -> anyhow::Result<Report> {
+    restore_with_keys(settings, pool, dir, None).await
+}
+
+/// [`restore`], with the data keys from the backup at `keys` (`orderflow keys export`): they
+/// are imported before the steps replay, and after it every key an archived
+/// `CustomerForgotten` names is destroyed, so a customer forgotten before the archive's end
+/// stays forgotten whatever the backup's age.
+pub async fn restore_with_keys(
+    settings: &Settings,
+    pool: &PgPool,
+    dir: &Path,
+    keys: Option<&Path>,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let topic = settings.kafka.topic.as_str();
     let manifest = archive::load_checked(dir, topic, "restored")?;
     ensure_no_state(pool).await?;
+    if let Some(path) = keys {
+        // Checked before anything is written.
+        crate::keys::read(path)?;
+    }
 
     tracing::info!(
         records = manifest.records(),
@@ -128,6 +165,11 @@ pub async fn restore(settings: &Settings, pool: &PgPool, dir: &Path) -> anyhow::
             }
         }
     }
+    let forgotten = std::mem::take(&mut recorded.forgotten);
+    let imported = match keys {
+        Some(path) => Some(crate::keys::import(settings, pool, path).await?),
+        None => None,
+    };
     let mut replay = StepReplay::new(
         &settings.kafka,
         &settings.shipping,
@@ -170,6 +212,13 @@ pub async fn restore(settings: &Settings, pool: &PgPool, dir: &Path) -> anyhow::
         .context("reading the archive")?;
     replay.finish(pool).await?;
     let steps_took = steps_started.elapsed();
+    // Erasures the archive holds win over the key backup, whatever its age.
+    let mut keys_destroyed = 0;
+    let mut tx = pool.begin().await?;
+    for (customer_id, key_ids) in &forgotten {
+        keys_destroyed += privacy::KeyRing::destroy_ids(&mut tx, customer_id, key_ids).await?;
+    }
+    tx.commit().await?;
 
     let ends: Vec<(String, i32, i64)> = manifest
         .partitions
@@ -189,6 +238,9 @@ pub async fn restore(settings: &Settings, pool: &PgPool, dir: &Path) -> anyhow::
         models,
         steps: replay.totals(),
         steps_took,
+        keys: imported,
+        keys_destroyed,
+        forgotten: forgotten.len(),
         took: started.elapsed(),
     })
 }

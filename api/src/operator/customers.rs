@@ -211,3 +211,52 @@ pub async fn delete_block(
         &CommandAccepted::of(command, std::slice::from_ref(&event)),
     ))
 }
+
+/// Forget a customer (erasure).
+///
+/// As `orderflow customers forget ID` does, in one transaction: destroys the customer's data
+/// keys (every sealed copy of their personal fields — the log, the archive, backups — then
+/// reads as erased), scrubs their personal fields from what Postgres keeps (the shipping
+/// step's addresses, dead letters, unpublished clear orders, idempotency records) and appends
+/// `CustomerForgotten`. Amounts, skus, statuses and times stay. A customer never seen is
+/// forgotten all the same (no keys). With an `Idempotency-Key`, a retry changes and appends
+/// nothing new. Roles: operator.
+#[utoipa::path(
+    post,
+    path = "/v1/customers/{customer_id}/forget",
+    tag = "operations",
+    params(
+        ("customer_id" = String, Path, description = "The customer's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry the same command"),
+    ),
+    responses(
+        (status = 202, description = "Keys destroyed, personal fields scrubbed, CustomerForgotten appended", body = CommandAccepted),
+        (status = 400, description = "Malformed customer id or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn post_forget(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(roles::OPERATE)?;
+    let customer_id = customer_of(path)?;
+    let command = command_id(&principal, &headers)?;
+    let mut tx = state.pool.begin().await?;
+    let forgotten = commands::forget_customer(
+        &mut tx,
+        crate::store::OUTBOX_STEP,
+        &state.topic,
+        command,
+        &customer_id,
+    )
+    .await
+    .map_err(|e| command_error(e, ""))?;
+    tx.commit().await?;
+    log_change(&principal, "customer.forget", &customer_id, "");
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &CommandAccepted::of(command, std::slice::from_ref(&forgotten.event)),
+    ))
+}

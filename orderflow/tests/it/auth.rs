@@ -544,6 +544,7 @@ const MATRIX: &[(&str, &str, &[&str])] = &[
     ("get", "/v1/customers/{customer_id}/block", &["operator"]),
     ("put", "/v1/customers/{customer_id}/block", &["operator"]),
     ("delete", "/v1/customers/{customer_id}/block", &["operator"]),
+    ("post", "/v1/customers/{customer_id}/forget", &["operator"]),
     ("get", "/v1/dead-letters", &["operator", "analyst"]),
     ("get", "/v1/dead-letters/{id}", &["operator", "analyst"]),
     ("post", "/v1/dead-letters/redrive", &["operator"]),
@@ -557,7 +558,7 @@ fn admitted_answer(method: &str, path: &str) -> u16 {
         (_, p) if p.contains("{order_id}") && method == "get" => 404,
         ("post", "/v1/orders/{order_id}/cancellation") => 404,
         (_, "/v1/stock/{sku}" | "/v1/dead-letters/{id}") => 404,
-        ("post", "/v1/orders" | "/v1/stock") => 202,
+        ("post", "/v1/orders" | "/v1/stock" | "/v1/customers/{customer_id}/forget") => 202,
         ("put" | "delete", _) => 202,
         _ => 200,
     }
