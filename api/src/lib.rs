@@ -35,5 +35,5 @@ pub mod store;
 pub mod tls;
 pub mod waiting;
 
-pub use server::{app, openapi, start, start_with, Api, AppState};
+pub use server::{app, openapi, start, start_sealing, start_with, Api, AppState};
 pub use settings::ApiSettings;

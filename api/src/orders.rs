@@ -194,22 +194,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 fn outbox_record(event: &Event, topic: &str) -> Result<OutboxRecord, ApiError> {
-    let payload = events::encode(event).map_err(|e| {
-        ApiError::Internal(anyhow::anyhow!("encoding {}: {e}", event.meta.event_id))
-    })?;
-    let event_type = event.event_type().as_str().to_string();
-    Ok(OutboxRecord {
-        event_id: event.meta.event_id,
-        event_type: event_type.clone(),
-        order_id: event.meta.order_id.clone(),
-        topic: topic.to_string(),
-        key: None,
-        payload: Some(payload),
-        headers: vec![
-            ("event_type".into(), event_type),
-            ("event_id".into(), event.meta.event_id.to_string()),
-        ],
-    })
+    store::outbox_record(event, topic).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
+}
+
+/// The accepted document as the idempotency record keeps it when personal fields are sealed:
+/// those fields hold the placeholder, so the record holds nothing an erasure must find. The
+/// request hash is taken before, over the whole document.
+fn without_personal_fields(mut document: serde_json::Value) -> serde_json::Value {
+    if let Some(address) = document
+        .get_mut("shipping_address")
+        .and_then(|a| a.as_object_mut())
+    {
+        for field in ["name", "line1", "city", "postal_code"] {
+            address.insert(field.into(), privacy::personal::PLACEHOLDER.into());
+        }
+        address.remove("line2");
+    }
+    if let Some(document) = document.as_object_mut() {
+        document.remove("contact");
+    }
+    document
 }
 
 fn location(order_id: &str) -> HeaderValue {
@@ -292,7 +296,10 @@ pub async fn create(
             event.meta.correlation_id = request_id::correlation_id(&rid);
         }
     }
-    let command = outbox_record(&event, &state.topic)?;
+    let stored = match state.sealing {
+        Some(_) => without_personal_fields(canonical.clone()),
+        None => canonical.clone(),
+    };
     let answer = AcceptedBody {
         order_id: order_id.clone(),
         status: "accepted".into(),
@@ -306,14 +313,20 @@ pub async fn create(
             principal: &principal.id,
             idempotency_key: key.as_deref(),
             request_hash: &hash,
-            request: &canonical,
+            request: &stored,
             customer_id: &input.customer_id,
             status: StatusCode::ACCEPTED.as_u16(),
             response: &answer_json,
         },
-        command,
+        event,
+        &state.topic,
+        state.sealing.as_ref(),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        store::AcceptError::Database(e) => ApiError::from(e),
+        other => ApiError::Internal(other.into()),
+    })?;
     let (status, body) = match outcome {
         Outcome::New(accepted, rows) => {
             tracing::info!(order_id = %order_id, principal = %principal.id, "order accepted");

@@ -54,6 +54,9 @@ pub struct AppState {
     pub outbox_lease: Duration,
     /// What the operator endpoints need from the binary (redrive).
     pub operations: crate::operations::SharedOperations,
+    /// The data keys that seal a new order's personal fields before it enters the outbox;
+    /// `None` writes them in clear (`privacy.seal = false`, or a server started without keys).
+    pub sealing: Option<privacy::KeyRing>,
     pub shutdown: CancellationToken,
 }
 
@@ -261,6 +264,20 @@ pub async fn start_with(
     operations: SharedOperations,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Api> {
+    start_sealing(settings, kafka, pool, operations, None, shutdown).await
+}
+
+/// [`start_with`], sealing the personal fields of every accepted order with `sealing`'s
+/// data keys (`orderflow serve` passes the key ring of `[privacy]` unless `privacy.seal` is
+/// off).
+pub async fn start_sealing(
+    settings: &ApiSettings,
+    kafka: &KafkaSettings,
+    pool: PgPool,
+    operations: SharedOperations,
+    sealing: Option<privacy::KeyRing>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Api> {
     settings.check()?;
     // The certificate files are read before anything else starts: a bad file stops the start.
     let tls = settings.tls.as_ref().map(|t| t.load()).transpose()?;
@@ -337,6 +354,7 @@ pub async fn start_with(
         guard,
         producer: Some(producer.clone()),
         operations,
+        sealing,
         shutdown: shutdown.clone(),
     };
     let app = app(state);

@@ -3,7 +3,9 @@
 //! the outbox, and read back for repeats and for orders the read models do not have yet.
 
 use chrono::{DateTime, Utc};
+use events::{Event, EventBody};
 use platform::outbox::{OutboxRecord, OutboxRow};
+use privacy::KeyRing;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
@@ -43,14 +45,31 @@ pub struct NewRecord<'a> {
     pub response: &'a serde_json::Value,
 }
 
-/// In one transaction: the idempotency record and `command` into the outbox; or, when the
-/// order id is already recorded, the stored record and nothing written. A concurrent request
-/// for the same id waits on the primary key and then sees the first one's record.
+/// Why [`accept`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The data keys cannot be read (a wrong master key).
+    #[error(transparent)]
+    Keys(#[from] privacy::KeyError),
+    /// The order could not be sealed or encoded (a bug: it was validated).
+    #[error("{0}")]
+    Command(String),
+}
+
+/// In one transaction: the idempotency record and `event` (an `OrderCreated`) into the outbox
+/// for `topic`, its personal fields first sealed with the customer's data key when `sealing`
+/// is given (the customer's first key is issued and stored in the same transaction); or, when
+/// the order id is already recorded, the stored record and nothing written. A concurrent
+/// request for the same id waits on the primary key and then sees the first one's record.
 pub async fn accept(
     pool: &PgPool,
     record: NewRecord<'_>,
-    command: OutboxRecord,
-) -> Result<Outcome, sqlx::Error> {
+    mut event: Event,
+    topic: &str,
+    sealing: Option<&KeyRing>,
+) -> Result<Outcome, AcceptError> {
     let mut tx = pool.begin().await?;
     let inserted: Option<DateTime<Utc>> = sqlx::query_scalar(
         "INSERT INTO api.idempotency
@@ -73,10 +92,25 @@ pub async fn accept(
         tx.rollback().await?;
         let existing = find(&mut *pool.acquire().await?, record.order_id).await?;
         // The row exists (the insert conflicted on it) and rows are never deleted.
-        return existing
+        return Ok(existing
             .map(Outcome::Existing)
-            .ok_or(sqlx::Error::RowNotFound);
+            .ok_or(sqlx::Error::RowNotFound)?);
     };
+    if let (Some(ring), EventBody::OrderCreated(order)) = (sealing, &mut event.body) {
+        let customer = order.customer_id.as_str();
+        KeyRing::lock_customers(&mut tx, &[customer]).await?;
+        let key = match ring.live(&mut tx, &[customer]).await?.remove(customer) {
+            Some(key) => key,
+            None => {
+                let new = ring.issue(customer);
+                KeyRing::insert(&mut tx, std::slice::from_ref(&new)).await?;
+                new.key
+            }
+        };
+        privacy::seal(order, &event.meta.order_id, &key)
+            .map_err(|e| AcceptError::Command(e.to_string()))?;
+    }
+    let command = outbox_record(&event, topic).map_err(AcceptError::Command)?;
     let rows = insert_traced(&mut tx, "create", command).await?;
     tx.commit().await?;
     Ok(Outcome::New(
@@ -127,6 +161,25 @@ pub async fn find(
             created_at,
         },
     ))
+}
+
+/// The outbox row that appends `event` to `topic`, keyed by its order id.
+pub fn outbox_record(event: &Event, topic: &str) -> Result<OutboxRecord, String> {
+    let payload =
+        events::encode(event).map_err(|e| format!("encoding {}: {e}", event.meta.event_id))?;
+    let event_type = event.event_type().as_str().to_string();
+    Ok(OutboxRecord {
+        event_id: event.meta.event_id,
+        event_type: event_type.clone(),
+        order_id: event.meta.order_id.clone(),
+        topic: topic.to_string(),
+        key: None,
+        payload: Some(payload),
+        headers: vec![
+            ("event_type".into(), event_type),
+            ("event_id".into(), event.meta.event_id.to_string()),
+        ],
+    })
 }
 
 /// Write `command` (a cancellation request) to the outbox in a transaction of its own.

@@ -132,6 +132,128 @@ async fn serve(
     (address, tokio::spawn(api.wait()))
 }
 
+/// [`serve`] as `orderflow serve` starts it: sealing personal fields with the test master key.
+async fn serve_sealing(
+    env: &TestEnv,
+    shutdown: &CancellationToken,
+) -> (SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let mut settings = env.settings.clone();
+    settings.api.listen = "127.0.0.1:0".into();
+    settings.api.insecure_dev_principal = Some("service".into());
+    let ring = settings.privacy.key_ring().expect("the test master key");
+    let api = api::start_sealing(
+        &settings.api,
+        &settings.kafka,
+        env.pool.clone(),
+        std::sync::Arc::new(api::operations::NoSteps),
+        Some(ring),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the API starts");
+    let address = api.address;
+    (address, tokio::spawn(api.wait()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_posted_is_sealed_before_it_is_written_anywhere() {
+    let env = TestEnv::new().await;
+    let shutdown = CancellationToken::new();
+    let (addr, server) = serve_sealing(&env, &shutdown).await;
+    let mut doc = document(Some("sealed-1"), "c-sealed", 1);
+    doc["shipping_address"]["line2"] = json!("Hinterhaus");
+    doc["contact"] = json!({"email": "ada@example.com", "phone": "+49 30 1234"});
+    let first = post_json(addr, "/v1/orders", &doc, &[]).await;
+    assert_eq!(
+        first.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    // A repeat is recognised by the whole document, personal fields included.
+    assert_eq!(post_json(addr, "/v1/orders", &doc, &[]).await.status, 202);
+    let mut other = doc.clone();
+    other["contact"]["email"] = json!("grace@example.com");
+    assert_eq!(post_json(addr, "/v1/orders", &other, &[]).await.status, 409);
+    other["order_id"] = json!("sealed-2");
+    assert_eq!(post_json(addr, "/v1/orders", &other, &[]).await.status, 202);
+
+    // What the outbox holds is sealed: placeholders in clear, the rest under the key.
+    let payloads: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT order_id, payload FROM pipeline.outbox
+         WHERE step = 'api' AND event_type = 'OrderCreated' ORDER BY order_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(payloads.len(), 2);
+    let ring = env.settings.privacy.key_ring().unwrap();
+    let mut conn = env.pool.acquire().await.unwrap();
+    let keys = ring.live(&mut conn, &["c-sealed"]).await.unwrap();
+    let key = keys.get("c-sealed").expect("one live key for the customer");
+    let key_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM privacy.data_keys")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(key_rows, 1, "both orders of the customer share its key");
+    for (order_id, payload) in &payloads {
+        for secret in [
+            "Ada",
+            "Main St",
+            "Berlin",
+            "10115",
+            "Hinterhaus",
+            "@example.com",
+            "1234",
+        ] {
+            assert!(
+                !payload
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes()),
+                "{order_id}: {secret} in clear in the outbox"
+            );
+        }
+        let event = events::decode(payload).expect("decodes");
+        let events::EventBody::OrderCreated(order) = &event.body else {
+            panic!("{order_id}: not an OrderCreated");
+        };
+        assert_eq!(order.shipping_address.name, privacy::personal::PLACEHOLDER);
+        assert_eq!(
+            order.shipping_address.country, "DE",
+            "the country stays in clear"
+        );
+        let personal = privacy::unseal(order, order_id, key).expect("opens with the key");
+        assert_eq!(personal.name, "Ada");
+        assert_eq!(personal.line2.as_deref(), Some("Hinterhaus"));
+        let email = if order_id == "sealed-1" {
+            "ada@example.com"
+        } else {
+            "grace@example.com"
+        };
+        assert_eq!(personal.email.as_deref(), Some(email));
+    }
+    // The idempotency record keeps no personal field either.
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT request::text FROM api.idempotency ORDER BY order_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 2);
+    for request in stored {
+        assert!(
+            !request.contains("Ada") && !request.contains("example.com"),
+            "{request}"
+        );
+        assert!(
+            request.contains("c-sealed") && request.contains("SKU-A"),
+            "{request}"
+        );
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    env.finish().await;
+}
+
 async fn wait_status(addr: SocketAddr, order_id: &str, want: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut etag = String::new();
