@@ -25,6 +25,7 @@ pub mod ids;
 pub mod operations;
 pub mod operator;
 pub mod orders;
+pub mod paging;
 pub mod problem;
 pub mod request_id;
 pub mod security;

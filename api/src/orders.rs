@@ -40,7 +40,6 @@ pub mod roles {
 pub const CACHE_CONTROL: &str = "private, no-cache";
 /// The header carrying the read model's freshness (RFC 3339).
 pub const WATERMARK_HEADER: &str = "orderflow-watermark";
-const PAGE_SIZE_DEFAULT: u32 = 50;
 
 /// The answer to an accepted order (also given again to a repeat of it).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -680,15 +679,7 @@ pub async fn list(
     principal.require(roles::READ)?;
     let q: ListQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::Malformed(format!("query: {e}")))?;
-    let limit = q
-        .limit
-        .unwrap_or(PAGE_SIZE_DEFAULT.min(state.settings.page_size_max));
-    if limit == 0 || limit > state.settings.page_size_max {
-        return Err(ApiError::Malformed(format!(
-            "limit must be 1 to {}",
-            state.settings.page_size_max
-        )));
-    }
+    let limit = crate::paging::page_size(q.limit, state.settings.page_size_max)?;
     let after = match q.cursor.as_deref() {
         None => None,
         Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
@@ -726,26 +717,20 @@ pub async fn list(
         filter.customer_id = Some(own);
     }
     let mut conn = state.pool.acquire().await?;
-    let mut rows = query::page(
+    let rows = query::page(
         &mut conn,
         &filter,
         after.as_ref().map(|c| (c.created_at, c.order_id.as_str())),
-        i64::from(limit) + 1,
+        crate::paging::fetch_limit(limit),
     )
     .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| {
-            rows.last().map(|r| {
-                Cursor {
-                    created_at: r.created_at,
-                    order_id: r.order_id.clone(),
-                }
-                .encode()
-            })
-        })
-        .flatten();
+    let (rows, next_cursor) = crate::paging::cut(rows, limit, |r| {
+        Cursor {
+            created_at: r.created_at,
+            order_id: r.order_id.clone(),
+        }
+        .encode()
+    });
     let items = rows.into_iter().map(|r| view_of(r, None)).collect();
     let mut response = json_response(StatusCode::OK, &OrderPage { items, next_cursor });
     response.headers_mut().insert(

@@ -309,32 +309,26 @@ pub async fn list(
             })
         }
     };
-    let mut rows = deadletter::page(
+    let rows = deadletter::page(
         &state.pool,
         q.consumer.as_deref(),
         q.include_redriven.unwrap_or(false),
         after.as_ref(),
-        i64::from(limit) + 1,
+        crate::paging::fetch_limit(limit),
     )
     .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| {
-            rows.last().map(|r| {
-                let a = ListedAfter::from(r);
-                encode_cursor(
-                    "dead-letters",
-                    &[
-                        a.consumer,
-                        a.topic,
-                        a.partition.to_string(),
-                        a.offset.to_string(),
-                    ],
-                )
-            })
-        })
-        .flatten();
+    let (rows, next_cursor) = crate::paging::cut(rows, limit, |r| {
+        let a = ListedAfter::from(r);
+        encode_cursor(
+            "dead-letters",
+            &[
+                a.consumer,
+                a.topic,
+                a.partition.to_string(),
+                a.offset.to_string(),
+            ],
+        )
+    });
     let items = rows.into_iter().map(summary).collect();
     Ok(json_response(
         StatusCode::OK,

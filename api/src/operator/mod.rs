@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::paging::page_size;
 use crate::problem::ApiError;
 
 /// The roles each operator endpoint admits.
@@ -35,18 +36,6 @@ pub mod roles {
     pub const READ: &[Role] = &[Role::Operator, Role::Analyst];
     /// A customer's block, and every change.
     pub const OPERATE: &[Role] = &[Role::Operator];
-}
-
-/// Page size when the request gives none.
-const PAGE_SIZE_DEFAULT: u32 = 50;
-
-/// The page size asked for in `limit`, checked against `max`.
-fn page_size(limit: Option<u32>, max: u32) -> Result<u32, ApiError> {
-    let limit = limit.unwrap_or(PAGE_SIZE_DEFAULT.min(max));
-    if limit == 0 || limit > max {
-        return Err(ApiError::Malformed(format!("limit must be 1 to {max}")));
-    }
-    Ok(limit)
 }
 
 /// The query string read strictly into `T` (unknown parameters refused).
@@ -208,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn names_and_page_sizes() {
+    fn names() {
         for (text, ok) in [
             ("SKU-1", true),
             ("a b", true),
@@ -219,10 +208,5 @@ mod tests {
         ] {
             assert_eq!(is_name(text), ok, "{text:?}");
         }
-        assert_eq!(page_size(None, 200).unwrap(), 50);
-        assert_eq!(page_size(None, 10).unwrap(), 10);
-        assert_eq!(page_size(Some(200), 200).unwrap(), 200);
-        assert!(page_size(Some(0), 200).is_err());
-        assert!(page_size(Some(201), 200).is_err());
     }
 }

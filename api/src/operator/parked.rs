@@ -105,21 +105,16 @@ pub async fn list(
         Some(text) => Some(decode_cursor("parked", text, 2)?),
     };
     let mut conn = state.pool.acquire().await?;
-    let mut rows = parked::orders(
+    let rows = parked::orders(
         &mut conn,
         q.step.as_deref(),
         after.as_ref().map(|k| (k[0].as_str(), k[1].as_str())),
-        i64::from(limit) + 1,
+        crate::paging::fetch_limit(limit),
     )
     .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| {
-            rows.last()
-                .map(|r| encode_cursor("parked", &[r.step.clone(), r.order_id.clone()]))
-        })
-        .flatten();
+    let (rows, next_cursor) = crate::paging::cut(rows, limit, |r| {
+        encode_cursor("parked", &[r.step.clone(), r.order_id.clone()])
+    });
     let items = rows.into_iter().map(ParkedView::from).collect();
     Ok(json_response(
         StatusCode::OK,

@@ -146,16 +146,16 @@ pub async fn list(
         Some(text) => decode_cursor("stock", text, 1)?.pop(),
     };
     let mut conn = state.pool.acquire().await?;
-    let mut rows =
-        inventory::stock_levels(&mut conn, None, after.as_deref(), i64::from(limit) + 1).await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| {
-            rows.last()
-                .map(|r| encode_cursor("stock", std::slice::from_ref(&r.sku)))
-        })
-        .flatten();
+    let rows = inventory::stock_levels(
+        &mut conn,
+        None,
+        after.as_deref(),
+        crate::paging::fetch_limit(limit),
+    )
+    .await?;
+    let (rows, next_cursor) = crate::paging::cut(rows, limit, |r| {
+        encode_cursor("stock", std::slice::from_ref(&r.sku))
+    });
     let items = rows.into_iter().map(StockView::from).collect();
     Ok(json_response(
         StatusCode::OK,
