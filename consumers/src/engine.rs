@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use platform::config::KafkaSettings;
 
-use crate::step::ApplyError;
+use crate::step::{ApplyError, Source};
 use crate::{HandlerError, Step};
 
 /// What one batch did, for logs, metrics and tests.
@@ -69,19 +69,25 @@ impl BatchOutcome {
     }
 }
 
-/// Names a step runs under: its component name (inbox, outbox, dead letters) and its group.
+/// Names a step runs under: its component name (inbox, outbox, dead letters), its group, the
+/// topic it consumes (`source`) and the topic its replies go to (`topic`, the order log).
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub name: &'static str,
     pub group: String,
+    pub source: String,
     pub topic: String,
 }
 
-/// The names `step` runs under on the log and group prefix of `kafka`.
+/// The names `step` runs under on the log, intake topic and group prefix of `kafka`.
 pub fn identity(step: &dyn Step, kafka: &KafkaSettings) -> Identity {
     Identity {
         name: step.name(),
         group: kafka.group_id(step.name()),
+        source: match step.source() {
+            Source::Log => kafka.topic.clone(),
+            Source::Intake => kafka.intake_topic.clone(),
+        },
         topic: kafka.topic.clone(),
     }
 }
@@ -509,13 +515,30 @@ pub async fn attempt_batch(
         ApplyError::State(other) => BatchError::Batch(anyhow::Error::new(other)),
     })?;
     let now = Utc::now();
+    let forwards = step.forwards();
     let mut traces = Vec::new();
     for (index, (event, bodies)) in events.iter().zip(bodies).enumerate() {
         outcome.applied += 1;
         let trace = spans.get(index).and_then(platform::trace::Carrier::of);
+        if forwards && bodies.len() > 1 {
+            return Err(BatchError::Batch(anyhow::anyhow!(
+                "step {name} forwards event {} as {} events; a forwarding step emits at most one per record",
+                event.meta.event_id,
+                bodies.len()
+            )));
+        }
         for (i, body) in bodies.into_iter().enumerate() {
-            let reply_id = events::reply_event_id(event.meta.event_id, &format!("{name}/{i}"));
-            let reply = Event::caused_by(event, reply_id, now, body);
+            // A forwarded event keeps the record's own metadata; a reply is caused by it.
+            let reply = if forwards {
+                Event {
+                    meta: event.meta.clone(),
+                    body,
+                }
+            } else {
+                let reply_id = events::reply_event_id(event.meta.event_id, &format!("{name}/{i}"));
+                Event::caused_by(event, reply_id, now, body)
+            };
+            let reply_id = reply.meta.event_id;
             let payload = events::encode(&reply).map_err(|e| {
                 BatchError::Batch(anyhow::anyhow!(
                     "encoding a {} reply: {e}",

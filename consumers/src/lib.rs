@@ -7,7 +7,8 @@
 //! (live in [`runner`]; [`parking`], [`redrive`] and [`restore`] are its other modes) owns
 //! everything else: batching, asking the ports outside any transaction ([`ports`]: timeouts,
 //! circuit breakers), the inbox, the outbox, publishing, offset commits and the failure
-//! policy. Steps never touch Kafka.
+//! policy. Steps never touch Kafka. The [`intake`] is a step too: it reads the intake topic
+//! upstream producers write, and forwards each order, sealed, to the log.
 
 pub mod audit;
 pub mod commands;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod give_up;
 #[cfg(test)]
 mod given;
+pub mod intake;
 pub mod inventory;
 pub mod parked;
 pub mod parking;
@@ -30,7 +32,7 @@ pub mod step;
 
 pub use error::HandlerError;
 pub use runner::{Fault, RunnerOptions, StepRunner};
-pub use step::{step, Decider, Step};
+pub use step::{step, Decider, Source, Step};
 
 /// Every step of the pipeline by name, for `orderflow run --only`.
 pub const STEP_NAMES: [&str; 4] = [inventory::NAME, payment::NAME, shipping::NAME, saga::NAME];

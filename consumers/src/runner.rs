@@ -73,8 +73,8 @@ impl StepRunner {
         let client_id = format!("orderflow-{}-{}", identity.name, std::process::id());
         let consumer = platform::kafka::group_member(kafka, &identity.group, &client_id)?;
         consumer
-            .subscribe(&[kafka.topic.as_str()])
-            .with_context(|| format!("subscribing {} to {}", identity.group, kafka.topic))?;
+            .subscribe(&[identity.source.as_str()])
+            .with_context(|| format!("subscribing {} to {}", identity.group, identity.source))?;
         let producer = platform::kafka::producer(kafka, &client_id)?;
         Ok(StepRunner {
             step,
@@ -96,7 +96,7 @@ impl StepRunner {
     /// Consume until `shutdown` is cancelled; the batch in hand is finished and committed first.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let name = self.identity.name;
-        tracing::info!(step = name, topic = %self.identity.topic, "step started");
+        tracing::info!(step = name, topic = %self.identity.source, "step started");
         // Rows a crashed predecessor committed but never published go out first.
         let relayed = outbox::relay(&self.pool, &self.producer, name, Duration::ZERO).await?;
         self.metrics.published.increment(relayed as u64);

@@ -54,6 +54,14 @@ impl Question for Never {
     }
 }
 
+/// The topic a step consumes: the order log (every step but one), or the intake topic
+/// upstream producers write (the intake). A step's replies always go to the order log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Log,
+    Intake,
+}
+
 /// A step's decisions and its state.
 #[async_trait]
 pub trait Decider: Send + Sync + 'static {
@@ -69,6 +77,19 @@ pub trait Decider: Send + Sync + 'static {
 
     /// Whether the step reacts to events of this type; others are skipped without a trace.
     fn wants(&self, event_type: EventType) -> bool;
+
+    /// The topic the step consumes ([`Source::Log`] unless it says otherwise).
+    fn source(&self) -> Source {
+        Source::Log
+    }
+
+    /// Whether the step forwards the records it reads instead of replying to them: its one
+    /// event per record keeps the record's own metadata (event id, order id, correlation,
+    /// causation, time) rather than getting a reply id caused by it. Forwarding twice appends
+    /// the same event id twice, which every inbox downstream absorbs.
+    fn forwards(&self) -> bool {
+        false
+    }
 
     /// Whether deciding `event` may need an answer from outside (cheap; by type). The engine
     /// only looks for questions in batches holding such an event.
@@ -125,6 +146,10 @@ pub trait Decider: Send + Sync + 'static {
 pub trait Step: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn wants(&self, event_type: EventType) -> bool;
+    /// The topic the step consumes ([`Decider::source`]).
+    fn source(&self) -> Source;
+    /// Whether the step forwards records instead of replying ([`Decider::forwards`]).
+    fn forwards(&self) -> bool;
     /// Whether deciding `event` may need an answer from outside.
     fn may_ask(&self, event: &Event) -> bool;
 
@@ -235,6 +260,14 @@ impl<D: Decider> Step for Decided<D> {
 
     fn wants(&self, event_type: EventType) -> bool {
         self.decider.wants(event_type)
+    }
+
+    fn source(&self) -> Source {
+        self.decider.source()
+    }
+
+    fn forwards(&self) -> bool {
+        self.decider.forwards()
     }
 
     fn may_ask(&self, event: &Event) -> bool {

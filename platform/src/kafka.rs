@@ -311,6 +311,17 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<()> {
+    ensure_topic_with(kafka, topic, partitions, &[]).await
+}
+
+/// [`ensure_topic`] with topic configuration for a new topic (`retention.ms`, ...); an existing
+/// topic keeps its own.
+pub async fn ensure_topic_with(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let probe_settings = kafka.clone();
     tokio::task::spawn_blocking(move || check_connection(&probe_settings))
         .await
@@ -321,6 +332,9 @@ pub async fn ensure_topic(
         partitions,
         TopicReplication::Fixed(kafka.replication_factor),
     );
+    let new_topic = config
+        .iter()
+        .fold(new_topic, |topic, (key, value)| topic.set(key, value));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics([&new_topic], &options)

@@ -14,6 +14,11 @@ use super::security::{KafkaConfigError, SaslMechanism, Secret, SecurityProtocol}
 /// [`layered`](super::layered::layered) among the verbatim keys.
 pub const PASSWORD_KEY: &str = "kafka.sasl_password";
 
+/// How long the intake topic keeps a record (`retention.ms`, 24 h): the intake appends each to
+/// the log within seconds, and the log (with its archive) is the record kept; an order still
+/// unread after a day is lost, so keep the intake running.
+pub const INTAKE_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
@@ -21,6 +26,11 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// The order log topic.
     pub topic: String,
+    /// The intake topic: upstream producers publish plain `OrderCreated` here; the intake
+    /// component seals their personal fields and appends them to the log (`topic`). Created by
+    /// `orderflow topics` with the log's partition count and a short retention
+    /// (`INTAKE_RETENTION_MS`).
+    pub intake_topic: String,
     /// Partitions the `topics` command creates the log with.
     pub partitions: i32,
     pub replication_factor: i32,
@@ -59,6 +69,7 @@ impl Default for KafkaSettings {
         KafkaSettings {
             brokers: "127.0.0.1:9092".into(),
             topic: "orders.events".into(),
+            intake_topic: "orders.intake".into(),
             partitions: 12,
             replication_factor: 1,
             group_prefix: "orderflow".into(),
