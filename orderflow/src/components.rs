@@ -1,10 +1,11 @@
-//! The long-running components and how they are started: every saga step and the projector,
-//! all in one process or one per process (`orderflow run --only <name>`), all in the same
-//! consumer groups so that processes scale out.
+//! The long-running components and how they are started: the intake, every saga step and the
+//! projector, all in one process or one per process (`orderflow run --only <name>`), all in the
+//! same consumer groups so that processes scale out.
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use consumers::intake::Intake;
 use consumers::inventory::Inventory;
 use consumers::payment::Payment;
 use consumers::saga::OrderSaga;
@@ -22,6 +23,9 @@ use crate::settings::Settings;
 /// A component `orderflow run` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Component {
+    /// Reads upstream orders from the intake topic (`kafka.intake_topic`), seals their personal
+    /// fields and appends them to the log.
+    Intake,
     Inventory,
     Payment,
     Shipping,
@@ -33,7 +37,8 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 6] = [
+        Component::Intake,
         Component::Inventory,
         Component::Payment,
         Component::Shipping,
@@ -43,6 +48,7 @@ impl Component {
 
     pub fn name(self) -> &'static str {
         match self {
+            Component::Intake => consumers::intake::NAME,
             Component::Inventory => consumers::inventory::NAME,
             Component::Payment => consumers::payment::NAME,
             Component::Shipping => consumers::shipping::NAME,
@@ -51,12 +57,31 @@ impl Component {
             Component::Archiver => "archiver",
         }
     }
+
+    /// Whether the component is a step of the engine (dead letters, parking, redrive).
+    pub fn is_step(self) -> bool {
+        !matches!(self, Component::Projections | Component::Archiver)
+    }
 }
 
 /// The step behind a component, wired to the simulated providers its own section of
-/// `settings` configures.
-pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<Arc<dyn Step>> {
-    Some(match component {
+/// `settings` configures; `None` for the projector and the archiver. The intake loads the
+/// master key here (`[privacy]`): a missing or bad key is an error naming the setting, never
+/// showing the key.
+pub fn step(
+    component: Component,
+    settings: &Settings,
+    pool: &PgPool,
+) -> anyhow::Result<Option<Arc<dyn Step>>> {
+    Ok(Some(match component {
+        Component::Intake if settings.privacy.seal => {
+            let keys = settings
+                .privacy
+                .key_ring()
+                .map_err(|e| anyhow::anyhow!("the intake cannot seal orders: {e}"))?;
+            consumers::step(Intake::sealing(keys))
+        }
+        Component::Intake => consumers::step(Intake::unsealed()),
         Component::Inventory => consumers::step(Inventory::new()),
         Component::Payment => consumers::step(Payment::simulated(pool.clone(), &settings.payment)),
         Component::Shipping => consumers::step(Shipping::simulated(
@@ -64,8 +89,8 @@ pub fn step(component: Component, settings: &Settings, pool: &PgPool) -> Option<
             shipping_keys(settings),
         )),
         Component::Saga => consumers::step(OrderSaga::new(settings.saga.clone())),
-        Component::Projections | Component::Archiver => return None,
-    })
+        Component::Projections | Component::Archiver => return Ok(None),
+    }))
 }
 
 /// The key ring the shipping step opens sealed addresses with; without a master key it has
@@ -165,7 +190,7 @@ fn launch(
     let mut set = JoinSet::new();
     for &component in components {
         let token = shutdown.clone();
-        match step(component, settings, pool) {
+        match step(component, settings, pool)? {
             Some(step) => {
                 let runner = StepRunner::new(
                     step,
@@ -246,14 +271,28 @@ pub async fn supervise(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Create the order log and the dead-letter topic of every component's group, each with
-/// `partitions` partitions (dead letters keep their original key, so they partition alike).
+/// Create the order log, the intake topic (short retention: `INTAKE_RETENTION_MS`) and the
+/// dead-letter topic of every component's group, each with `partitions` partitions (dead
+/// letters keep their original key, so they partition alike). A component's dead letters go
+/// to `<the topic it reads>.dlq.<group>`.
 pub async fn ensure_topics(settings: &Settings, partitions: i32) -> anyhow::Result<()> {
-    let log = &settings.kafka.topic;
-    platform::kafka::ensure_topic(&settings.kafka, log, partitions).await?;
+    let kafka = &settings.kafka;
+    platform::kafka::ensure_topic(kafka, &kafka.topic, partitions).await?;
+    let retention = platform::config::kafka::INTAKE_RETENTION_MS.to_string();
+    platform::kafka::ensure_topic_with(
+        kafka,
+        &kafka.intake_topic,
+        partitions,
+        &[("retention.ms", retention.as_str())],
+    )
+    .await?;
     for component in Component::ALL {
-        let dlq = platform::deadletter::dlq_topic(log, &settings.group_id(component.name()));
-        platform::kafka::ensure_topic(&settings.kafka, &dlq, partitions).await?;
+        let source = match component {
+            Component::Intake => &kafka.intake_topic,
+            _ => &kafka.topic,
+        };
+        let dlq = platform::deadletter::dlq_topic(source, &settings.group_id(component.name()));
+        platform::kafka::ensure_topic(kafka, &dlq, partitions).await?;
     }
     Ok(())
 }

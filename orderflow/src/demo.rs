@@ -173,7 +173,8 @@ pub async fn run(
         .context("a generated demo order is invalid (a bug in the generator)")?;
 
     let started = Instant::now();
-    let publisher = Publisher::new(&settings.kafka, "orderflow-demo")?;
+    // Like an upstream system: plain orders to the intake, which seals and appends them.
+    let publisher = Publisher::intake(&settings.kafka, "orderflow-demo")?;
     match options.rate_per_sec {
         None => publish_all(&publisher, &events, 0).await?,
         Some(rate) => {

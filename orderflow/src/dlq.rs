@@ -115,7 +115,7 @@ pub async fn run(settings: &Settings, request: Request) -> anyhow::Result<ExitCo
             ids,
             dry_run,
         } => {
-            let Some(step) = components::step(consumer, settings, &pool) else {
+            let Some(step) = components::step(consumer, settings, &pool)? else {
                 anyhow::bail!("{} dead-letters only undecodable records, which a redrive cannot fix; nothing to redrive", consumer.name());
             };
             let producer = platform::kafka::producer(&settings.kafka, "orderflow-dlq-redrive")?;

@@ -33,14 +33,17 @@ struct Cli {
 enum Command {
     /// Create the database if missing and apply the schema migrations.
     Migrate,
-    /// Create the order log topic (kafka.topic) and the dead-letter topics if missing.
+    /// Create the order log topic (kafka.topic), the intake topic (kafka.intake_topic, 24 h
+    /// retention) and the dead-letter topics if missing.
     Topics {
         /// Partitions for a new topic [default: kafka.partitions, 12].
         #[arg(long)]
         partitions: Option<i32>,
     },
-    /// Read orders as JSON lines from FILE (or stdin) and append OrderCreated events.
-    /// Bad lines are reported with their number; the exit code is 1 if any line failed.
+    /// Read orders as JSON lines from FILE (or stdin) and publish them as OrderCreated to the
+    /// intake topic (kafka.intake_topic), as an upstream system would: the intake seals their
+    /// personal fields and appends them to the log. Bad lines are reported with their number;
+    /// the exit code is 1 if any line failed.
     Publish {
         /// A file of JSON lines; stdin when omitted or "-".
         file: Option<PathBuf>,
@@ -86,7 +89,7 @@ enum Command {
         #[command(subcommand)]
         action: CustomerAction,
     },
-    /// The customers' data keys ([privacy]): backups.
+    /// The master key and the customers' data keys ([privacy]).
     Keys {
         #[command(subcommand)]
         action: KeysAction,
@@ -284,6 +287,10 @@ enum ApiKeyAction {
 
 #[derive(Subcommand)]
 enum KeysAction {
+    /// Print a new random master key (32 bytes as base64) on stdout, for
+    /// privacy.master_key_file or ORDERFLOW_PRIVACY__MASTER_KEY. Keep it secret and keep it:
+    /// without it no sealed personal field can be read.
+    NewMasterKey,
     /// Write every data key (privacy.data_keys, live and destroyed) to FILE as JSON. The file
     /// holds only wrapped keys and tombstones, never the master key: it is useless without
     /// the master key, but keep it as safe as the database. The key table is the one piece of
@@ -501,8 +508,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let partitions = partitions.unwrap_or(settings.kafka.partitions);
             components::ensure_topics(&settings, partitions).await?;
             eprintln!(
-                "topic {} and its dead-letter topics ready",
-                settings.kafka.topic
+                "topics {} and {} and their dead-letter topics ready",
+                settings.kafka.topic, settings.kafka.intake_topic
             );
         }
         Command::Publish { file } => return publish(&settings, file).await,
@@ -841,6 +848,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 i.destroyed
             );
         }
+        Command::Keys {
+            action: KeysAction::NewMasterKey,
+        } => {
+            println!("{}", privacy::MasterKey::generate_base64());
+        }
         Command::Dlq { action } => {
             return orderflow::dlq::run(&settings, action_to_request(action)).await;
         }
@@ -952,7 +964,7 @@ fn action_to_request(action: DlqAction) -> orderflow::dlq::Request {
 }
 
 async fn publish(settings: &Settings, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let publisher = producers::Publisher::new(&settings.kafka, "orderflow-publish")?;
+    let publisher = producers::Publisher::intake(&settings.kafka, "orderflow-publish")?;
     let reader: Box<dyn BufRead> = match &file {
         Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
@@ -970,7 +982,7 @@ async fn publish(settings: &Settings, file: Option<PathBuf>) -> anyhow::Result<E
     eprintln!(
         "published {} orders to {}; {} lines failed",
         report.published,
-        settings.kafka.topic,
+        settings.kafka.intake_topic,
         report.failed.len()
     );
     Ok(if report.failed.is_empty() {

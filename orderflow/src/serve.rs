@@ -49,7 +49,7 @@ impl Operations for StepOperations {
 
     fn steps(&self) -> Vec<&'static str> {
         dead_lettering()
-            .filter(|c| components::step(*c, &self.settings, &self.pool).is_some())
+            .filter(|c| c.is_step())
             .map(Component::name)
             .collect()
     }
@@ -64,7 +64,7 @@ impl Operations for StepOperations {
             let component = dead_lettering()
                 .find(|c| c.name() == step)
                 .ok_or_else(|| anyhow::anyhow!("{step} is not a component"))?;
-            let built = components::step(component, &self.settings, &self.pool)
+            let built = components::step(component, &self.settings, &self.pool)?
                 .ok_or_else(|| anyhow::anyhow!("{step} is not a step; nothing to redrive"))?;
             let _one_at_a_time = self.running.lock().await;
             consumers::redrive::redrive(
@@ -87,11 +87,22 @@ pub async fn start(
     pool: &PgPool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let api = api::start_with(
+    // Orders accepted over HTTP are sealed like the intake's: the master key is read once here,
+    // and a missing or wrong one stops the start with the setting's name.
+    let sealing = if settings.privacy.seal {
+        Some(settings.privacy.key_ring()?)
+    } else {
+        tracing::warn!(
+            "privacy.seal is off: orders accepted over HTTP carry their personal fields in clear"
+        );
+        None
+    };
+    let api = api::start_sealing(
         &settings.api,
         &settings.kafka,
         pool.clone(),
         StepOperations::new(settings, pool)?,
+        sealing,
         shutdown.clone(),
     )
     .await?;

@@ -1,5 +1,6 @@
-//! Appending events to the order log: encoded by `events`, keyed by order id (so an order's
-//! events share a partition and stay in order), sent by the idempotent producer. With traces
+//! Appending events to the order log, or new orders to the intake topic: encoded by `events`,
+//! keyed by order id (so an order's events share a partition and stay in order), sent by the
+//! idempotent producer. With traces
 //! exported, every event is sent under a span of its own whose context its record carries.
 
 use std::io::BufRead;
@@ -28,11 +29,26 @@ pub struct PublishReport {
 }
 
 impl Publisher {
+    /// A publisher onto the order log (`kafka.topic`): for orderflow's own events.
     pub fn new(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<Self> {
         Ok(Publisher {
             producer: platform::kafka::producer(kafka, client_id)?,
             topic: kafka.topic.clone(),
         })
+    }
+
+    /// A publisher onto the intake topic (`kafka.intake_topic`), as any upstream producer:
+    /// plain `OrderCreated`, which the intake seals and appends to the log.
+    pub fn intake(kafka: &KafkaSettings, client_id: &str) -> anyhow::Result<Self> {
+        Ok(Publisher {
+            producer: platform::kafka::producer(kafka, client_id)?,
+            topic: kafka.intake_topic.clone(),
+        })
+    }
+
+    /// The topic this publisher writes.
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Append `events` and wait until the broker acknowledged every one. Returns the error of

@@ -239,6 +239,7 @@ pub async fn run(
         .context("database.url is not a postgres:// URL")?;
     let mut bench_settings = settings.clone();
     bench_settings.kafka.topic = format!("bench-{stamp}");
+    bench_settings.kafka.intake_topic = format!("bench-{stamp}-intake");
     bench_settings.kafka.group_prefix = format!("bench-{stamp}");
     bench_settings.database.url = database_url.clone();
     let out = options
@@ -269,11 +270,15 @@ pub async fn run(
                 bench_settings.kafka.topic.clone(),
             ),
             (
+                "ORDERFLOW_KAFKA__INTAKE_TOPIC".into(),
+                bench_settings.kafka.intake_topic.clone(),
+            ),
+            (
                 "ORDERFLOW_KAFKA__GROUP_PREFIX".into(),
                 bench_settings.kafka.group_prefix.clone(),
             ),
             ("ORDERFLOW_DATABASE__URL".into(), database_url.clone()),
-            // The five components only: an archiver would be extra work the bench does not
+            // The pipeline's components only: an archiver would be extra work the bench does not
             // ask for.
             ("ORDERFLOW_ARCHIVE__DIR".into(), String::new()),
         ],
@@ -444,7 +449,11 @@ async fn cleanup(settings: &Settings, admin_url: &str, database: &str, stamp: &s
         }
         Err(error) => problems.push(format!("could not drop database {database}: {error}")),
     }
-    let topics = [format!("bench-{stamp}"), format!("bench-{stamp}-raw")];
+    let topics = [
+        format!("bench-{stamp}"),
+        format!("bench-{stamp}-raw"),
+        format!("bench-{stamp}-intake"),
+    ];
     if let Err(error) = delete_topics(settings, &topics).await {
         problems.push(format!("could not delete topics {topics:?}: {error:#}"));
     }

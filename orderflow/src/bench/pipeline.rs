@@ -154,7 +154,8 @@ impl Publisher {
         });
         Ok(Publisher {
             producer,
-            topic: kafka.topic.clone(),
+            // An upstream system's orders: to the intake, which seals and appends them.
+            topic: kafka.intake_topic.clone(),
             prefix: prefix.to_string(),
             rng: StdRng::seed_from_u64(seed),
             deliveries,

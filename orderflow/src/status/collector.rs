@@ -202,8 +202,8 @@ impl Collector {
 
     /// The gauges that need the broker (and, for the projector, Postgres too).
     fn broker_gauges(&mut self, status: &Status) {
-        let topic = &self.settings.kafka.topic;
         for c in &status.components {
+            let topic = self.source_topic(c.component);
             for p in &c.partitions {
                 metrics::gauge!(
                     names::CONSUMER_LAG,
@@ -241,11 +241,20 @@ impl Collector {
         }
     }
 
+    /// The topic a component (by label) reads: the intake topic for the intake, else the log.
+    fn source_topic(&self, component: &str) -> &String {
+        if component == label(Component::Intake) {
+            &self.settings.kafka.intake_topic
+        } else {
+            &self.settings.kafka.topic
+        }
+    }
+
     /// The broker did not answer: every gauge that needs it is unknown.
     fn unknown_broker(&self) {
-        let topic = &self.settings.kafka.topic;
         for component in self.consumers() {
             let component_label = label(component);
+            let topic = self.source_topic(component_label);
             let group = self.settings.group_id(component.name());
             for partition in self.lag_series.get(component_label).into_iter().flatten() {
                 metrics::gauge!(

@@ -64,6 +64,9 @@ impl Unreachable {
 struct Broker {
     topic: String,
     partitions: Vec<i32>,
+    /// The intake topic and its partitions, when the intake is asked for: its group's
+    /// positions are on that topic, not on the log.
+    intake: Option<(String, Vec<i32>)>,
     /// Reads log ends; belongs to no group.
     probe: BaseConsumer,
     /// Per step component asked for: its group and a client of that group that never joins
@@ -76,10 +79,17 @@ impl Broker {
         let kafka = &settings.kafka;
         let topic = kafka.topic.clone();
         let count = platform::kafka::partition_count(kafka, &topic)?;
+        let intake = if which.contains(&Component::Intake) {
+            let topic = kafka.intake_topic.clone();
+            let count = platform::kafka::partition_count(kafka, &topic)?;
+            Some((topic, (0..i32::try_from(count)?).collect()))
+        } else {
+            None
+        };
         let client_id = format!("orderflow-status-{}", std::process::id());
         let groups = which
             .iter()
-            .filter(|c| is_step(**c))
+            .filter(|c| c.is_step())
             .map(|&component| {
                 let group = settings.group_id(component.name());
                 let client = platform::kafka::group_offsets_client(kafka, &group, &client_id)?;
@@ -89,6 +99,7 @@ impl Broker {
         Ok(Broker {
             topic,
             partitions: (0..i32::try_from(count)?).collect(),
+            intake,
             probe: platform::kafka::probe(kafka)?,
             groups,
         })
@@ -96,26 +107,51 @@ impl Broker {
 
     /// Log end (high watermark, ListOffsets latest) per partition. Blocks.
     fn ends(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
-        self.partitions
+        self.ends_of(&self.topic, &self.partitions)
+    }
+
+    /// The intake topic's end per partition (empty when the intake is not asked for).
+    fn intake_ends(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
+        match &self.intake {
+            Some((topic, partitions)) => self.ends_of(topic, partitions),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    fn ends_of(&self, topic: &str, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, i64>> {
+        partitions
             .iter()
             .map(|&p| {
                 let (_, high) = self
                     .probe
-                    .fetch_watermarks(&self.topic, p, BROKER_TIMEOUT)
-                    .with_context(|| format!("reading the log end of partition {p}"))?;
+                    .fetch_watermarks(topic, p, BROKER_TIMEOUT)
+                    .with_context(|| format!("reading the end of {topic} partition {p}"))?;
                 Ok((p, high))
             })
             .collect()
     }
 
-    /// Committed offsets of each step group (OffsetFetch; no join). Blocks.
+    /// Committed offsets of each step group (OffsetFetch; no join), on the topic it reads.
+    /// Blocks.
     fn committed(&self) -> anyhow::Result<HashMap<Component, BTreeMap<i32, i64>>> {
-        let mut wanted = TopicPartitionList::new();
-        for &p in &self.partitions {
-            wanted.add_partition(&self.topic, p);
-        }
+        let wanted_of = |topic: &str, partitions: &[i32]| {
+            let mut wanted = TopicPartitionList::new();
+            for &p in partitions {
+                wanted.add_partition(topic, p);
+            }
+            wanted
+        };
+        let log = wanted_of(&self.topic, &self.partitions);
+        let intake = self
+            .intake
+            .as_ref()
+            .map(|(topic, partitions)| wanted_of(topic, partitions));
         let mut all = HashMap::new();
         for (component, group, client) in &self.groups {
+            let wanted = match (component, &intake) {
+                (Component::Intake, Some(intake)) => intake,
+                _ => &log,
+            };
             let got = client
                 .committed_offsets(wanted.clone(), BROKER_TIMEOUT)
                 .with_context(|| format!("reading the committed offsets of group {group}"))?;
@@ -133,14 +169,12 @@ impl Broker {
     }
 }
 
-fn is_step(component: Component) -> bool {
-    !matches!(component, Component::Projections | Component::Archiver)
-}
-
 /// What the broker said.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerFacts {
     pub ends: BTreeMap<i32, i64>,
+    /// The intake topic's ends (when the intake is asked for).
+    pub intake_ends: BTreeMap<i32, i64>,
     pub committed: HashMap<Component, BTreeMap<i32, i64>>,
 }
 
@@ -217,8 +251,13 @@ impl Sources {
         let broker = Arc::clone(&self.broker);
         tokio::task::spawn_blocking(move || -> anyhow::Result<BrokerFacts> {
             let ends = broker.ends()?;
+            let intake_ends = broker.intake_ends()?;
             let committed = broker.committed()?;
-            Ok(BrokerFacts { ends, committed })
+            Ok(BrokerFacts {
+                ends,
+                intake_ends,
+                committed,
+            })
         })
         .await
         .map_err(|e| Unreachable::kafka(&self.settings, e))?
@@ -357,8 +396,12 @@ pub fn assemble(
                     .cloned()
                     .unwrap_or_default(),
             };
-            let partitions: Vec<PartitionPosition> = broker
-                .ends
+            // The intake's positions are on the intake topic; every other's on the log.
+            let ends = match component {
+                Component::Intake => &broker.intake_ends,
+                _ => &broker.ends,
+            };
+            let partitions: Vec<PartitionPosition> = ends
                 .iter()
                 .map(|(&partition, &end)| PartitionPosition {
                     partition,

@@ -17,6 +17,7 @@ mod evolution;
 mod faults;
 mod giveup;
 mod http;
+mod intake;
 mod metrics;
 mod operator;
 mod outcomes;

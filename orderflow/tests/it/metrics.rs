@@ -780,6 +780,7 @@ async fn readiness_turns_false_when_postgres_stops_and_true_when_it_returns() {
     let mut settings = orderflow::settings::Settings::default();
     settings.database.url = postgres.url("orderflow");
     settings.kafka.topic = format!("test.{id}.events");
+    settings.kafka.intake_topic = format!("test.{id}.intake");
     settings.kafka.group_prefix = format!("test-{id}");
     let pool = orderflow::components::prepare_database(&settings, true)
         .await

@@ -92,8 +92,10 @@ impl Secured {
         kafka.sasl_password_file = Some(self.password_file.clone());
         kafka.ssl_ca_file = Some(self.ca_file.clone());
         kafka.topic = format!("test.{id}.events");
+        kafka.intake_topic = format!("test.{id}.intake");
         kafka.group_prefix = format!("test-{id}");
         settings.database.url = self.database_url(db_name);
+        settings.privacy.master_key = Some(Secret::new(crate::support::TEST_MASTER_KEY));
         settings.database.max_connections = 8;
         settings.consumer.batch_max_wait_ms = 20;
         settings.consumer.retry_delay_ms_max = 500;

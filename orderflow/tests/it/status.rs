@@ -128,8 +128,16 @@ async fn lag_falls_to_zero_once_the_orders_are_processed() {
         .map(|id| order(id, &[("SKU-A", 1, 1_000)], "DE"))
         .collect();
     env.publish(&orders).await;
+    // As many to the intake: the intake's lag is on its own topic.
+    let upstream = ["st-in-1", "st-in-2", "st-in-3"];
+    let orders: Vec<_> = upstream
+        .iter()
+        .map(|id| order(id, &[("SKU-A", 1, 1_000)], "DE"))
+        .collect();
+    env.publish_to_intake(&orders).await;
 
-    // Nothing runs yet: every group is behind by the three orders.
+    // Nothing runs yet: every group is behind by three orders (the steps on the log, the
+    // intake on the intake topic).
     let which = status::components(&env.settings, None);
     let sources = Sources::open(&env.settings).await.expect("sources");
     let before = sources.status(&which).await.expect("status before");
@@ -138,7 +146,7 @@ async fn lag_falls_to_zero_once_the_orders_are_processed() {
     }
 
     env.start_all();
-    for id in ids {
+    for id in ids.iter().chain(&upstream) {
         env.wait_terminal(id).await;
     }
     let mut collector = Collector::new(&env.settings, env.pool.clone(), &which);

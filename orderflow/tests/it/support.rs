@@ -21,6 +21,10 @@ pub fn orderflow(env: &TestEnv) -> Command {
     command
         .env("ORDERFLOW_KAFKA__TOPIC", &env.settings.kafka.topic)
         .env(
+            "ORDERFLOW_KAFKA__INTAKE_TOPIC",
+            &env.settings.kafka.intake_topic,
+        )
+        .env(
             "ORDERFLOW_KAFKA__GROUP_PREFIX",
             &env.settings.kafka.group_prefix,
         )
@@ -66,6 +70,7 @@ impl TestEnv {
         settings.database.url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
         settings.database.max_connections = 8;
         settings.kafka.topic = format!("test.{id}.events");
+        settings.kafka.intake_topic = format!("test.{id}.intake");
         settings.kafka.group_prefix = format!("test-{id}");
         settings.consumer.batch_max_wait_ms = 20;
         settings.consumer.retry_delay_ms_max = 500;
@@ -177,15 +182,33 @@ impl TestEnv {
         events
     }
 
+    /// Publish `orders` to the intake topic, as an upstream system would (the intake seals
+    /// them and appends them to the log).
+    pub async fn publish_to_intake(&self, orders: &[OrderInput]) -> Vec<Event> {
+        let events: Vec<Event> = orders
+            .iter()
+            .map(|o| o.clone().into_event(Utc::now()).expect("valid test order"))
+            .collect();
+        let publisher =
+            Publisher::intake(&self.settings.kafka, "test-upstream").expect("publisher");
+        let failures = publisher.publish(&events).await;
+        assert!(failures.is_empty(), "publish failed: {failures:?}");
+        events
+    }
+
     /// Produce raw bytes with a plain producer, as a foreign client would.
     pub async fn produce_raw(&self, key: &str, payload: &[u8]) {
+        self.produce_raw_to(&self.settings.kafka.topic, key, payload)
+            .await;
+    }
+
+    /// [`TestEnv::produce_raw`] to `topic` (the intake topic, for one).
+    pub async fn produce_raw_to(&self, topic: &str, key: &str, payload: &[u8]) {
         let producer =
             platform::kafka::producer(&self.settings.kafka, "test-raw").expect("producer");
         producer
             .send(
-                FutureRecord::to(&self.settings.kafka.topic)
-                    .key(key)
-                    .payload(payload),
+                FutureRecord::to(topic).key(key).payload(payload),
                 Duration::from_secs(10),
             )
             .await

@@ -1,5 +1,6 @@
 //! The documented upstream path: a client that uses none of orderflow's code writes an Avro
-//! single-object `OrderCreated` from the schema file alone, and the order completes.
+//! single-object `OrderCreated` from the schema file alone, publishes it to the intake topic,
+//! and the order completes.
 
 use apache_avro::types::{Record, Value};
 use apache_avro::Schema;
@@ -80,7 +81,9 @@ async fn a_foreign_producer_needs_only_the_schema_file() {
     let mut bytes = vec![0xC3, 0x01];
     bytes.extend_from_slice(&fingerprint.to_le_bytes());
     bytes.extend(apache_avro::to_avro_datum(&schema, record).expect("datum"));
-    env.produce_raw("o-foreign", &bytes).await;
+    // Upstream systems publish to the intake topic; the intake seals and appends to the log.
+    let intake = env.settings.kafka.intake_topic.clone();
+    env.produce_raw_to(&intake, "o-foreign", &bytes).await;
 
     assert_eq!(env.wait_terminal("o-foreign").await.0, "completed");
     let total: i64 = env
