@@ -22,6 +22,7 @@ mod metrics;
 mod operator;
 mod outcomes;
 mod parking;
+mod privacy;
 mod restore;
 mod secure;
 mod status;
