@@ -69,7 +69,7 @@ pub struct ShipmentRequest {
     pub shipment_id: Uuid,
     pub order_id: String,
     pub country: String,
-    pub address: Option<Address>,
+    pub address: Option<Box<Address>>,
 }
 
 impl std::fmt::Debug for ShipmentRequest {
@@ -574,11 +574,11 @@ fn clear_address(
     state: &State,
     order_id: &str,
     destination: &Destination,
-) -> Result<Option<Address>, HandlerError> {
+) -> Result<Option<Box<Address>>, HandlerError> {
     match &destination.kept {
         Kept::Erased => Ok(None),
         Kept::Plain(value) => serde_json::from_value(value.clone())
-            .map(Some)
+            .map(|a| Some(Box::new(a)))
             .map_err(|e| {
                 HandlerError::Rule(format!(
                     "the kept address of order {order_id} is not an address: {e}"
@@ -590,7 +590,7 @@ fn clear_address(
             };
             match state.keys.get(&key_id) {
                 Some(KeyState::Live(key)) => privacy::personal::open(sealed, order_id, key)
-                    .map(|p| Some(p.address(&destination.country)))
+                    .map(|p| Some(Box::new(p.address(&destination.country))))
                     .map_err(refused),
                 _ => Ok(None),
             }
