@@ -113,7 +113,9 @@ impl KeyRing {
         conn: &mut PgConnection,
         ids: &[Uuid],
     ) -> Result<HashMap<Uuid, KeyState>, KeyError> {
-        let rows: Vec<(Uuid, String, Option<Vec<u8>>, Option<Vec<u8>>)> = sqlx::query_as(
+        // (key id, customer, wrap nonce, wrapped key); the last two are NULL once destroyed.
+        type Row = (Uuid, String, Option<Vec<u8>>, Option<Vec<u8>>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT key_id, customer_id, wrap_nonce, wrapped_key FROM privacy.data_keys
              WHERE key_id = ANY($1)",
         )
