@@ -1,5 +1,5 @@
 //! Forgetting a customer on an immutable log (issue 14, item 4): orders of two customers go
-//! through the pipeline with their personal fields sealed; customer A is forgotten; then no
+//! through the intake (which seals their personal fields) and the pipeline; customer A is forgotten; then no
 //! personal field of A is readable anywhere in Postgres, A's orders on the log still decode and
 //! read as erased while B's still open, analysts' aggregates are unchanged (also after a
 //! rebuild), and a restore from an archive taken before the erasure, with a key backup taken
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use events::{Contact, Event, EventBody};
 use orderflow::operator::Change;
-use privacy::{KeyRing, KeyState, Revealed};
+use privacy::{KeyState, Revealed};
 
 use crate::archive::{archive_once, use_new_archive};
 use crate::restore::operate;
@@ -204,35 +204,15 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
         order_of("priv-a2", "cust-a", A_FIELDS),
         order_of("priv-b1", "cust-b", b_fields),
     ];
-    let ring = env.settings.privacy.key_ring().expect("master key");
-    let (key_a, key_b) = (ring.issue("cust-a"), ring.issue("cust-b"));
-    {
-        let mut tx = env.pool.begin().await.expect("begin");
-        KeyRing::lock_customers(&mut tx, &["cust-a", "cust-b"])
-            .await
-            .expect("lock");
-        KeyRing::insert(&mut tx, &[key_a.clone(), key_b.clone()])
-            .await
-            .expect("keys");
-        tx.commit().await.expect("commit");
-    }
-    for input in &inputs {
-        let mut event = input
-            .clone()
-            .into_event(chrono::Utc::now())
-            .expect("valid order");
-        let key = if input.customer_id == "cust-a" {
-            &key_a.key
-        } else {
-            &key_b.key
-        };
-        let EventBody::OrderCreated(o) = &mut event.body else {
-            unreachable!()
-        };
-        privacy::seal(o, &input.order_id, key).expect("sealed");
-        env.produce_raw(&input.order_id, &events::encode(&event).expect("encoded"))
-            .await;
-    }
+    // Through the intake, as upstream systems publish: it issues each customer's data key and
+    // seals the personal fields before the orders reach the log.
+    env.publish_to_intake(&inputs).await;
+    // Something A's system sent that is not an order at all, naming A: the intake
+    // dead-letters the bytes as they came.
+    let junk = format!("not avro: cust-a {}", A_FIELDS.join(" "));
+    let intake_topic = env.settings.kafka.intake_topic.clone();
+    env.produce_raw_to(&intake_topic, "priv-a9", junk.as_bytes())
+        .await;
     for input in &inputs {
         assert_eq!(env.wait_terminal(&input.order_id).await.0, "completed");
     }
@@ -243,7 +223,13 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
             .await,
         3
     );
-    // An intake-style dead letter holding A's order in clear (as an upstream system sent it).
+    env.wait_count(
+        "SELECT count(*) FROM pipeline.dead_letters WHERE position('cust-a'::bytea IN payload) > 0",
+        1,
+    )
+    .await;
+    // An intake-style dead letter holding A's order in clear (a valid order the intake
+    // refused, as an upstream system sent it).
     let clear = inputs[0]
         .clone()
         .into_event(chrono::Utc::now())
@@ -279,6 +265,13 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
         );
     }
     let aggregates_before = aggregates(&env).await;
+    let a_keys: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT key_id FROM privacy.data_keys WHERE customer_id = 'cust-a' ORDER BY key_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("A's keys");
+    assert_eq!(a_keys.len(), 1, "the intake issued A one key");
 
     env.start_all();
     let command = uuid::Uuid::new_v4();
@@ -289,7 +282,7 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
     let EventBody::CustomerForgotten(f) = &forgotten.event.body else {
         panic!("{:?}", forgotten.event.body)
     };
-    assert_eq!(f.key_ids, vec![key_a.key.id]);
+    assert_eq!(f.key_ids, a_keys);
     // A repeat with the same command id changes and appends nothing.
     let again = orderflow::operator::forget(&env.settings, &env.pool, command, "cust-a")
         .await
@@ -329,10 +322,10 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
     assert_eq!(
         env.count(
             "SELECT count(*) FROM pipeline.dead_letters
-             WHERE consumer = 'intake' AND history::text LIKE '%customer forgotten%'"
+             WHERE history::text LIKE '%customer forgotten%'"
         )
         .await,
-        1
+        2
     );
     assert_eq!(
         env.count(
