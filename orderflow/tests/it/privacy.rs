@@ -273,6 +273,12 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
     .expect("A's keys");
     assert_eq!(a_keys.len(), 1, "the intake issued A one key");
 
+    // A key backup taken before the forget: it still holds A's live key.
+    let old_backup = dir.with_extension("keys-before.json");
+    orderflow::keys::export(&env.pool, &old_backup)
+        .await
+        .expect("export");
+
     env.start_all();
     let command = uuid::Uuid::new_v4();
     let forgotten = orderflow::operator::forget(&env.settings, &env.pool, command, "cust-a")
@@ -405,9 +411,36 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
         );
     }
     after.finish().await;
+
+    // The other way round: the archive taken after the forget and the backup taken before it.
+    // The backup brings A's key back; the archived CustomerForgotten destroys it again.
+    let mut after2 = TestEnv::new().await;
+    sqlx::query("DELETE FROM inventory.stock")
+        .execute(&after2.pool)
+        .await
+        .expect("stock emptied");
+    after2.settings.kafka.group_prefix = env.settings.kafka.group_prefix.clone();
+    orderflow::components::ensure_topics(&after2.settings, crate::support::PARTITIONS)
+        .await
+        .expect("topics");
+    point_manifest_at(&dir, &after2.settings.kafka.topic);
+    let report = orderflow::restore::restore_with_keys(
+        &after2.settings,
+        &after2.pool,
+        &dir,
+        Some(&old_backup),
+    )
+    .await
+    .expect("restore");
+    assert_eq!((report.keys_destroyed, report.forgotten), (1, 2));
+    let restored_orders = archived_orders(&dir, &after2.settings.kafka.topic);
+    assert_eq!(revealed(&after2, &restored_orders).await, want);
+    assert_eq!(non_personal_tables(&after2).await, tables_after_forget);
+    after2.finish().await;
     env.finish().await;
     let _ = std::fs::remove_dir_all(&before_dir);
     let _ = std::fs::remove_file(&backup);
+    let _ = std::fs::remove_file(&old_backup);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
