@@ -464,3 +464,62 @@ fn point_manifest_at(dir: &Path, topic: &str) {
     manifest["topic"] = serde_json::Value::String(topic.to_string());
     std::fs::write(&path, serde_json::to_vec(&manifest).expect("json")).expect("write manifest");
 }
+
+/// A sealed order whose seal does not check out (a changed byte; another order's seal) is
+/// dead-lettered by the shipping step with the typed reason, and nothing of it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tampered_seal_is_dead_lettered_by_shipping_with_its_reason() {
+    let mut env = TestEnv::new().await;
+    env.start(&[orderflow::components::Component::Shipping]);
+    let ring = env.settings.privacy.key_ring().expect("master key");
+    let key = ring.issue("cust-t");
+    {
+        let mut tx = env.pool.begin().await.expect("begin");
+        privacy::KeyRing::insert(&mut tx, std::slice::from_ref(&key))
+            .await
+            .expect("key");
+        tx.commit().await.expect("commit");
+    }
+    let sealed = |order_id: &str, sealed_for: &str| {
+        let input = order_of(order_id, "cust-t", A_FIELDS);
+        let mut event = input.into_event(chrono::Utc::now()).expect("valid");
+        let EventBody::OrderCreated(o) = &mut event.body else {
+            unreachable!()
+        };
+        privacy::seal(o, sealed_for, &key.key).expect("sealed");
+        event
+    };
+    let mut changed = sealed("priv-t1", "priv-t1");
+    if let EventBody::OrderCreated(o) = &mut changed.body {
+        o.sealed.as_mut().expect("sealed").ciphertext[5] ^= 0x20;
+    }
+    let swapped = sealed("priv-t2", "priv-other");
+    let fine = sealed("priv-t3", "priv-t3");
+    for event in [&changed, &swapped, &fine] {
+        env.produce_raw(
+            &event.meta.order_id,
+            &events::encode(event).expect("encoded"),
+        )
+        .await;
+    }
+    env.wait_count(
+        "SELECT count(*) FROM shipping.orders WHERE order_id = 'priv-t3'",
+        1,
+    )
+    .await;
+    env.wait_count(
+        "SELECT count(*) FROM pipeline.dead_letters
+         WHERE error_class = 'permanent' AND error LIKE '%sealed personal data refused (tampered)%'
+           AND (error LIKE '%order priv-t1%' OR error LIKE '%order priv-t2%')",
+        2,
+    )
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM shipping.orders WHERE order_id IN ('priv-t1', 'priv-t2')")
+            .await,
+        0,
+        "a refused record is not applied"
+    );
+    env.stop().await;
+    env.finish().await;
+}
