@@ -133,9 +133,11 @@ impl Carrier for SimulatedCarrier {
                 reason: ADDRESS_ERASED.into(),
             });
         };
+        // An order scrubbed in clear (a forgotten customer's dead letter, redriven) carries
+        // the erased marker instead of an address.
         if [&address.name, &address.line1, &address.city]
             .iter()
-            .any(|f| f.trim().is_empty())
+            .any(|f| f.trim().is_empty() || f.as_str() == privacy::personal::ERASED)
         {
             return Ok(CarrierDecision::Refused {
                 reason: ADDRESS_ERASED.into(),
@@ -1156,5 +1158,28 @@ mod tests {
         assert_eq!(Kept::from_column(kept.to_column()), kept);
         let plain = Kept::Plain(serde_json::json!({"name": "N"}));
         assert_eq!(Kept::from_column(plain.to_column()), plain);
+        // An address scrubbed in clear is no address either.
+        let scrubbed = ShipmentRequest {
+            shipment_id: Uuid::nil(),
+            order_id: "o1".into(),
+            country: "DE".into(),
+            address: Some(Box::new(Address {
+                name: privacy::personal::ERASED.into(),
+                line1: privacy::personal::ERASED.into(),
+                line2: None,
+                city: privacy::personal::ERASED.into(),
+                postal_code: privacy::personal::ERASED.into(),
+                country: "DE".into(),
+            })),
+        };
+        assert_eq!(
+            futures::executor::block_on(
+                SimulatedCarrier::new("post".into(), vec![]).schedule(&scrubbed)
+            )
+            .unwrap(),
+            CarrierDecision::Refused {
+                reason: ADDRESS_ERASED.into()
+            }
+        );
     }
 }
