@@ -267,6 +267,36 @@ async fn stock_and_customer_blocks_are_set_and_read_as_the_cli_does() {
         "the blocked order's unit came back"
     );
 
+    // Forgotten over HTTP as `orderflow customers forget` does: the customer's kept addresses
+    // are scrubbed in the same transaction, CustomerForgotten is appended.
+    assert!(
+        env.count("SELECT count(*) FROM shipping.orders WHERE customer_id = 'c-ops' AND address IS NOT NULL")
+            .await
+            > 0
+    );
+    let forgotten = call(addr, "POST", "/v1/customers/c-ops/forget", "", "").await;
+    assert_eq!(
+        forgotten.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&forgotten.body)
+    );
+    assert_eq!(
+        forgotten.json()["events"][0]["event_type"],
+        "CustomerForgotten"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM shipping.orders WHERE customer_id = 'c-ops' AND address IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        call(addr, "POST", "/v1/customers/%20/forget", "", "")
+            .await
+            .status,
+        400
+    );
+
     // Bad inputs: each a precise problem.
     /// method, path, content type, body, status, problem kind, pointers.
     type Case = (
