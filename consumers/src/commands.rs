@@ -436,7 +436,7 @@ pub fn scrubbed_document(value: &serde_json::Value) -> Option<serde_json::Value>
 /// Scrub `customer_id`'s personal fields wherever Postgres keeps them: the shipping step's
 /// kept addresses, dead letters and outbox rows whose bytes hold the customer's clear order
 /// (or undecodable bytes naming them; a dead letter keeps its row and gets a history entry
-/// saying so), and the API's idempotency records. Returns rows scrubbed per place.
+/// saying so), parked clear orders (retried erased), and the API's idempotency records. Returns rows scrubbed per place.
 pub async fn scrub_customer(
     tx: &mut PgConnection,
     customer_id: &str,
@@ -497,6 +497,31 @@ pub async fn scrub_customer(
         count += 1;
     }
     scrubbed.push(("pipeline.outbox", count));
+
+    // A parked record waits for its retry: a clear order of the customer is retried erased;
+    // anything else parked stays as it is (it must still apply).
+    let parked: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, payload FROM pipeline.parked WHERE position($1::bytea IN payload) > 0",
+    )
+    .bind(needle)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut count = 0;
+    for (seq, payload) in parked {
+        if events::decode(&payload).is_err() {
+            continue;
+        }
+        let Some(new) = scrubbed_payload(&payload, customer_id, command_id) else {
+            continue;
+        };
+        sqlx::query("UPDATE pipeline.parked SET payload = $2 WHERE seq = $1")
+            .bind(seq)
+            .bind(&new)
+            .execute(&mut *tx)
+            .await?;
+        count += 1;
+    }
+    scrubbed.push(("pipeline.parked", count));
 
     let records: Vec<(String, serde_json::Value, serde_json::Value)> = sqlx::query_as(
         "SELECT order_id, request, response FROM api.idempotency WHERE customer_id = $1",

@@ -245,6 +245,15 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
     .execute(&env.pool)
     .await
     .expect("dead letter");
+    // And the same clear order parked by a step no one runs here (waiting for a retry).
+    sqlx::query(
+        "INSERT INTO pipeline.parked (step, order_id, topic, partition, \"offset\", payload)
+         VALUES ('retired-step', 'priv-a1', 'intake', 0, 7, $1)",
+    )
+    .bind(events::encode(&clear).expect("encoded"))
+    .execute(&env.pool)
+    .await
+    .expect("parked");
     env.wait_count(
         "SELECT count(*) FROM pipeline.outbox WHERE published_at IS NULL",
         0,
@@ -341,6 +350,11 @@ async fn a_forgotten_customer_is_erased_everywhere_and_stays_erased_after_a_rebu
         .await,
         3
     );
+    let scrubbed: std::collections::BTreeMap<&str, u64> =
+        forgotten.scrubbed.iter().copied().collect();
+    assert_eq!(scrubbed["shipping.orders"], 2);
+    assert_eq!(scrubbed["pipeline.dead_letters"], 2);
+    assert_eq!(scrubbed["pipeline.parked"], 1);
 
     // (b) A's orders on the log decode and read as erased; B's still open.
     env.wait_count(
