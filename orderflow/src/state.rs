@@ -56,7 +56,10 @@ const TABLE_COLUMNS_LEFT_OUT: [(&str, &str); 5] = [
 
 /// Rows left out of one table (an SQL condition the compared rows meet).
 const TABLE_ROWS: [(&str, &str); 3] = [
-    ("pipeline.outbox", "step NOT IN ('api', 'operator', 'intake')"),
+    (
+        "pipeline.outbox",
+        "step NOT IN ('api', 'operator', 'intake')",
+    ),
     ("pipeline.inbox", "step <> 'intake'"),
     ("pipeline.dead_letters", "consumer <> 'intake'"),
 ];

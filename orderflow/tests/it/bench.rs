@@ -65,7 +65,10 @@ async fn bench_reports_consistent_figures_and_cleans_up() {
         .arg(&svg)
         .env("RUST_LOG", "warn")
         // The child's intake seals the bench's orders.
-        .env("ORDERFLOW_PRIVACY__MASTER_KEY", crate::support::TEST_MASTER_KEY)
+        .env(
+            "ORDERFLOW_PRIVACY__MASTER_KEY",
+            crate::support::TEST_MASTER_KEY,
+        )
         .output()
         .expect("run orderflow bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
