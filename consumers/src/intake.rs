@@ -253,6 +253,7 @@ mod tests {
             order.lines.clear();
         }
         let sealing = Intake::sealing(ring());
+        let with_key = std::slice::from_ref(&key);
         // (name, intake, record, keys loaded, Ok or a part of the refusal's reason)
         type Case<'a> = (
             &'a str,
@@ -266,28 +267,28 @@ mod tests {
                 "a plain order is sealed",
                 &sealing,
                 &plain,
-                &[key.clone()],
+                with_key,
                 Ok(()),
             ),
             (
                 "another type is refused",
                 &sealing,
                 &reply,
-                &[key.clone()],
+                with_key,
                 Err("is InventoryReserved"),
             ),
             (
                 "already sealed is refused",
                 &sealing,
                 &sealed_upstream,
-                &[key.clone()],
+                with_key,
                 Err("already sealed"),
             ),
             (
                 "an invalid order is refused",
                 &sealing,
                 &invalid,
-                &[key.clone()],
+                with_key,
                 Err("is invalid"),
             ),
             ("no key loaded", &sealing, &plain, &[], Err("no data key")),
