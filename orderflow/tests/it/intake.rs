@@ -276,3 +276,35 @@ async fn the_intake_does_not_start_without_a_master_key() {
     assert!(!error.contains("c2hvcnQ="), "never shows the key: {error}");
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_topic_keeps_records_a_day_with_the_logs_partitions() {
+    use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+    let env = TestEnv::new().await;
+    let kafka = &env.settings.kafka;
+    let admin = platform::kafka::admin(kafka).expect("admin client");
+    let described = admin
+        .describe_configs(
+            [&ResourceSpecifier::Topic(&kafka.intake_topic)],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("describe configs");
+    let config = described
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .expect("the intake topic's config");
+    let retention = config
+        .get("retention.ms")
+        .and_then(|entry| entry.value.clone())
+        .expect("retention.ms");
+    assert_eq!(
+        retention,
+        platform::config::kafka::INTAKE_RETENTION_MS.to_string()
+    );
+    assert_eq!(retention, "86400000", "24 h, as the README says");
+    let partitions = |topic: &str| platform::kafka::partition_count(kafka, topic).expect("count");
+    assert_eq!(partitions(&kafka.intake_topic), partitions(&kafka.topic));
+    env.finish().await;
+}
