@@ -51,7 +51,9 @@ mod tests {
     #[test]
     fn a_page_has_a_cursor_only_when_more_rows_follow() {
         let key = |n: &u32| n.to_string();
-        let cases: [(Vec<u32>, u32, Vec<u32>, Option<&str>); 4] = [
+        // rows fetched, limit, the page, its next cursor
+        type Case = (Vec<u32>, u32, Vec<u32>, Option<&'static str>);
+        let cases: [Case; 4] = [
             (vec![], 2, vec![], None),
             (vec![1, 2], 2, vec![1, 2], None),
             (vec![1, 2, 3], 2, vec![1, 2], Some("2")),
