@@ -271,8 +271,8 @@ pub async fn supervise(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Create the order log, the intake topic (short retention: `INTAKE_RETENTION_MS`) and the
-/// dead-letter topic of every component's group, each with `partitions` partitions (dead
+/// Create the order log, the intake topic and the intake's dead-letter topic (short retention:
+/// `INTAKE_RETENTION_MS`) and the dead-letter topic of every other component's group, each with `partitions` partitions (dead
 /// letters keep their original key, so they partition alike). A component's dead letters go
 /// to `<the topic it reads>.dlq.<group>`.
 pub async fn ensure_topics(settings: &Settings, partitions: i32) -> anyhow::Result<()> {
@@ -292,7 +292,14 @@ pub async fn ensure_topics(settings: &Settings, partitions: i32) -> anyhow::Resu
             _ => &kafka.topic,
         };
         let dlq = platform::deadletter::dlq_topic(source, &settings.group_id(component.name()));
-        platform::kafka::ensure_topic(kafka, &dlq, partitions).await?;
+        // The intake's refusals are upstream records, personal fields in clear: their topic
+        // keeps them no longer than the intake topic does (pipeline.dead_letters keeps the
+        // bytes for a redrive, and a forget scrubs them there).
+        let configs: &[(&str, &str)] = match component {
+            Component::Intake => &[("retention.ms", retention.as_str())],
+            _ => &[],
+        };
+        platform::kafka::ensure_topic_with(kafka, &dlq, partitions, configs).await?;
     }
     Ok(())
 }

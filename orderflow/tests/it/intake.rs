@@ -283,27 +283,40 @@ async fn the_intake_topic_keeps_records_a_day_with_the_logs_partitions() {
     let env = TestEnv::new().await;
     let kafka = &env.settings.kafka;
     let admin = platform::kafka::admin(kafka).expect("admin client");
-    let described = admin
-        .describe_configs(
-            [&ResourceSpecifier::Topic(&kafka.intake_topic)],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("describe configs");
-    let config = described
-        .into_iter()
-        .next()
-        .expect("one resource")
-        .expect("the intake topic's config");
-    let retention = config
-        .get("retention.ms")
-        .and_then(|entry| entry.value.clone())
-        .expect("retention.ms");
+    let retention_of = |topic: String| {
+        let admin = &admin;
+        async move {
+            let described = admin
+                .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+                .await
+                .expect("describe configs");
+            let config = described
+                .into_iter()
+                .next()
+                .expect("one resource")
+                .unwrap_or_else(|e| panic!("the config of {topic}: {e}"));
+            config
+                .get("retention.ms")
+                .and_then(|entry| entry.value.clone())
+                .expect("retention.ms")
+        }
+    };
+    let retention = retention_of(kafka.intake_topic.clone()).await;
     assert_eq!(
         retention,
         platform::config::kafka::INTAKE_RETENTION_MS.to_string()
     );
     assert_eq!(retention, "86400000", "24 h, as the README says");
+    // The intake's refusals hold upstream records in clear: their topic keeps them no longer.
+    let intake_dlq =
+        platform::deadletter::dlq_topic(&kafka.intake_topic, &env.settings.group_id("intake"));
+    assert_eq!(retention_of(intake_dlq).await, "86400000");
+    let log_dlq = platform::deadletter::dlq_topic(&kafka.topic, &env.settings.group_id("payment"));
+    assert_ne!(
+        retention_of(log_dlq).await,
+        "86400000",
+        "other dead letters keep the default"
+    );
     let partitions = |topic: &str| platform::kafka::partition_count(kafka, topic).expect("count");
     assert_eq!(partitions(&kafka.intake_topic), partitions(&kafka.topic));
     env.finish().await;
