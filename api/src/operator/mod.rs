@@ -193,7 +193,7 @@ mod tests {
                 assert!(text.contains("Roles: operator"), "{method} {path}: {text}");
             }
         }
-        assert_eq!(seen, 10);
+        assert_eq!(seen, 11);
     }
 
     #[test]
