@@ -315,7 +315,9 @@ mod tests {
             assert!(guard.call(Uuid::nil(), async { lacking }).await.is_err());
         }
         assert_eq!(guard.state(), BreakerState::Closed);
-        let archived = guard.call(Uuid::nil(), async { Ok::<_, HandlerError>(7) }).await;
+        let archived = guard
+            .call(Uuid::nil(), async { Ok::<_, HandlerError>(7) })
+            .await;
         assert_eq!(archived.expect("an archived answer goes through"), 7);
         // The live settings open after a handful: what the replay must not inherit.
         let live = Guard::new("payment provider", &CallSettings::default());
