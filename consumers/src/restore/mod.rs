@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::engine::{self, attempt, disposition, Attempted, BatchError, Excluded, Identity, Mode};
 use crate::inventory::Inventory;
 use crate::payment::Payment;
+use crate::ports::CallSettings;
 use crate::saga::{self, OrderSaga, SagaSettings};
 use crate::shipping::{Shipping, ShippingSettings};
 use crate::{HandlerError, Step};
@@ -81,14 +82,20 @@ impl StepReplay {
             crate::step(Inventory::replaying(Arc::new(
                 recorded.reservations.clone(),
             ))),
-            crate::step(Payment::new(Arc::new(RecordedProvider {
-                recorded: recorded.clone(),
-            }))),
-            crate::step(
-                Shipping::new(Arc::new(RecordedCarrier {
-                    name: shipping.carrier.clone(),
+            crate::step(Payment::with_calls(
+                Arc::new(RecordedProvider {
                     recorded: recorded.clone(),
-                }))
+                }),
+                &replay_calls(),
+            )),
+            crate::step(
+                Shipping::with_calls(
+                    Arc::new(RecordedCarrier {
+                        name: shipping.carrier.clone(),
+                        recorded: recorded.clone(),
+                    }),
+                    &replay_calls(),
+                )
                 .with_keys(keys),
             ),
             crate::step(OrderSaga::new(deadlines.clone())),
@@ -152,6 +159,18 @@ impl StepReplay {
             .iter()
             .map(|s| s.identity.group.clone())
             .collect()
+    }
+}
+
+/// How the replaying steps call their recorded ports: with a circuit breaker that never opens.
+/// An answer the archive lacks is a retryable failure (the order parks, the live step asks
+/// again), but it says nothing about a service being in trouble: with the live settings, five
+/// of them (the last orders before a disaster under load) opened the breaker, and every later
+/// question of the replay, answered in the archive or not, was refused and parked with them.
+fn replay_calls() -> CallSettings {
+    CallSettings {
+        breaker_failures: u32::MAX,
+        ..CallSettings::default()
     }
 }
 
@@ -284,4 +303,39 @@ async fn apply_step(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{BreakerState, Guard};
+
+    #[tokio::test]
+    async fn answers_the_archive_lacks_never_open_the_replays_breaker() {
+        let guard = Guard::new("payment provider", &replay_calls());
+        for _ in 0..1_000 {
+            let lacking: Result<(), HandlerError> = Err(HandlerError::Provider {
+                provider: "archive",
+                message: "not in the archive".into(),
+                retryable: true,
+            });
+            assert!(guard.call(Uuid::nil(), async { lacking }).await.is_err());
+        }
+        assert_eq!(guard.state(), BreakerState::Closed);
+        let archived = guard
+            .call(Uuid::nil(), async { Ok::<_, HandlerError>(7) })
+            .await;
+        assert_eq!(archived.expect("an archived answer goes through"), 7);
+        // The live settings open after a handful: what the replay must not inherit.
+        let live = Guard::new("payment provider", &CallSettings::default());
+        for _ in 0..CallSettings::default().breaker_failures {
+            let lacking: Result<(), HandlerError> = Err(HandlerError::Provider {
+                provider: "archive",
+                message: "not in the archive".into(),
+                retryable: true,
+            });
+            let _ = live.call(Uuid::nil(), async { lacking }).await;
+        }
+        assert_eq!(live.state(), BreakerState::Open);
+    }
 }
