@@ -1,6 +1,6 @@
 //! `orderflow state digest`: a row count and an order-independent checksum of every table that
-//! holds pipeline state — the steps' schemas, the pipeline's inbox/outbox/dead letters and the
-//! analysts' read models — so that two databases can be compared row by row (the DR drill
+//! holds pipeline state — the steps' schemas, the pipeline's inbox/outbox/dead letters, the
+//! customers' data keys and the analysts' read models — so that two databases can be compared row by row (the DR drill
 //! compares the state before a disaster with the state restored from the archive).
 //!
 //! Compared is what the log determines. Left out are the times this database did its own work
@@ -21,7 +21,16 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 /// Schemas whose tables are compared, and the analysts' schema, whose views are.
-const STATE_SCHEMAS: [&str; 5] = ["inventory", "payment", "shipping", "saga", "pipeline"];
+/// `privacy` is the data keys: restored from a key backup, not from the log, and compared so
+/// that the drill shows the backup brought back every key (wrapped bytes included).
+const STATE_SCHEMAS: [&str; 6] = [
+    "inventory",
+    "payment",
+    "shipping",
+    "saga",
+    "pipeline",
+    "privacy",
+];
 const ANALYTICS: &str = "analytics";
 
 /// Columns holding the time this database did something, never compared.
@@ -41,7 +50,7 @@ const OWN_TIMES: [&str; 11] = [
 ];
 
 /// Columns compared only as set or not.
-const SET_OR_NOT: [&str; 2] = ["published_at", "redriven_at"];
+const SET_OR_NOT: [&str; 3] = ["published_at", "redriven_at", "destroyed_at"];
 
 /// Columns left out of one table.
 const TABLE_COLUMNS_LEFT_OUT: [(&str, &str); 5] = [
