@@ -158,12 +158,16 @@ pub async fn put_block(
     )
     .await
     .map_err(|e| command_error(e, "/note"))?;
-    tx.commit().await?;
-    log_change(&principal, "customer.block", &customer_id, &doc.note);
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        &CommandAccepted::of(command, std::slice::from_ref(&event)),
-    ))
+    accepted(
+        tx,
+        &principal,
+        "customer.block",
+        &customer_id,
+        &doc.note,
+        command,
+        &event,
+    )
+    .await
 }
 
 /// Unblock a customer.
@@ -204,12 +208,16 @@ pub async fn delete_block(
     )
     .await
     .map_err(|e| command_error(e, ""))?;
-    tx.commit().await?;
-    log_change(&principal, "customer.unblock", &customer_id, "");
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        &CommandAccepted::of(command, std::slice::from_ref(&event)),
-    ))
+    accepted(
+        tx,
+        &principal,
+        "customer.unblock",
+        &customer_id,
+        "",
+        command,
+        &event,
+    )
+    .await
 }
 
 /// Forget a customer (erasure).
@@ -253,10 +261,34 @@ pub async fn post_forget(
     )
     .await
     .map_err(|e| command_error(e, ""))?;
+    let event = forgotten.event;
+    accepted(
+        tx,
+        &principal,
+        "customer.forget",
+        &customer_id,
+        "",
+        command,
+        &event,
+    )
+    .await
+}
+
+/// The end of every customer command: commit the transaction that appended `event`, log the
+/// change with its principal, answer `202` with the command id and the event.
+async fn accepted(
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    principal: &Principal,
+    action: &'static str,
+    customer_id: &str,
+    detail: &str,
+    command: uuid::Uuid,
+    event: &events::Event,
+) -> Result<Response, ApiError> {
     tx.commit().await?;
-    log_change(&principal, "customer.forget", &customer_id, "");
+    log_change(principal, action, customer_id, detail);
     Ok(json_response(
         StatusCode::ACCEPTED,
-        &CommandAccepted::of(command, std::slice::from_ref(&forgotten.event)),
+        &CommandAccepted::of(command, std::slice::from_ref(event)),
     ))
 }
